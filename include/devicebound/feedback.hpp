@@ -1,0 +1,211 @@
+/// \file feedback.hpp
+/// Delivery feedback: records, batches (SPEC 4).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <algorithm>
+#include <utility>
+
+#include "lifecycle.hpp"
+#include "message.hpp"
+
+namespace devicebound {
+
+/// Outcome reported in a feedback record (SPEC 4.5). Numeric values match the
+/// C# enum `FeedbackStatusCode`.
+enum class feedback_status : std::uint8_t {
+  success = 0,
+  expired = 1,
+  delivery_count_exceeded = 2,
+  rejected = 3,
+  purged = 4,
+};
+
+/// `Success`, `Expired`, `DeliveryCountExceeded`, `Rejected`, `Purged`.
+constexpr std::string_view to_string(feedback_status s) noexcept {
+  switch (s) {
+    case feedback_status::success: return "Success";
+    case feedback_status::expired: return "Expired";
+    case feedback_status::delivery_count_exceeded: return "DeliveryCountExceeded";
+    case feedback_status::rejected: return "Rejected";
+    case feedback_status::purged: return "Purged";
+  }
+  return "Success";
+}
+
+/// Parses the `statusCode` text exactly (case-sensitive, as the service writes it).
+constexpr std::optional<feedback_status> parse_feedback_status(std::string_view s) noexcept {
+  for (auto v : {feedback_status::success, feedback_status::expired,
+                 feedback_status::delivery_count_exceeded, feedback_status::rejected,
+                 feedback_status::purged})
+    if (s == to_string(v)) return v;
+  return std::nullopt;
+}
+
+/// One record of a feedback batch (SPEC 4.5).
+struct feedback_record {
+  std::string original_message_id;  ///< MessageId of the C2D message ("" if it had none)
+  time_point enqueued_time_utc{};   ///< when the outcome happened
+  feedback_status status_code = feedback_status::success;
+  std::string description;           ///< the status text (SPEC 4.5: description = statusCode)
+  std::string device_id;
+  std::string device_generation_id;
+
+  friend bool operator==(const feedback_record&, const feedback_record&) = default;
+};
+
+/// Content type of a feedback message (SPEC 4.4).
+inline constexpr std::string_view feedback_content_type = "application/vnd.microsoft.iothub.feedback.json";
+
+/// A feedback message as the service receives it: a batch of records (SPEC 4.3, 4.4).
+struct feedback_batch {
+  std::vector<feedback_record> records;
+  time_point enqueued_time_utc{};  ///< when the hub created the batch
+  std::string user_id;             ///< the hub's name (SPEC 4.4)
+  devicebound::lock_token lock_token{};  ///< set when received from the feedback queue
+  std::uint32_t delivery_count = 0;
+
+  friend bool operator==(const feedback_batch&, const feedback_batch&) = default;
+};
+
+
+/// The feedback queue's own settings (SPEC 2.1, 4.2).
+struct feedback_queue_rules {
+  duration ttl = std::chrono::hours(1);  ///< feedback retention, 1 min .. 2 days
+  std::uint32_t max_delivery_count = 10;  ///< 1 .. 100
+  duration lock_duration = std::chrono::seconds(60);  ///< 5 .. 300 s
+};
+
+/// The service-facing feedback queue (SPEC 4.2): batches wait here until the
+/// back end receives (locks) and completes them. Same lifecycle machine as C2D
+/// messages, under Service Bus counting (every delivery counts) because the
+/// feedback queue is a plain service queue. Batches that expire or exceed the
+/// delivery count are dropped and counted. Single-threaded.
+template <class Lifecycle>
+class basic_feedback_queue {
+ public:
+  explicit basic_feedback_queue(feedback_queue_rules rules = {}) : rules_(rules) {
+    lrules_.max_delivery_count = rules.max_delivery_count;
+    lrules_.rule = delivery_count_rule::every_delivery;
+  }
+
+  const feedback_queue_rules& rules() const noexcept { return rules_; }
+
+  /// Adds a batch created at `now`.
+  void push(feedback_batch batch, time_point now) {
+    entry e;
+    batch.enqueued_time_utc = now;
+    batch.lock_token = {};
+    batch.delivery_count = 0;
+    e.batch = std::move(batch);
+    e.fields.expires_at = now + rules_.ttl;
+    entries_.push_back(std::move(e));
+  }
+
+  /// Locks the oldest available batch with `token`; nullopt when none is available.
+  std::optional<feedback_batch> receive(time_point now, const lock_token& token) {
+    apply_timers(now);
+    for (auto& e : entries_) {
+      if (e.machine.state() != message_state::enqueued) continue;
+      if (!e.machine.process(lifecycle_event::lock{{&e.fields, &lrules_, now}, token, rules_.lock_duration}))
+        continue;
+      feedback_batch out = e.batch;
+      out.lock_token = token;
+      out.delivery_count = e.fields.delivery_count;
+      return out;
+    }
+    return std::nullopt;
+  }
+
+  /// Completes a locked batch: it leaves the queue (SPEC 4.8).
+  result<void> complete(const lock_token& token, time_point now) {
+    return settle<lifecycle_event::complete>(token, now);
+  }
+
+  /// Abandons a locked batch: available again, or dropped at the delivery limit.
+  result<void> abandon(const lock_token& token, time_point now) {
+    return settle<lifecycle_event::abandon>(token, now);
+  }
+
+  /// Lock expiries and TTL expiries due at or before `now`.
+  void apply_timers(time_point now) {
+    for (std::size_t i = 0; i < entries_.size();) {
+      auto& e = entries_[i];
+      while (!is_terminal(e.machine.state())) {
+        const auto st = e.machine.state();
+        const bool locked = st == message_state::invisible;
+        const time_point due = locked ? std::min(e.fields.locked_until, e.fields.expires_at) : e.fields.expires_at;
+        if (due > now) break;
+        if (locked && e.fields.locked_until <= e.fields.expires_at)
+          (void)e.machine.process(lifecycle_event::lock_expired{{&e.fields, &lrules_, e.fields.locked_until}});
+        else
+          (void)e.machine.process(lifecycle_event::ttl_expired{{&e.fields, &lrules_, e.fields.expires_at}});
+      }
+      if (is_terminal(e.machine.state())) {
+        ++dropped_;
+        entries_.erase(entries_.begin() + static_cast<std::ptrdiff_t>(i));
+      } else {
+        ++i;
+      }
+    }
+  }
+
+  /// Earliest timer of any batch; `time_point::max()` if none.
+  time_point next_deadline() const noexcept {
+    time_point t = time_point::max();
+    for (const auto& e : entries_) {
+      t = std::min(t, e.fields.expires_at);
+      if (e.machine.state() == message_state::invisible) t = std::min(t, e.fields.locked_until);
+    }
+    return t;
+  }
+
+  /// Batches waiting or locked.
+  std::size_t depth() const noexcept { return entries_.size(); }
+  /// Batches dropped because they expired or exceeded the delivery count.
+  std::uint64_t dropped() const noexcept { return dropped_; }
+  bool token_in_use(const lock_token& t) const noexcept {
+    for (const auto& e : entries_)
+      if (e.machine.state() == message_state::invisible && e.fields.token == t) return true;
+    return false;
+  }
+
+ private:
+  struct entry {
+    feedback_batch batch;
+    Lifecycle machine;
+    lifecycle_fields fields;
+  };
+
+  template <class Event>
+  result<void> settle(const lock_token& token, time_point now) {
+    apply_timers(now);
+    for (std::size_t i = 0; i < entries_.size(); ++i) {
+      auto& e = entries_[i];
+      if (e.machine.state() != message_state::invisible || e.fields.token != token) continue;
+      if (auto r = e.machine.process(Event{{&e.fields, &lrules_, now}}); !r) return r.error();
+      const auto st = e.machine.state();
+      if (is_terminal(st)) {
+        if (st != message_state::completed) ++dropped_;
+        entries_.erase(entries_.begin() + static_cast<std::ptrdiff_t>(i));
+      }
+      return {};
+    }
+    return make_error(errc::device_message_lock_lost,
+                      "feedback lock token " + token.to_string() + " is unknown, expired or already settled");
+  }
+
+  feedback_queue_rules rules_;
+  lifecycle_rules lrules_;
+  std::vector<entry> entries_;
+  std::uint64_t dropped_ = 0;
+};
+
+using feedback_queue = basic_feedback_queue<lifecycle>;
+
+}  // namespace devicebound
