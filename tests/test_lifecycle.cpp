@@ -2,6 +2,8 @@
 // not apply: a typed error and no change.
 #include <gtest/gtest.h>
 
+#include <vector>
+
 #include <devicebound/lifecycle.hpp>
 
 using namespace devicebound;
@@ -207,4 +209,27 @@ TEST(Lifecycle, NoTransitionReturnsTypedErrorAndChangesNothing) {
 TEST(Lifecycle, MachineIsSmall) {
   // A queued message carries one machine; keep it cheap (docs/architecture.md).
   EXPECT_LE(sizeof(lifecycle), 32u);
+}
+
+TEST(Lifecycle, StateSurvivesCopyAndMove) {
+  // Boost.MSM's own move constructor restarts the machine; lifecycle must not.
+  lifecycle_rules r;
+  lifecycle_fields f;
+  f.expires_at = t0 + 1h;
+  lifecycle a;
+  ASSERT_TRUE(a.process(ev::lock{{&f, &r, t0}, tok, 60s}));
+  lifecycle copy(a);
+  EXPECT_EQ(copy.state(), message_state::invisible);
+  lifecycle moved(std::move(a));
+  EXPECT_EQ(moved.state(), message_state::invisible);
+  lifecycle assigned;
+  assigned = std::move(moved);
+  EXPECT_EQ(assigned.state(), message_state::invisible);
+  lifecycle copy_assigned;
+  copy_assigned = copy;
+  EXPECT_EQ(copy_assigned.state(), message_state::invisible);
+  std::vector<lifecycle> v(1);
+  ASSERT_TRUE(v[0].process(ev::lock{{&f, &r, t0}, tok, 60s}));
+  for (int i = 0; i < 100; ++i) v.emplace_back();  // reallocations move v[0]
+  EXPECT_EQ(v[0].state(), message_state::invisible);
 }

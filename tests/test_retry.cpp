@@ -1037,3 +1037,23 @@ RC_GTEST_PROP(Spec_8_9, RefusedEventsChangeNothing, ()) {
     }
   }
 }
+
+TEST(RetryController, StateSurvivesCopyAndMove) {
+  // Boost.MSM's own move constructor restarts the machine; the controller must not.
+  using namespace devicebound::retry;
+  const devicebound::time_point t{std::chrono::seconds(1000)};
+  controller<> c(policy(profiles::c_sdk()));
+  ASSERT_TRUE(c.start(t));
+  ASSERT_TRUE(c.attempt_failed(error_class::transient, t));
+  const auto st = c.state();
+  const auto retries = c.retries();
+  controller<> copy(c);
+  EXPECT_EQ(copy.state(), st);
+  EXPECT_EQ(copy.retries(), retries);
+  controller<> moved(std::move(c));
+  EXPECT_EQ(moved.state(), st);
+  EXPECT_EQ(moved.retries(), retries);
+  controller<> assigned;
+  assigned = std::move(moved);
+  EXPECT_EQ(assigned.state(), st);
+}

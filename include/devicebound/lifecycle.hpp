@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <string_view>
+#include <utility>
 
 #include <boost/msm/back/state_machine.hpp>
 #include <boost/msm/back/tools.hpp>
@@ -292,6 +293,20 @@ class lifecycle {
   using definition = detail::lifecycle_def;
 
   lifecycle() { m_.start(); }
+  // Boost.MSM's state_machine has no real move constructor: its forwarding
+  // constructor takes an rvalue machine as a front-end argument and restarts
+  // in the initial state. Copy instead (the machine holds only its state), so
+  // a lifecycle survives std::vector growth and erase.
+  lifecycle(const lifecycle& o) : m_(o.m_) {}
+  lifecycle(lifecycle&& o) noexcept : m_(std::as_const(o.m_)) {}
+  lifecycle& operator=(const lifecycle& o) {
+    m_ = o.m_;
+    return *this;
+  }
+  lifecycle& operator=(lifecycle&& o) noexcept {
+    m_ = std::as_const(o.m_);
+    return *this;
+  }
 
   message_state state() const noexcept { return state_of(m_.current_state()[0]); }
 

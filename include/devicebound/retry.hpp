@@ -946,6 +946,21 @@ class controller {
   explicit controller(Policy p = Policy{}, Random r = Random{}) : sm_(std::move(p), std::move(r)) {
     sm_.start();
   }
+  // Boost.MSM's state_machine has no real move constructor (its forwarding
+  // constructor would take the rvalue machine as a constructor argument and
+  // restart it): copy the machine, state and data, instead.
+  controller(const controller& o) : sm_(o.sm_), last_now_(o.last_now_) {}
+  controller(controller&& o) : sm_(std::as_const(o.sm_)), last_now_(o.last_now_) {}
+  controller& operator=(const controller& o) {
+    sm_ = o.sm_;
+    last_now_ = o.last_now_;
+    return *this;
+  }
+  controller& operator=(controller&& o) {
+    sm_ = std::as_const(o.sm_);
+    last_now_ = o.last_now_;
+    return *this;
+  }
 
   /// Begins an operation (its first attempt): Idle/Succeeded -> Attempting.
   result<decision> start(time_point now) { return process(detail::start{now}); }
