@@ -209,13 +209,15 @@ class basic_hub {
   result<void> remove_device(std::string_view device_id,
                              std::optional<std::string_view> generation_id = std::nullopt,
                              std::optional<time_point> now = std::nullopt) {
+    // like every operation given a `now`, first apply the timers due by then:
+    // a message that expired before the removal is Expired, not removed
+    const time_point at = now ? advance(*now) : last_now_;
     auto it = devices_.find(device_id);
     if (it == devices_.end()) return not_found(device_id);
     if (generation_id && *generation_id != it->second.generation_id)
       return make_error(errc::precondition_failed,
                         "device '" + std::string(device_id) + "' has generation id '" +
                             it->second.generation_id + "', not '" + std::string(*generation_id) + "'");
-    const time_point at = now ? clamp_now(*now) : last_now_;
     unschedule(*it);
     it->second.queue.clear([&](queued_message& m) {
       const auto from = m.state();
@@ -431,6 +433,15 @@ class basic_hub {
   };
   using device_map = std::unordered_map<std::string, device_entry, id_hash, std::equal_to<>>;
   using device_node = typename device_map::value_type;
+  using timer = std::pair<time_point, device_node*>;
+  /// Due time, then device id: devices due at the same instant run their
+  /// timers (and create their feedback records) in id order, not heap-address order.
+  struct timer_order {
+    bool operator()(const timer& a, const timer& b) const noexcept {
+      if (a.first != b.first) return a.first < b.first;
+      return a.second->first < b.second->first;
+    }
+  };
 
   static hub_config checked(hub_config c) {
     c.validate().value();
@@ -619,7 +630,7 @@ class basic_hub {
   token_source tokens_;
   lifecycle_rules rules_;
   device_map devices_;
-  std::set<std::pair<time_point, device_node*>> timers_;
+  std::set<timer, timer_order> timers_;
   std::vector<feedback_record> pending_;
   std::optional<time_point> last_flush_;
   basic_feedback_queue<Lifecycle> feedback_;

@@ -20,71 +20,89 @@ namespace devicebound {
 
 namespace detail {
 
-/// The sender's part of a message in one heap block: body, string system
-/// properties, creation time and application properties. Keeps a queued
-/// message small (docs/architecture.md, "memory").
+/// The sender's part of a message in one heap block: a small header, then
+/// the body, the string system properties, creation time and application
+/// properties. The queue entry holds only the pointer, so a queued message
+/// stays small (docs/architecture.md, "memory").
+///
+/// Block layout (lengths as LEB128 varints: one byte below 128):
+///   u8 present-bits, body length, length of each present string, property
+///   count, then the bytes: body, strings, [i64 creation ms, host order], and
+///   per property: name length, value length, name, value.
 class packed_message {
  public:
   packed_message() = default;
 
   static packed_message pack(const message& m) {
-    packed_message p;
     const std::optional<std::string>* strs[kStrings] = {&m.message_id, &m.correlation_id,
                                                         &m.user_id, &m.content_type,
                                                         &m.content_encoding};
-    std::size_t total = m.body.size();
+    std::uint8_t present = 0;
+    std::size_t total = 1 + varint_size(m.body.size()) + m.body.size() + varint_size(m.app_properties.size());
     for (std::size_t i = 0; i < kStrings; ++i)
-      if (*strs[i]) total += (*strs[i])->size();
-    if (m.creation_time_utc) total += sizeof(std::int64_t);
-    for (const auto& [k, v] : m.app_properties) total += 2 * sizeof(std::uint32_t) + k.size() + v.size();
-    p.size_ = static_cast<std::uint32_t>(total);
-    if (total) p.blob_ = std::make_unique_for_overwrite<char[]>(total);
+      if (*strs[i]) {
+        present |= static_cast<std::uint8_t>(1u << i);
+        total += varint_size((*strs[i])->size()) + (*strs[i])->size();
+      }
+    if (m.creation_time_utc) {
+      present |= kCreationBit;
+      total += sizeof(std::int64_t);
+    }
+    for (const auto& [k, v] : m.app_properties)
+      total += varint_size(k.size()) + varint_size(v.size()) + k.size() + v.size();
+
+    packed_message p;
+    p.blob_ = std::make_unique_for_overwrite<char[]>(total);
     char* out = p.blob_.get();
     auto put = [&out](const void* src, std::size_t n) {
       if (n) std::memcpy(out, src, n);
       out += n;
     };
-    p.body_len_ = static_cast<std::uint32_t>(m.body.size());
+    auto put_u32 = [&out](std::size_t v) {
+      while (v >= 0x80) {
+        *out++ = static_cast<char>((v & 0x7F) | 0x80);
+        v >>= 7;
+      }
+      *out++ = static_cast<char>(v);
+    };
+    put(&present, 1);
+    put_u32(m.body.size());
+    for (std::size_t i = 0; i < kStrings; ++i)
+      if (*strs[i]) put_u32((*strs[i])->size());
+    put_u32(m.app_properties.size());
     put(m.body.data(), m.body.size());
-    for (std::size_t i = 0; i < kStrings; ++i) {
-      if (!*strs[i]) continue;
-      p.present_ |= static_cast<std::uint8_t>(1u << i);
-      p.str_len_[i] = static_cast<std::uint32_t>((*strs[i])->size());
-      put((*strs[i])->data(), (*strs[i])->size());
-    }
+    for (std::size_t i = 0; i < kStrings; ++i)
+      if (*strs[i]) put((*strs[i])->data(), (*strs[i])->size());
     if (m.creation_time_utc) {
-      p.present_ |= kCreationBit;
       const std::int64_t ms = m.creation_time_utc->time_since_epoch().count();
       put(&ms, sizeof ms);
     }
-    p.n_props_ = static_cast<std::uint32_t>(m.app_properties.size());
     for (const auto& [k, v] : m.app_properties) {
-      const std::uint32_t kl = static_cast<std::uint32_t>(k.size());
-      const std::uint32_t vl = static_cast<std::uint32_t>(v.size());
-      put(&kl, sizeof kl);
-      put(&vl, sizeof vl);
-      put(k.data(), kl);
-      put(v.data(), vl);
+      put_u32(k.size());
+      put_u32(v.size());
+      put(k.data(), k.size());
+      put(v.data(), v.size());
     }
     return p;
   }
 
   /// Rebuilds the sender's fields into `m` (hub-assigned fields untouched).
   void unpack_into(message& m) const {
-    const char* in = blob_.get();
-    m.body.assign(in, body_len_);
-    in += body_len_;
+    header h = read_header();
+    const char* in = h.data;
+    m.body.assign(in, h.body_len);
+    in += h.body_len;
     std::optional<std::string>* strs[kStrings] = {&m.message_id, &m.correlation_id, &m.user_id,
                                                   &m.content_type, &m.content_encoding};
     for (std::size_t i = 0; i < kStrings; ++i) {
-      if (present_ & (1u << i)) {
-        strs[i]->emplace(in, str_len_[i]);
-        in += str_len_[i];
+      if (h.present & (1u << i)) {
+        strs[i]->emplace(in, h.str_len[i]);
+        in += h.str_len[i];
       } else {
         strs[i]->reset();
       }
     }
-    if (present_ & kCreationBit) {
+    if (h.present & kCreationBit) {
       std::int64_t ms;
       std::memcpy(&ms, in, sizeof ms);
       in += sizeof ms;
@@ -93,11 +111,9 @@ class packed_message {
       m.creation_time_utc.reset();
     }
     m.app_properties.clear();
-    for (std::uint32_t i = 0; i < n_props_; ++i) {
-      std::uint32_t kl, vl;
-      std::memcpy(&kl, in, sizeof kl);
-      std::memcpy(&vl, in + sizeof kl, sizeof vl);
-      in += 2 * sizeof(std::uint32_t);
+    for (std::uint32_t i = 0; i < h.n_props; ++i) {
+      const auto kl = read_u32(in);
+      const auto vl = read_u32(in);
       m.app_properties.emplace(std::string(in, kl), std::string(in + kl, vl));
       in += kl + vl;
     }
@@ -105,20 +121,56 @@ class packed_message {
 
   /// The message id, if the sender set one (feedback needs it without unpacking).
   std::optional<std::string_view> message_id() const noexcept {
-    if (!(present_ & 1u)) return std::nullopt;
-    return std::string_view(blob_.get() + body_len_, str_len_[0]);
+    if (!blob_) return std::nullopt;
+    header h = read_header();
+    if (!(h.present & 1u)) return std::nullopt;
+    return std::string_view(h.data + h.body_len, h.str_len[0]);
   }
 
  private:
   static constexpr std::size_t kStrings = 5;  // mid, cid, uid, ct, ce
   static constexpr std::uint8_t kCreationBit = 1u << kStrings;
 
+  struct header {
+    std::uint8_t present = 0;
+    std::uint32_t body_len = 0;
+    std::uint32_t str_len[kStrings] = {};
+    std::uint32_t n_props = 0;
+    const char* data = nullptr;  // first byte after the header
+  };
+
+  static constexpr std::size_t varint_size(std::size_t v) noexcept {
+    std::size_t n = 1;
+    while (v >= 0x80) {
+      v >>= 7;
+      ++n;
+    }
+    return n;
+  }
+
+  /// Reads one varint and advances `p` past it.
+  static std::uint32_t read_u32(const char*& p) noexcept {
+    std::uint32_t v = 0;
+    for (int shift = 0;; shift += 7) {
+      const auto b = static_cast<unsigned char>(*p++);
+      v |= static_cast<std::uint32_t>(b & 0x7F) << shift;
+      if (!(b & 0x80)) return v;
+    }
+  }
+
+  header read_header() const noexcept {
+    header h;
+    const char* in = blob_.get();
+    h.present = static_cast<std::uint8_t>(*in++);
+    h.body_len = read_u32(in);
+    for (std::size_t i = 0; i < kStrings; ++i)
+      if (h.present & (1u << i)) h.str_len[i] = read_u32(in);
+    h.n_props = read_u32(in);
+    h.data = in;
+    return h;
+  }
+
   std::unique_ptr<char[]> blob_;
-  std::uint32_t size_ = 0;
-  std::uint32_t body_len_ = 0;
-  std::uint32_t str_len_[kStrings] = {};
-  std::uint32_t n_props_ = 0;
-  std::uint8_t present_ = 0;
 };
 
 }  // namespace detail
@@ -159,8 +211,9 @@ class basic_device_queue {
   /// Appends an accepted message as Enqueued. Limits are checked by the caller.
   void push(queued_message&& m, std::size_t max_depth) {
     if (entries_.size() == entries_.capacity()) {
-      // grow by half, never past the depth limit: a queue is small and bounded
-      const std::size_t want = std::max<std::size_t>(4, entries_.capacity() + entries_.capacity() / 2);
+      // grow in steps of a quarter (at least 4), never past the depth limit: a
+      // queue is small and bounded, so slack matters more than reallocations
+      const std::size_t want = entries_.capacity() + std::max<std::size_t>(4, entries_.capacity() / 4);
       entries_.reserve(std::max(entries_.size() + 1, std::min(want, max_depth)));
     }
     entries_.push_back(std::move(m));
