@@ -281,7 +281,10 @@ class basic_hub {
       const auto& back = dev.queue.entries().back();
       notify(it->first, back, transition_cause::accepted, message_state::enqueued, message_state::enqueued, now);
     }
-    if (expires <= now) run_device_timers(*it, now);
+    if (expires <= now) {
+      run_device_timers(*it, now);
+      flush_feedback(now);
+    }
     reschedule(*it);
     return enqueue_receipt{seq, expires};
   }
@@ -372,7 +375,7 @@ class basic_hub {
   /// The next instant at which `tick` has work, or nullopt if none is scheduled.
   std::optional<time_point> next_deadline() const {
     time_point t = timers_.empty() ? time_point::max() : timers_.begin()->first;
-    if (!pending_.empty()) t = std::min(t, flush_due());
+    if (!pending_.empty()) t = std::min(t, std::max(flush_due(), last_now_));
     t = std::min(t, feedback_.next_deadline());
     if (t == time_point::max()) return std::nullopt;
     return t;

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Installs everything devicebound needs to build and test, on Debian 12.
+# Idempotent: installs only what is missing, and runs `apt-get update` only
+# when something is. Works as root; otherwise uses sudo if available.
+set -euo pipefail
+
+packages=(
+  # build
+  cmake ninja-build g++ clang libclang-rt-14-dev clang-format
+  # library dependencies
+  libboost1.81-dev nlohmann-json3-dev
+  # tests, fuzzing, benchmarks
+  libgtest-dev librapidcheck-dev libbenchmark-dev
+  # MQTT transport and its test broker
+  libpaho-mqtt-dev mosquitto mosquitto-dev
+  # hub daemon, tools and stores
+  libcli11-dev libspdlog-dev libfmt-dev libtomlplusplus-dev libsqlite3-dev
+  # docs: the generated state diagram
+  graphviz
+)
+
+missing=()
+for package in "${packages[@]}"; do
+  status=$(dpkg-query -W -f='${Status}' "$package" 2>/dev/null || true)
+  if [[ "$status" != "install ok installed" ]]; then
+    missing+=("$package")
+  fi
+done
+
+if ((${#missing[@]} == 0)); then
+  echo "setup: all ${#packages[@]} packages already installed"
+  exit 0
+fi
+
+sudo_cmd=()
+if ((EUID != 0)); then
+  if command -v sudo >/dev/null 2>&1; then
+    sudo_cmd=(sudo)
+  else
+    echo "setup: need root or sudo to install: ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+
+echo "setup: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+"${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update
+"${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive \
+  apt-get install -y --no-install-recommends "${missing[@]}"
+echo "setup: done"

@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# Sets up everything and runs every test:
+#   (a) release  Release build in build/, all ctests
+#   (b) asan     AddressSanitizer + UBSan build in build-asan/ (no benchmarks,
+#                no packaging tests: those are proven in (a)), all other ctests
+#   (c) fuzz     clang libFuzzer build in build-fuzz/, each fuzzer run for
+#                2000 inputs from a copy of its corpus (only if fuzz/*_fuzz.cpp exist)
+#   (d) python   placeholder
+#   (e) node     placeholder
+# Build directories default to build/, build-asan/ and build-fuzz/; set
+# DEVICEBOUND_BUILD_PREFIX=<dir> to use <dir>, <dir>-asan and <dir>-fuzz instead.
+# Every stage runs even if an earlier one failed; the last line is a summary and
+# the exit status is non-zero if any stage failed.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+root=$(pwd)
+
+jobs=2
+build=${DEVICEBOUND_BUILD_PREFIX:-build}
+[[ "$build" == /* ]] || build="$root/$build"
+ctest_args=(--output-on-failure -j "$jobs" --timeout 600 --no-tests=error)
+
+passed=()
+failed=()
+skipped=()
+
+banner() { printf '\n==================== %s ====================\n' "$*"; }
+
+# run_stage <name> <function>: runs the function in a subshell with `set -e`,
+# times it and records the outcome. Exit status 77 means "skipped".
+run_stage() {
+  local name=$1 fn=$2 start rc
+  banner "$name"
+  start=$SECONDS
+  (
+    set -euo pipefail
+    "$fn"
+  )
+  rc=$?
+  if ((rc == 0)); then
+    passed+=("$name")
+    echo "--- $name: PASS ($((SECONDS - start))s)"
+  elif ((rc == 77)); then
+    skipped+=("$name")
+    echo "--- $name: SKIP"
+  else
+    failed+=("$name")
+    echo "--- $name: FAIL (exit $rc, $((SECONDS - start))s)"
+  fi
+}
+
+stage_release() {
+  cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release
+  cmake --build "$build" -j "$jobs"
+  ctest --test-dir "$build" "${ctest_args[@]}"
+}
+
+stage_asan() {
+  # Debug keeps assert() live next to the sanitizers.
+  cmake -S . -B "$build-asan" -G Ninja -DCMAKE_BUILD_TYPE=Debug \
+    -DDEVICEBOUND_SANITIZE=address,undefined -DDEVICEBOUND_BUILD_BENCH=OFF
+  cmake --build "$build-asan" -j "$jobs"
+  ASAN_OPTIONS=detect_leaks=1:detect_stack_use_after_return=1:strict_init_order=1 \
+    UBSAN_OPTIONS=print_stacktrace=1 \
+    ctest --test-dir "$build-asan" "${ctest_args[@]}" -LE packaging
+}
+
+stage_fuzz() {
+  local sources=(fuzz/*_fuzz.cpp)
+  if [[ ! -e "${sources[0]}" ]]; then
+    echo "no fuzz/*_fuzz.cpp yet"
+    return 77
+  fi
+  local targets=() source
+  for source in "${sources[@]}"; do
+    targets+=("$(basename "$source" .cpp)")
+  done
+
+  cmake -S . -B "$build-fuzz" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DCMAKE_CXX_COMPILER=clang++ -DDEVICEBOUND_LIBFUZZER=ON -DDEVICEBOUND_BUILD_FUZZ=ON \
+    -DDEVICEBOUND_BUILD_TESTS=OFF -DDEVICEBOUND_BUILD_EXAMPLES=OFF \
+    -DDEVICEBOUND_BUILD_BENCH=OFF -DDEVICEBOUND_BUILD_TOOLS=OFF -DDEVICEBOUND_INSTALL=OFF
+  cmake --build "$build-fuzz" -j "$jobs" --target "${targets[@]}"
+
+  local work target corpus fuzz_failed=0
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' RETURN
+  for target in "${targets[@]}"; do
+    echo "--- fuzzing $target"
+    corpus="$work/$target/corpus"
+    mkdir -p "$corpus" "$build-fuzz/artifacts/$target"
+    # libFuzzer writes new inputs into the corpus directory: give it a copy.
+    if [[ -d "fuzz/corpus/$target" ]]; then
+      cp -R "fuzz/corpus/$target/." "$corpus/"
+    fi
+    local extra=()
+    if [[ -f "fuzz/$target.dict" ]]; then
+      extra+=("-dict=fuzz/$target.dict")
+    fi
+    if ! "$build-fuzz/fuzz/$target" -runs=2000 -max_total_time=300 -timeout=30 \
+      -print_final_stats=1 "-artifact_prefix=$build-fuzz/artifacts/$target/" "${extra[@]}" \
+      "$corpus"; then
+      echo "fuzz: $target FAILED; crashing input under $build-fuzz/artifacts/$target/"
+      fuzz_failed=1
+    fi
+  done
+  return "$fuzz_failed"
+}
+
+stage_python() {
+  # PLACEHOLDER (python): build the pybind11 extension with scikit-build-core
+  # (pip install ./python) into a venv and run pytest python/tests.
+  echo "python stage not wired yet"
+  return 77
+}
+
+stage_node() {
+  # PLACEHOLDER (node): build the node-addon-api addon with cmake-js
+  # (npm ci && npm test in node/).
+  echo "node stage not wired yet"
+  return 77
+}
+
+total_start=$SECONDS
+if ! ./scripts/setup.sh; then
+  echo "test.sh: FAILED: setup.sh could not install the build dependencies"
+  exit 1
+fi
+
+run_stage release stage_release
+run_stage asan stage_asan
+run_stage fuzz stage_fuzz
+run_stage python stage_python
+run_stage node stage_node
+
+join() { local IFS=,; echo "${*:-none}"; }
+echo
+echo "test.sh: $([[ ${#failed[@]} -eq 0 ]] && echo OK || echo FAILED) in $((SECONDS - total_start))s -" \
+  "passed: $(join "${passed[@]}"); failed: $(join "${failed[@]}"); skipped: $(join "${skipped[@]}")"
+((${#failed[@]} == 0))
