@@ -1,0 +1,474 @@
+"""The devicebound mosquitto plugin, through plain MQTT clients (paho-mqtt):
+its three events, its ACL and its SAS authentication.
+
+An absence ("no event", "not received") is proven with a sentinel: an action
+whose result the broker must deliver after the one that must not happen, so no
+test waits for a quiet period.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from conftest import (
+    HUB_HOSTNAME,
+    WAIT,
+    EventListener,
+    MqttClient,
+    device_username,
+    new_key,
+    sas_token,
+    wait_until,
+)
+
+DEVICEBOUND = "/messages/devicebound/"
+
+
+def filter_of(device_id: str) -> str:
+    return f"devices/{device_id}{DEVICEBOUND}#"
+
+
+def topic_of(device_id: str, bag: str = "") -> str:
+    return f"devices/{device_id}{DEVICEBOUND}{bag}"
+
+
+def device(broker, clients, device_id, *, clean_session=False, subscribe=True, **kwargs):
+    client = clients.add(MqttClient(broker.plain_port, device_id, clean_session=clean_session, **kwargs))
+    assert client.connect() == 0
+    if subscribe:
+        assert client.subscribe(filter_of(device_id)) == 1
+    return client
+
+
+def sentinel(broker, clients, events, name="sentinel"):
+    """Makes the plugin publish subscribed/{name}; asserts it is the next event."""
+    device(broker, clients, name, clean_session=True)
+    events.expect("subscribed", name, filter_of(name).encode())
+
+
+# --------------------------------------------------------------------------- #
+# Events
+
+
+def test_subscribed_delivered_disconnected(start_broker, clients):
+    broker = start_broker()
+    events = clients.add(EventListener(broker))
+    hub = clients.add(MqttClient(broker.plain_port, "backend"))
+    assert hub.connect() == 0
+
+    dev = device(broker, clients, "dev1")
+    events.expect("subscribed", "dev1", filter_of("dev1").encode())
+
+    topic = topic_of("dev1", "%24.mid=m1&%24.ct=text%2Fplain&color=blue")
+    hub.publish(topic, b"hello")
+    received = dev.expect()
+    assert (received.topic, received.payload) == (topic, b"hello")
+    events.expect("delivered", "dev1", topic.encode())
+
+    # A second message with an empty bag, as the hub writes it.
+    hub.publish(topic_of("dev1"), b"")
+    assert dev.expect().topic == topic_of("dev1")
+    events.expect("delivered", "dev1", topic_of("dev1").encode())
+
+    dev.disconnect()
+    events.expect("disconnected", "dev1", b"")
+
+
+def test_lost_connection_reports_disconnected(start_broker, clients):
+    broker = start_broker()
+    events = clients.add(EventListener(broker))
+    dev = device(broker, clients, "dev1")
+    events.expect("subscribed", "dev1")
+    dev.drop()
+    events.expect("disconnected", "dev1", b"")
+
+
+def test_other_filters_do_not_announce(start_broker, clients):
+    broker = start_broker()
+    events = clients.add(EventListener(broker))
+    dev = device(broker, clients, "dev1", subscribe=False)
+    assert dev.subscribe("devices/dev1/messages/devicebound/+") == 1
+    assert dev.subscribe("devices/dev1/twin/#") == 1
+    sentinel(broker, clients, events)
+
+
+def test_offline_message_is_reported_when_handed_over_on_reconnect(start_broker, clients):
+    """A message routed to an offline persistent session is not "delivered"
+    until the device is back, and the device, which (like stock SDKs) does not
+    subscribe again on reconnect, is announced as subscribed."""
+    broker = start_broker()
+    events = clients.add(EventListener(broker))
+    hub = clients.add(MqttClient(broker.plain_port, "backend"))
+    assert hub.connect() == 0
+
+    dev = device(broker, clients, "dev1")
+    events.expect("subscribed", "dev1")
+    dev.disconnect()
+    events.expect("disconnected", "dev1")
+
+    topic = topic_of("dev1", "%24.mid=offline")
+    hub.publish(topic, b"queued by the broker")
+    sentinel(broker, clients, events)  # no "delivered" while offline
+
+    back = device(broker, clients, "dev1", subscribe=False)
+    events.expect("subscribed", "dev1", filter_of("dev1").encode())
+    events.expect("delivered", "dev1", topic.encode())
+    received = back.expect()
+    assert (received.topic, received.payload) == (topic, b"queued by the broker")
+
+
+def test_clean_session_forgets_the_subscription(start_broker, clients):
+    broker = start_broker()
+    events = clients.add(EventListener(broker))
+    dev = device(broker, clients, "dev1")
+    events.expect("subscribed", "dev1")
+    dev.disconnect()
+    events.expect("disconnected", "dev1")
+
+    clean = device(broker, clients, "dev1", clean_session=True, subscribe=False)
+    clean.disconnect()
+    events.expect("disconnected", "dev1")  # no "subscribed" before it
+
+    again = device(broker, clients, "dev1", subscribe=False)
+    sentinel(broker, clients, events)  # the clean session dropped the subscription
+    again.disconnect()
+    events.expect("disconnected", "dev1")
+
+
+def test_unsubscribe_forgets_the_subscription(start_broker, clients):
+    broker = start_broker()
+    events = clients.add(EventListener(broker))
+    dev = device(broker, clients, "dev1")
+    events.expect("subscribed", "dev1")
+    dev.unsubscribe(filter_of("dev1"))
+    dev.disconnect()
+    events.expect("disconnected", "dev1")
+    device(broker, clients, "dev1", subscribe=False)
+    sentinel(broker, clients, events)
+
+
+def test_takeover_by_the_same_device_is_not_a_disconnect(start_broker, clients):
+    """A device reconnecting while the broker still holds its old connection:
+    the old one is closed, the device stays online."""
+    broker = start_broker()
+    events = clients.add(EventListener(broker))
+    old = device(broker, clients, "dev1")
+    events.expect("subscribed", "dev1")
+
+    new = device(broker, clients, "dev1", subscribe=False)
+    events.expect("subscribed", "dev1")  # its session holds the subscription
+    old.wait_disconnected()
+    sentinel(broker, clients, events)  # and no "disconnected" for the old connection
+
+    hub = clients.add(MqttClient(broker.plain_port, "backend"))
+    assert hub.connect() == 0
+    hub.publish(topic_of("dev1", "%24.mid=after"), b"x")
+    assert new.expect().topic == topic_of("dev1", "%24.mid=after")
+    events.expect("delivered", "dev1")
+    new.disconnect()
+    events.expect("disconnected", "dev1")
+
+
+def test_takeover_with_a_clean_session_is_a_disconnect(start_broker, clients):
+    """The clean session discards the old one and its subscription."""
+    broker = start_broker()
+    events = clients.add(EventListener(broker))
+    old = device(broker, clients, "dev1")
+    events.expect("subscribed", "dev1")
+    new = device(broker, clients, "dev1", clean_session=True, subscribe=False)
+    events.expect("disconnected", "dev1")
+    old.wait_disconnected()
+    assert new.subscribe(filter_of("dev1")) == 1
+    events.expect("subscribed", "dev1")
+    new.disconnect()
+    events.expect("disconnected", "dev1")
+
+
+def test_backend_subscription_gets_the_online_devices(start_broker, clients):
+    """A hub that (re)subscribes learns which devices are online and subscribed."""
+    broker = start_broker()
+    events = clients.add(EventListener(broker))
+    device(broker, clients, "online1")
+    events.expect("subscribed", "online1")
+    device(broker, clients, "online2")
+    events.expect("subscribed", "online2")
+    device(broker, clients, "connected-not-subscribed", subscribe=False)
+    gone = device(broker, clients, "offline")
+    events.expect("subscribed", "offline")
+    gone.disconnect()
+    events.expect("disconnected", "offline")
+
+    late = clients.add(EventListener(broker, "late-hub"))
+    announced = {late.next().device, late.next().device}
+    assert announced == {"online1", "online2"}
+    device(broker, clients, "sentinel", clean_session=True)
+    late.expect("subscribed", "sentinel")
+
+
+def test_restart_keeps_sessions_and_announces_returning_devices(start_broker, clients):
+    broker = start_broker()
+    events = EventListener(broker)
+    dev = device(broker, clients, "dev1")
+    events.expect("subscribed", "dev1")
+    dev.disconnect()
+    events.expect("disconnected", "dev1")
+    events.close()
+
+    broker.restart()
+    assert (broker.workdir / "data" / "devicebound-plugin.state").read_text() == "dev1\n"
+    events = clients.add(EventListener(broker))
+    back = device(broker, clients, "dev1", subscribe=False)
+    events.expect("subscribed", "dev1")
+    hub = clients.add(MqttClient(broker.plain_port, "backend"))
+    assert hub.connect() == 0
+    hub.publish(topic_of("dev1", "%24.mid=after-restart"), b"y")
+    assert back.expect().payload == b"y"
+    events.expect("delivered", "dev1")
+
+
+# --------------------------------------------------------------------------- #
+# ACL
+
+
+def test_device_cannot_subscribe_outside_its_own_topics(start_broker, clients):
+    broker = start_broker()
+    dev2 = device(broker, clients, "dev2", subscribe=False, username=device_username("dev2"))
+    for refused in (filter_of("dev1"), "devices/+/messages/devicebound/#", "devices/#", "#",
+                    "+/dev1/messages/devicebound/#", "devicebound/broker/#", "$share/g/devices/dev1/#"):
+        assert dev2.subscribe(refused) == 0x80, refused
+    assert dev2.subscribe(filter_of("dev2")) == 1
+
+
+def test_backend_cannot_subscribe_to_device_topics(start_broker, clients):
+    broker = start_broker()
+    backend = clients.add(MqttClient(broker.plain_port, "backend"))
+    assert backend.connect() == 0
+    for refused in (filter_of("dev1"), "devices/+/messages/devicebound/#", "devices/#"):
+        assert backend.subscribe(refused) == 0x80, refused
+
+
+def test_wildcard_subscriber_never_reads_device_bound_messages(start_broker, clients):
+    broker = start_broker()
+    snoop = clients.add(MqttClient(broker.plain_port, "snoop"))
+    assert snoop.connect() == 0
+    assert snoop.subscribe("#") == 1
+    assert snoop.subscribe("+/dev1/messages/devicebound/#") == 1
+    dev1 = device(broker, clients, "dev1")
+    hub = clients.add(MqttClient(broker.plain_port, "backend"))
+    assert hub.connect() == 0
+
+    hub.publish(topic_of("dev1", "%24.mid=secret"), b"secret")
+    assert dev1.expect().payload == b"secret"
+    hub.publish("other/topic", b"sentinel")
+    while True:
+        msg = snoop.expect()
+        if msg.topic.startswith("devicebound/broker/"):
+            continue  # the events, which back ends may read
+        assert msg.topic == "other/topic", msg.topic
+        break
+
+
+def test_nobody_publishes_broker_events(start_broker, clients):
+    broker = start_broker()
+    events = clients.add(EventListener(broker))
+    backend = clients.add(MqttClient(broker.plain_port, "backend"))
+    assert backend.connect() == 0
+    backend.publish("devicebound/broker/subscribed/fake", b"devices/fake/messages/devicebound/#")
+    backend.publish("devicebound/broker", b"x")
+    dev = device(broker, clients, "dev9", subscribe=False, username=device_username("dev9"))
+    dev.publish("devicebound/broker/delivered/dev9", b"x")
+    sentinel(broker, clients, events)
+
+
+def test_devices_cannot_inject_device_bound_messages(start_broker, clients):
+    broker = start_broker()
+    dev1 = device(broker, clients, "dev1")
+    dev2 = device(broker, clients, "dev2", username=device_username("dev2"))
+    backend = clients.add(MqttClient(broker.plain_port, "backend"))
+    assert backend.connect() == 0
+
+    dev2.publish(topic_of("dev1", "%24.mid=forged"), b"forged")  # another device's
+    dev2.publish(topic_of("dev2", "%24.mid=self"), b"self")      # its own
+    backend.publish(topic_of("dev1", "%24.mid=retained"), b"retained", retain=True)
+    dev2.publish("devices/dev2/messages/events/", b"telemetry is allowed")
+    backend.publish(topic_of("dev1", "%24.mid=real"), b"real")
+    backend.publish(topic_of("dev2", "%24.mid=real"), b"real")
+    assert dev1.expect().payload == b"real"
+    assert dev2.expect().payload == b"real"
+
+    # The retained publish was refused, so a later subscriber gets nothing stored.
+    dev3 = device(broker, clients, "dev3", subscribe=False)
+    assert dev3.subscribe("devices/dev3/#") == 1
+    backend.publish(topic_of("dev3", "%24.mid=real"), b"real")
+    assert dev3.expect().topic == topic_of("dev3", "%24.mid=real")
+
+
+def test_extension_topics_are_per_client(start_broker, clients):
+    """docs/protocol.md extension topics: pushes are read only by the client
+    they name, requests are written only in the writer's own name, and devices
+    use only their own device-party topics (and read the hub's status)."""
+    broker = start_broker()
+    hub = clients.add(MqttClient(broker.plain_port, "devicebound-hub"))
+    assert hub.connect() == 0
+    assert hub.subscribe("devicebound/hub/#") == 1
+
+    dev2 = device(broker, clients, "dev2", subscribe=False, username=device_username("dev2"))
+    assert dev2.subscribe("devicebound/device/dev2/#") == 1
+    assert dev2.subscribe("devicebound/status/hub") == 1
+    for refused in ("devicebound/device/dev1/#", "devicebound/device/+/#", "devicebound/service/dev2/#",
+                    "devicebound/hub/#", "devicebound/#"):
+        assert dev2.subscribe(refused) == 0x80, refused
+
+    svc1 = clients.add(MqttClient(broker.plain_port, "svc1"))
+    assert svc1.connect() == 0
+    assert svc1.subscribe("devicebound/service/svc1/#") == 1
+    for refused in ("devicebound/service/svc2/#", "devicebound/device/dev2/#", "devicebound/admin/a/#"):
+        assert svc1.subscribe(refused) == 0x80, refused
+    assert svc1.subscribe("devicebound/#") == 1  # allowed, but reads only its own pushes
+
+    # Requests in another client's name, or a device in the service party: refused.
+    dev2.publish("devicebound/hub/device/dev1/complete/%24.lock=x", b"")
+    dev2.publish("devicebound/hub/service/dev2/send/dev1/%24.rid=1", b"")
+    svc1.publish("devicebound/hub/service/svc2/send/dev1/%24.rid=2", b"")
+    svc1.publish("devicebound/hub/device/dev2/complete/%24.lock=y", b"")
+    dev2.publish("devicebound/status/hub", b"offline")
+    dev2.publish("devicebound/device/dev2/message/", b"")
+    # In their own names: accepted.
+    dev2.publish("devicebound/hub/device/dev2/complete/%24.lock=z", b"")
+    svc1.publish("devicebound/hub/service/svc1/send/dev2/%24.rid=3", b"")
+    assert hub.expect().topic == "devicebound/hub/device/dev2/complete/%24.lock=z"
+    assert hub.expect().topic == "devicebound/hub/service/svc1/send/dev2/%24.rid=3"
+
+    # The hub's pushes reach only the client they name.
+    hub.publish("devicebound/device/dev2/message/%24.mid=m", b"for dev2")
+    hub.publish("devicebound/service/svc2/reply/%24.rid=9", b"for svc2")
+    hub.publish("devicebound/service/svc1/reply/%24.rid=3", b"for svc1")
+    hub.publish("devicebound/status/hub", b"online", retain=True)
+    assert dev2.expect().payload == b"for dev2"
+    assert dev2.expect().payload == b"online"
+    seen = set()
+    while ("devicebound/status/hub", b"online") not in seen:  # published last
+        msg = svc1.expect()
+        if not msg.topic.startswith("devicebound/hub/"):  # its own request, via devicebound/#
+            seen.add((msg.topic, msg.payload))
+    assert seen == {("devicebound/service/svc1/reply/%24.rid=3", b"for svc1"),
+                    ("devicebound/status/hub", b"online")}
+
+
+def test_client_ids_with_wildcards_are_refused(start_broker, clients):
+    broker = start_broker()
+    for bad in ("+", "a#", "a/b"):
+        client = clients.add(MqttClient(broker.plain_port, bad))
+        assert client.connect() == 5, bad
+
+
+def test_username_naming_another_device_is_refused(start_broker, clients):
+    broker = start_broker()
+    client = clients.add(MqttClient(broker.plain_port, "dev2", username=device_username("dev1")))
+    assert client.connect() == 5
+
+
+# --------------------------------------------------------------------------- #
+# SAS authentication (plugin_opt_auth_file)
+
+
+def write_auth_file(path, devices: dict[str, str], policies: dict[str, str]):
+    lines = ["# devicebound test keys"]
+    lines += [f"{device_id} {key}" for device_id, key in devices.items()]
+    lines += [f"policy {name} {key}" for name, key in policies.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def try_connect(broker, clients, client_id, username=None, password=None) -> int:
+    client = clients.add(MqttClient(broker.plain_port, client_id, username=username, password=password))
+    return client.connect()
+
+
+def test_sas_authentication(start_broker, clients, tmp_path):
+    dev_key, other_key, hub_key = new_key(), new_key(), new_key()
+    auth = write_auth_file(tmp_path / "keys", {"dev1": dev_key, "dev2": other_key}, {"hub": hub_key})
+    broker = start_broker(auth_file=auth)
+    resource = f"{HUB_HOSTNAME}/devices/dev1"
+
+    ok = sas_token(resource, dev_key)
+    assert try_connect(broker, clients, "dev1", device_username("dev1"), ok) == 0
+    # Some SDKs lowercase the resource before signing (SPEC 5.3).
+    assert try_connect(broker, clients, "dev1", device_username("dev1"),
+                       sas_token(resource.lower(), dev_key)) == 0
+
+    refused = {
+        "wrong key": ("dev1", device_username("dev1"), sas_token(resource, other_key)),
+        "expired": ("dev1", device_username("dev1"), sas_token(resource, dev_key, int(time.time()) - 5)),
+        "other resource": ("dev1", device_username("dev1"),
+                           sas_token(f"{HUB_HOSTNAME}/devices/dev2", dev_key)),
+        "other host": ("dev1", device_username("dev1"), sas_token("other.example/devices/dev1", dev_key)),
+        "unknown device": ("dev3", device_username("dev3"),
+                           sas_token(f"{HUB_HOSTNAME}/devices/dev3", dev_key)),
+        "no password": ("dev1", device_username("dev1"), None),
+        "not a token": ("dev1", device_username("dev1"), dev_key),
+        "policy token for a device": ("dev1", device_username("dev1"),
+                                      sas_token(resource, hub_key, policy="hub")),
+        "anonymous": ("anon", None, None),
+        "back end, wrong password": ("backend", "hub", other_key),
+        "back end, unknown policy": ("backend", "nobody", sas_token(HUB_HOSTNAME, hub_key, policy="nobody")),
+        "back end, token without skn": ("backend", "hub", sas_token(HUB_HOSTNAME, hub_key)),
+    }
+    for case, (client_id, username, password) in refused.items():
+        assert try_connect(broker, clients, client_id, username, password) == 5, case
+
+    # Back ends: a policy SAS token, or the policy name and key.
+    assert try_connect(broker, clients, "backend1", "hub@sas.root.devicebound",
+                       sas_token(HUB_HOSTNAME, hub_key, policy="hub")) == 0
+    assert try_connect(broker, clients, "backend2", "hub", hub_key) == 0
+
+
+def test_authenticated_device_gets_events_and_acl(start_broker, clients, tmp_path):
+    dev_key, hub_key = new_key(), new_key()
+    auth = write_auth_file(tmp_path / "keys", {"dev1": dev_key}, {"hub": hub_key})
+    broker = start_broker(auth_file=auth)
+    events = clients.add(EventListener(broker, username="hub", password=hub_key))
+    dev = device(broker, clients, "dev1", username=device_username("dev1"),
+                 password=sas_token(f"{HUB_HOSTNAME}/devices/dev1", dev_key))
+    events.expect("subscribed", "dev1")
+    assert dev.subscribe("devicebound/broker/#") == 0x80
+    hub = clients.add(MqttClient(broker.plain_port, "backend", username="hub", password=hub_key))
+    assert hub.connect() == 0
+    hub.publish(topic_of("dev1", "%24.mid=1"), b"z")
+    assert dev.expect().payload == b"z"
+    events.expect("delivered", "dev1")
+
+
+def test_sighup_reloads_the_auth_file(start_broker, clients, tmp_path):
+    old_key, new_key_ = new_key(), new_key()
+    auth = write_auth_file(tmp_path / "keys", {"dev1": old_key}, {})
+    broker = start_broker(auth_file=auth)
+    resource = f"{HUB_HOSTNAME}/devices/dev1"
+    assert try_connect(broker, clients, "dev1", device_username("dev1"), sas_token(resource, new_key_)) == 5
+
+    def loads():
+        return broker.log_text().count("devicebound: auth_file")
+
+    write_auth_file(auth, {"dev1": new_key_, "dev2": new_key_}, {})
+    os.kill(broker.proc.pid, signal.SIGHUP)
+    wait_until(lambda: loads() == 2, WAIT, "the auth file to be reloaded")
+    assert try_connect(broker, clients, "dev1", device_username("dev1"), sas_token(resource, new_key_)) == 0
+    assert try_connect(broker, clients, "dev1", device_username("dev1"), sas_token(resource, old_key)) == 5
+
+    auth.write_text("dev1 broken!\n")  # a bad file is refused; the keys stay
+    os.kill(broker.proc.pid, signal.SIGHUP)
+    wait_until(lambda: "is not base64" in broker.log_text(), WAIT, "the bad reload to be refused")
+    assert try_connect(broker, clients, "dev1", device_username("dev1"), sas_token(resource, new_key_)) == 0
+
+
+def test_bad_auth_file_stops_the_broker(start_broker, tmp_path):
+    bad = tmp_path / "keys"
+    bad.write_text("dev1 not-base64!\n")
+    try:
+        start_broker(auth_file=bad)
+    except RuntimeError as error:
+        assert "not base64" in str(error)
+    else:
+        raise AssertionError("mosquitto started with a bad auth file")
