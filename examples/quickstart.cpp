@@ -4,11 +4,10 @@
 // rejects one, abandons one until it is dead-lettered, lets one expire, and
 // prints every state change and the delivery feedback as the service gets it.
 #include <cstdio>
-#include <string>
-
 #include <devicebound/codec/feedback_json.hpp>
 #include <devicebound/codec/iso8601.hpp>
 #include <devicebound/hub.hpp>
+#include <string>
 
 using namespace devicebound;
 using namespace std::chrono_literals;
@@ -23,9 +22,12 @@ int main() {
   hub h(config);                  // unguessable lock tokens from the system
 
   h.set_observer([](const transition& t) {
-    std::string reason = t.reason == dead_letter_reason::none ? "" : " (" + std::string(to_string(t.reason)) + ")";
-    std::printf("  [%s] #%llu %-12s %-13s %-9s -> %s%s, delivery count %u\n", codec::format_iso8601(t.at).c_str(),
-                static_cast<unsigned long long>(t.sequence_number), std::string(t.message_id.value_or("-")).c_str(),
+    std::string reason =
+        t.reason == dead_letter_reason::none ? "" : " (" + std::string(to_string(t.reason)) + ")";
+    std::printf("  [%s] #%llu %-12s %-13s %-9s -> %s%s, delivery count %u\n",
+                codec::format_iso8601(t.at).c_str(),
+                static_cast<unsigned long long>(t.sequence_number),
+                std::string(t.message_id.value_or("-")).c_str(),
                 std::string(to_string(t.cause)).c_str(), std::string(to_string(t.from)).c_str(),
                 std::string(to_string(t.to)).c_str(), reason.c_str(), t.delivery_count);
   });
@@ -34,7 +36,8 @@ int main() {
   auto gen = h.add_device("thermostat-1").value();
   std::printf("  generation id %s\n", gen.c_str());
 
-  auto send = [&](const char* id, const char* body, ack_mode ack, std::optional<time_point> expiry = {}) {
+  auto send = [&](const char* id, const char* body, ack_mode ack,
+                  std::optional<time_point> expiry = {}) {
     message m;
     m.message_id = id;
     m.body = body;
@@ -46,8 +49,10 @@ int main() {
       std::printf("send %s failed: %s\n", id, r.error().message.c_str());
       return;
     }
-    std::printf("sent %s (ack=%s), sequence number %llu, expires %s\n", id, std::string(to_string(ack)).c_str(),
-                static_cast<unsigned long long>(r->sequence_number), codec::format_iso8601(r->expiry_time_utc).c_str());
+    std::printf("sent %s (ack=%s), sequence number %llu, expires %s\n", id,
+                std::string(to_string(ack)).c_str(),
+                static_cast<unsigned long long>(r->sequence_number),
+                codec::format_iso8601(r->expiry_time_utc).c_str());
   };
 
   std::printf("\nthe back end sends four messages\n");
@@ -58,8 +63,9 @@ int main() {
 
   auto receive = [&] {
     auto r = h.receive("thermostat-1", now).value();
-    if (r) std::printf("device received %s: %s (lock %s)\n", r->message_id->c_str(), r->body.c_str(),
-                       r->lock_token->to_string().c_str());
+    if (r)
+      std::printf("device received %s: %s (lock %s)\n", r->message_id->c_str(), r->body.c_str(),
+                  r->lock_token->to_string().c_str());
     return r;
   };
 
@@ -73,15 +79,17 @@ int main() {
   for (;;) {
     now += 1s;
     auto m = receive();
-    if (!m || *m->message_id != "flaky") break;
+    if (!m || *m->message_id != "flaky")
+      break;
     h.abandon("thermostat-1", *m->lock_token, now).value();
-    if (h.queue_depth("thermostat-1", now).value() == 1) break;  // only short-lived is left
+    if (h.queue_depth("thermostat-1", now).value() == 1)
+      break;  // only short-lived is left
   }
 
   std::printf("\na settlement with a stale lock token is refused and changes nothing\n");
   auto stale = h.complete("thermostat-1", *m1->lock_token, now);
-  std::printf("  %u %s: %s\n", stale.error().numeric(), std::string(to_string(stale.code())).c_str(),
-              stale.error().message.c_str());
+  std::printf("  %u %s: %s\n", stale.error().numeric(),
+              std::string(to_string(stale.code())).c_str(), stale.error().message.c_str());
 
   std::printf("\nten minutes pass: 'short-lived' expires\n");
   now += 10min;
@@ -99,10 +107,14 @@ int main() {
   }
 
   const auto& s = h.stats();
-  std::printf("\naccepted %llu: completed %llu, rejected %llu, delivery count exceeded %llu, expired %llu\n",
-              static_cast<unsigned long long>(s.accepted), static_cast<unsigned long long>(s.completed),
-              static_cast<unsigned long long>(s.rejected), static_cast<unsigned long long>(s.delivery_count_exceeded),
-              static_cast<unsigned long long>(s.expired));
-  const bool all_accounted = s.accepted == s.completed + s.rejected + s.delivery_count_exceeded + s.expired;
+  std::printf(
+      "\naccepted %llu: completed %llu, rejected %llu, delivery count exceeded %llu, expired "
+      "%llu\n",
+      static_cast<unsigned long long>(s.accepted), static_cast<unsigned long long>(s.completed),
+      static_cast<unsigned long long>(s.rejected),
+      static_cast<unsigned long long>(s.delivery_count_exceeded),
+      static_cast<unsigned long long>(s.expired));
+  const bool all_accounted =
+      s.accepted == s.completed + s.rejected + s.delivery_count_exceeded + s.expired;
   return all_accounted ? 0 : 1;
 }

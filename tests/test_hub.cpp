@@ -29,15 +29,16 @@ struct hub_fixture : ::testing::Test {
   }
   void SetUp() override { make(); }
 
-  static message msg(std::string body, ack_mode ack = ack_mode::none, std::optional<std::string> id = {}) {
+  static message msg(std::string body, ack_mode ack = ack_mode::none,
+                     std::optional<std::string> id = {}) {
     message m;
     m.body = std::move(body);
     m.ack = ack;
     m.message_id = std::move(id);
     return m;
   }
-  std::uint64_t send(std::string body, ack_mode ack = ack_mode::none, std::optional<std::string> id = {},
-                     time_point now = t0) {
+  std::uint64_t send(std::string body, ack_mode ack = ack_mode::none,
+                     std::optional<std::string> id = {}, time_point now = t0) {
     auto r = h->enqueue("dev1", msg(std::move(body), ack, std::move(id)), now);
     EXPECT_TRUE(r) << (r ? "" : r.error().message);
     return r ? r->sequence_number : 0;
@@ -54,8 +55,10 @@ struct hub_fixture : ::testing::Test {
     for (;;) {
       auto b = h->receive_feedback(now);
       EXPECT_TRUE(b);
-      if (!b || !b->has_value()) break;
-      for (auto& r : (*b)->records) out.push_back(r);
+      if (!b || !b->has_value())
+        break;
+      for (auto& r : (*b)->records)
+        out.push_back(r);
       EXPECT_TRUE(h->complete_feedback((*b)->lock_token, now));
     }
     return out;
@@ -228,7 +231,8 @@ TEST_F(hub_fixture, Spec_1_4_PurgeRemovesAllAndReportsPurgedToNegativeAcks) {
   EXPECT_EQ(depth(), 0u);
   auto fb = drain_feedback(t0);
   ASSERT_EQ(fb.size(), 2u);
-  for (auto& r : fb) EXPECT_EQ(r.status_code, feedback_status::purged);
+  for (auto& r : fb)
+    EXPECT_EQ(r.status_code, feedback_status::purged);
   EXPECT_EQ(fb[0].original_message_id, "m1");
   EXPECT_EQ(fb[1].original_message_id, "m3");
 }
@@ -302,7 +306,8 @@ TEST_F(hub_fixture, Spec_1_5_StaleTokenOfRedeliveredMessageIsRefused) {
   send("a");
   auto first = recv();
   auto second = recv(t0 + 60s);
-  EXPECT_EQ(h->complete("dev1", *first.lock_token, t0 + 61s).code(), errc::device_message_lock_lost);
+  EXPECT_EQ(h->complete("dev1", *first.lock_token, t0 + 61s).code(),
+            errc::device_message_lock_lost);
   EXPECT_TRUE(h->complete("dev1", *second.lock_token, t0 + 61s));
 }
 
@@ -367,7 +372,8 @@ TEST(HubConfig, Spec_2_1_RangesAreValidated) {
   expect_bad([](hub_config& c) { c.max_delivery_count = 0; }, "max_delivery_count");
   expect_bad([](hub_config& c) { c.max_delivery_count = 101; }, "max_delivery_count");
   expect_bad([](hub_config& c) { c.feedback_ttl = 48h + 1s; }, "feedback_ttl");
-  expect_bad([](hub_config& c) { c.feedback_max_delivery_count = 101; }, "feedback_max_delivery_count");
+  expect_bad([](hub_config& c) { c.feedback_max_delivery_count = 101; },
+             "feedback_max_delivery_count");
   expect_bad([](hub_config& c) { c.feedback_lock_duration = 4s; }, "feedback_lock_duration");
   expect_bad([](hub_config& c) { c.feedback_lock_duration = 301s; }, "feedback_lock_duration");
   expect_bad([](hub_config& c) { c.max_queue_depth = 0; }, "max_queue_depth");
@@ -423,7 +429,8 @@ TEST_F(hub_fixture, Spec_2_2_ExpiryInThePastDeadLettersAtOnce) {
 }
 
 TEST_F(hub_fixture, Spec_2_3_QueueOfFiftyCountsInvisibleThenRefuses) {
-  for (int i = 0; i < 50; ++i) send("m" + std::to_string(i));
+  for (int i = 0; i < 50; ++i)
+    send("m" + std::to_string(i));
   recv();  // Invisible still counts (SPEC 2.3)
   auto r = h->enqueue("dev1", msg("overflow"), t0);
   ASSERT_FALSE(r);
@@ -434,7 +441,8 @@ TEST_F(hub_fixture, Spec_2_3_QueueOfFiftyCountsInvisibleThenRefuses) {
 }
 
 TEST_F(hub_fixture, Spec_2_3_SpaceFreedBySettlementIsReusable) {
-  for (int i = 0; i < 50; ++i) send("m");
+  for (int i = 0; i < 50; ++i)
+    send("m");
   auto m = recv();
   ASSERT_TRUE(h->complete("dev1", *m.lock_token, t0));
   EXPECT_TRUE(h->enqueue("dev1", msg("again"), t0));
@@ -453,9 +461,14 @@ TEST_F(hub_fixture, Spec_2_5_UnknownDeviceIs404001) {
 
 TEST_F(hub_fixture, Spec_2_6_SizeRuleCountsBodyAndProperties) {
   auto m = msg(std::string(65536 - 10 - 4 - 34, 'x'));  // 34 = len of the hub's `to`
-  m.app_properties["k"] = "123456789";                 // 1 + 9
-  m.message_id = "abcd";                               // 4
-  EXPECT_EQ(message_size([&] { auto c = m; c.to = hub::device_bound_address("dev1"); return c; }()), 65536u);
+  m.app_properties["k"] = "123456789";                  // 1 + 9
+  m.message_id = "abcd";                                // 4
+  EXPECT_EQ(message_size([&] {
+              auto c = m;
+              c.to = hub::device_bound_address("dev1");
+              return c;
+            }()),
+            65536u);
   ASSERT_TRUE(h->enqueue("dev1", m, t0));
   m.app_properties["k"] = "1234567890";
   auto r = h->enqueue("dev1", m, t0);
@@ -587,7 +600,8 @@ TEST(Message, Spec_3_6_AckWireValues) {
 }
 
 TEST(Message, LockTokenGuidForm) {
-  lock_token t{{0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff}};
+  lock_token t{{0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd,
+                0xee, 0xff}};
   EXPECT_EQ(t.to_string(), "00112233-4455-6677-8899-aabbccddeeff");
   EXPECT_EQ(lock_token::parse("00112233-4455-6677-8899-AABBCCDDEEFF"), t);
   EXPECT_EQ(lock_token::parse("00112233445566778899aabbccddeeff"), std::nullopt);
@@ -601,8 +615,9 @@ TEST_F(hub_fixture, Spec_4_1_AckModeSelectsOutcomes) {
     ack_mode ack;
     bool on_success, on_failure;
   };
-  for (auto [ack, on_success, on_failure] : {row{ack_mode::none, false, false}, row{ack_mode::positive, true, false},
-                                              row{ack_mode::negative, false, true}, row{ack_mode::full, true, true}}) {
+  for (auto [ack, on_success, on_failure] :
+       {row{ack_mode::none, false, false}, row{ack_mode::positive, true, false},
+        row{ack_mode::negative, false, true}, row{ack_mode::full, true, true}}) {
     make();
     send("ok", ack, "ok");
     send("bad", ack, "bad");
@@ -614,7 +629,8 @@ TEST_F(hub_fixture, Spec_4_1_AckModeSelectsOutcomes) {
     std::size_t expected = (on_success ? 1u : 0u) + (on_failure ? 1u : 0u);
     EXPECT_EQ(fb.size(), expected) << to_string(ack);
     for (auto& r : fb)
-      EXPECT_EQ(r.status_code, r.original_message_id == "ok" ? feedback_status::success : feedback_status::rejected);
+      EXPECT_EQ(r.status_code, r.original_message_id == "ok" ? feedback_status::success
+                                                             : feedback_status::rejected);
   }
 }
 
@@ -623,8 +639,10 @@ TEST_F(hub_fixture, Spec_4_3_BatchOf64GoesOutAtOnce) {
   c.max_queue_depth = 200;
   make(c);
   // the first record flushes alone (no batch sent yet); then 64 fill a batch
-  for (int i = 0; i < 65; ++i) send("m", ack_mode::positive, "m" + std::to_string(i));
-  for (int i = 0; i < 65; ++i) ASSERT_TRUE(h->complete("dev1", *recv(t0 + 1s).lock_token, t0 + 1s));
+  for (int i = 0; i < 65; ++i)
+    send("m", ack_mode::positive, "m" + std::to_string(i));
+  for (int i = 0; i < 65; ++i)
+    ASSERT_TRUE(h->complete("dev1", *recv(t0 + 1s).lock_token, t0 + 1s));
   EXPECT_EQ(h->stats().feedback_batches, 2u);
   EXPECT_EQ(h->pending_feedback_records(), 0u);
   auto b1 = h->receive_feedback(t0 + 1s).value();

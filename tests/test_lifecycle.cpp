@@ -2,9 +2,8 @@
 // not apply: a typed error and no change.
 #include <gtest/gtest.h>
 
-#include <vector>
-
 #include <devicebound/lifecycle.hpp>
+#include <vector>
 
 using namespace devicebound;
 using namespace std::chrono_literals;
@@ -32,7 +31,9 @@ bool same(const lifecycle_fields& a, const lifecycle_fields& b) {
 
 }  // namespace
 
-TEST_F(machine_fixture, Spec_1_3_StartsEnqueued) { EXPECT_EQ(m.state(), message_state::enqueued); }
+TEST_F(machine_fixture, Spec_1_3_StartsEnqueued) {
+  EXPECT_EQ(m.state(), message_state::enqueued);
+}
 
 TEST_F(machine_fixture, Spec_1_4_ReceiveLocksToInvisible) {
   auto s = lock();
@@ -157,7 +158,8 @@ TEST(Lifecycle, NoTransitionReturnsTypedErrorAndChangesNothing) {
   auto reach = [&](message_state target, lifecycle& m, lifecycle_fields& f) {
     f.expires_at = t0 + 1h;
     auto b = ev::base{&f, &r, t0};
-    if (target == message_state::enqueued) return;
+    if (target == message_state::enqueued)
+      return;
     ASSERT_TRUE(m.process(ev::lock{b, tok, 60s}));
     if (target == message_state::completed) {
       ASSERT_TRUE(m.process(ev::complete{b}));
@@ -230,6 +232,7 @@ TEST(Lifecycle, StateSurvivesCopyAndMove) {
   EXPECT_EQ(copy_assigned.state(), message_state::invisible);
   std::vector<lifecycle> v(1);
   ASSERT_TRUE(v[0].process(ev::lock{{&f, &r, t0}, tok, 60s}));
-  for (int i = 0; i < 100; ++i) v.emplace_back();  // reallocations move v[0]
+  for (int i = 0; i < 100; ++i)
+    v.emplace_back();  // reallocations move v[0]
   EXPECT_EQ(v[0].state(), message_state::invisible);
 }

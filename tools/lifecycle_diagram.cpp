@@ -6,11 +6,10 @@
 //   lifecycle_diagram --markdown   (the table as Markdown)
 #include <boost/mpl/for_each.hpp>
 #include <cstring>
+#include <devicebound/lifecycle.hpp>
 #include <iostream>
 #include <string>
 #include <type_traits>
-
-#include <devicebound/lifecycle.hpp>
 
 namespace {
 
@@ -30,8 +29,10 @@ struct dot_row {
   template <class Row>
   void operator()(wrap<Row>) const {
     std::string label = name_of<typename Row::Evt>();
-    if (auto g = name_of<typename Row::Guard>(); !g.empty()) label += "\\n[" + g + "]";
-    if (auto a = name_of<typename Row::Action>(); !a.empty()) label += "\\n/ " + a;
+    if (auto g = name_of<typename Row::Guard>(); !g.empty())
+      label += "\\n[" + g + "]";
+    if (auto a = name_of<typename Row::Action>(); !a.empty())
+      label += "\\n/ " + a;
     out << "  " << name_of<typename Row::Source>() << " -> " << name_of<typename Row::Target>()
         << " [label=\"" << label << "\"];\n";
   }
@@ -56,13 +57,14 @@ int main(int argc, char** argv) {
     boost::mpl::for_each<table, wrap<boost::mpl::placeholders::_1>>(markdown_row{std::cout});
     return 0;
   }
-  std::cout << "digraph lifecycle {\n"
-               "  rankdir=LR;\n"
-               "  node [shape=box, style=rounded, fontname=\"Helvetica\"];\n"
-               "  edge [fontname=\"Helvetica\", fontsize=10];\n"
-               "  start [shape=point];\n"
-               "  start -> Enqueued [label=\"send accepted\"];\n"
-               "  Completed [peripheries=2]; DeadLettered [peripheries=2]; Purged [peripheries=2];\n";
+  std::cout
+      << "digraph lifecycle {\n"
+         "  rankdir=LR;\n"
+         "  node [shape=box, style=rounded, fontname=\"Helvetica\"];\n"
+         "  edge [fontname=\"Helvetica\", fontsize=10];\n"
+         "  start [shape=point];\n"
+         "  start -> Enqueued [label=\"send accepted\"];\n"
+         "  Completed [peripheries=2]; DeadLettered [peripheries=2]; Purged [peripheries=2];\n";
   boost::mpl::for_each<table, wrap<boost::mpl::placeholders::_1>>(dot_row{std::cout});
   std::cout << "}\n";
   return 0;

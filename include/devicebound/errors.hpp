@@ -40,23 +40,40 @@ enum class errc : std::uint32_t {
 /// IoT Hub's name for a code (`"DeviceMaximumQueueDepthExceeded"`).
 constexpr std::string_view to_string(errc e) noexcept {
   switch (e) {
-    case errc::argument_invalid: return "ArgumentInvalid";
-    case errc::iothub_quota_exceeded: return "IotHubQuotaExceeded";
-    case errc::device_maximum_queue_depth_exceeded: return "DeviceMaximumQueueDepthExceeded";
-    case errc::device_not_found: return "DeviceNotFound";
-    case errc::device_already_exists: return "DeviceAlreadyExists";
-    case errc::precondition_failed: return "PreconditionFailed";
-    case errc::device_message_lock_lost: return "DeviceMessageLockLost";
-    case errc::message_too_large: return "MessageTooLarge";
-    case errc::throttling: return "ThrottlingException";
-    case errc::server_error: return "ServerError";
-    case errc::server_busy: return "ServerBusy";
-    case errc::not_connected: return "NotConnected";
-    case errc::timeout: return "Timeout";
-    case errc::not_supported: return "NotSupported";
-    case errc::invalid_operation: return "InvalidOperation";
-    case errc::unauthorized: return "Unauthorized";
-    case errc::malformed: return "Malformed";
+    case errc::argument_invalid:
+      return "ArgumentInvalid";
+    case errc::iothub_quota_exceeded:
+      return "IotHubQuotaExceeded";
+    case errc::device_maximum_queue_depth_exceeded:
+      return "DeviceMaximumQueueDepthExceeded";
+    case errc::device_not_found:
+      return "DeviceNotFound";
+    case errc::device_already_exists:
+      return "DeviceAlreadyExists";
+    case errc::precondition_failed:
+      return "PreconditionFailed";
+    case errc::device_message_lock_lost:
+      return "DeviceMessageLockLost";
+    case errc::message_too_large:
+      return "MessageTooLarge";
+    case errc::throttling:
+      return "ThrottlingException";
+    case errc::server_error:
+      return "ServerError";
+    case errc::server_busy:
+      return "ServerBusy";
+    case errc::not_connected:
+      return "NotConnected";
+    case errc::timeout:
+      return "Timeout";
+    case errc::not_supported:
+      return "NotSupported";
+    case errc::invalid_operation:
+      return "InvalidOperation";
+    case errc::unauthorized:
+      return "Unauthorized";
+    case errc::malformed:
+      return "Malformed";
   }
   return "Unknown";
 }
@@ -105,13 +122,15 @@ class exception : public std::runtime_error {
 };
 
 /// Makes an `error` (shorthand used throughout).
-inline error make_error(errc code, std::string message) { return error{code, std::move(message)}; }
+inline error make_error(errc code, std::string message) {
+  return error{code, std::move(message)};
+}
 
 /// Either a value or an `error`. A small stand-in for C++23 `std::expected`.
 template <class T>
 class [[nodiscard]] result {
  public:
-  result(T v) : v_(std::in_place_index<0>, std::move(v)) {}  // NOLINT(implicit)
+  result(T v) : v_(std::in_place_index<0>, std::move(v)) {}                   // NOLINT(implicit)
   result(devicebound::error e) : v_(std::in_place_index<1>, std::move(e)) {}  // NOLINT(implicit)
 
   bool has_value() const noexcept { return v_.index() == 0; }
@@ -139,7 +158,8 @@ class [[nodiscard]] result {
 
  private:
   void throw_if_error() const {
-    if (!has_value()) throw exception(std::get<1>(v_));
+    if (!has_value())
+      throw exception(std::get<1>(v_));
   }
   std::variant<T, devicebound::error> v_;
 };
@@ -154,7 +174,8 @@ class [[nodiscard]] result<void> {
   bool has_value() const noexcept { return ok_; }
   explicit operator bool() const noexcept { return ok_; }
   void value() const {
-    if (!ok_) throw exception(e_);
+    if (!ok_)
+      throw exception(e_);
   }
   const devicebound::error& error() const& { return e_; }
   errc code() const { return ok_ ? errc{} : e_.code; }

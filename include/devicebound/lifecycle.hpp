@@ -7,15 +7,14 @@
 /// to the message's `lifecycle_fields`. Not thread-safe: one owner at a time.
 #pragma once
 
-#include <cstdint>
-#include <string_view>
-#include <utility>
-
+#include <boost/mpl/vector/vector20.hpp>
 #include <boost/msm/back/state_machine.hpp>
 #include <boost/msm/back/tools.hpp>
 #include <boost/msm/front/functor_row.hpp>
 #include <boost/msm/front/state_machine_def.hpp>
-#include <boost/mpl/vector/vector20.hpp>
+#include <cstdint>
+#include <string_view>
+#include <utility>
 
 #include "errors.hpp"
 #include "message.hpp"
@@ -28,11 +27,16 @@ enum class message_state : std::uint8_t { enqueued, invisible, completed, dead_l
 
 constexpr std::string_view to_string(message_state s) noexcept {
   switch (s) {
-    case message_state::enqueued: return "Enqueued";
-    case message_state::invisible: return "Invisible";
-    case message_state::completed: return "Completed";
-    case message_state::dead_lettered: return "DeadLettered";
-    case message_state::purged: return "Purged";
+    case message_state::enqueued:
+      return "Enqueued";
+    case message_state::invisible:
+      return "Invisible";
+    case message_state::completed:
+      return "Completed";
+    case message_state::dead_lettered:
+      return "DeadLettered";
+    case message_state::purged:
+      return "Purged";
   }
   return "Enqueued";
 }
@@ -47,10 +51,14 @@ enum class dead_letter_reason : std::uint8_t { none, rejected, expired, delivery
 
 constexpr std::string_view to_string(dead_letter_reason r) noexcept {
   switch (r) {
-    case dead_letter_reason::none: return "None";
-    case dead_letter_reason::rejected: return "Rejected";
-    case dead_letter_reason::expired: return "Expired";
-    case dead_letter_reason::delivery_count_exceeded: return "DeliveryCountExceeded";
+    case dead_letter_reason::none:
+      return "None";
+    case dead_letter_reason::rejected:
+      return "Rejected";
+    case dead_letter_reason::expired:
+      return "Expired";
+    case dead_letter_reason::delivery_count_exceeded:
+      return "DeliveryCountExceeded";
   }
   return "None";
 }
@@ -195,7 +203,8 @@ struct lifecycle_def : msm::front::state_machine_def<lifecycle_def> {
     void operator()(const lifecycle_event::lock& e, M&, S&, T&) const {
       e.fields->token = e.token;
       e.fields->locked_until = e.now + e.lock_for;
-      if (e.rules->rule == delivery_count_rule::every_delivery) ++e.fields->delivery_count;
+      if (e.rules->rule == delivery_count_rule::every_delivery)
+        ++e.fields->delivery_count;
     }
   };
   struct drop_lock {
@@ -230,7 +239,8 @@ struct lifecycle_def : msm::front::state_machine_def<lifecycle_def> {
     template <class E, class M, class S, class T>
     void operator()(const E& e, M&, S&, T&) const {
       e.fields->token = lock_token{};
-      e.fields->delivery_count = count_after_release(e, std::is_same_v<E, lifecycle_event::abandon>);
+      e.fields->delivery_count =
+          count_after_release(e, std::is_same_v<E, lifecycle_event::abandon>);
       e.fields->reason = dead_letter_reason::delivery_count_exceeded;
     }
   };
@@ -332,10 +342,14 @@ class lifecycle {
 
   static message_state state_of(int id) noexcept {
     using d = definition;
-    if (id == id_of<d::enqueued>) return message_state::enqueued;
-    if (id == id_of<d::invisible>) return message_state::invisible;
-    if (id == id_of<d::completed>) return message_state::completed;
-    if (id == id_of<d::dead_lettered>) return message_state::dead_lettered;
+    if (id == id_of<d::enqueued>)
+      return message_state::enqueued;
+    if (id == id_of<d::invisible>)
+      return message_state::invisible;
+    if (id == id_of<d::completed>)
+      return message_state::completed;
+    if (id == id_of<d::dead_lettered>)
+      return message_state::dead_lettered;
     return message_state::purged;
   }
 

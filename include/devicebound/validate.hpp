@@ -32,7 +32,8 @@ inline std::string quoted_prefix(std::string_view s) {
       out.push_back(hex[static_cast<unsigned char>(c) & 0xF]);
     }
   }
-  if (s.size() > kShow) out += "...";
+  if (s.size() > kShow)
+    out += "...";
   return out + "'";
 }
 }  // namespace detail
@@ -48,21 +49,24 @@ inline constexpr std::size_t default_max_message_size = 64 * 1024;
 /// (IoT Hub's identity registry rule). None of `/ + #` can appear, so an id is
 /// always safe inside an MQTT topic.
 inline result<void> validate_device_id(std::string_view id) {
-  if (id.empty()) return make_error(errc::argument_invalid, "device id is empty");
+  if (id.empty())
+    return make_error(errc::argument_invalid, "device id is empty");
   if (id.size() > max_device_id_length)
     return make_error(errc::argument_invalid, "device id is " + std::to_string(id.size()) +
                                                   " characters long; the limit is 128");
   for (std::size_t i = 0; i < id.size(); ++i)
     if (!detail::is_ascii_alnum(id[i]) && !detail::in_set(id[i], "-.%_*?!(),:=@$'"))
       return make_error(errc::argument_invalid,
-                        "device id " + detail::quoted_prefix(id) + " has a character not allowed at " +
-                            std::to_string(i) + " (allowed: ASCII letters, digits, -.%_*?!(),:=@$')");
+                        "device id " + detail::quoted_prefix(id) +
+                            " has a character not allowed at " + std::to_string(i) +
+                            " (allowed: ASCII letters, digits, -.%_*?!(),:=@$')");
   return {};
 }
 
 /// Message ids: 1..128 ASCII alphanumerics plus `- : . + % _ # * ? ! ( ) , = @ ; $ '` (SPEC 3.2).
 inline result<void> validate_message_id(std::string_view id) {
-  if (id.empty()) return make_error(errc::argument_invalid, "message id is empty");
+  if (id.empty())
+    return make_error(errc::argument_invalid, "message id is empty");
   if (id.size() > max_message_id_length)
     return make_error(errc::argument_invalid, "message id is " + std::to_string(id.size()) +
                                                   " characters long; the limit is 128");
@@ -85,19 +89,22 @@ constexpr bool is_property_char(char c) noexcept {
 /// use the reserved prefixes `iothub-` and `$.` (system properties travel under
 /// them on the wire). Values may be empty.
 inline result<void> validate_app_property(std::string_view name, std::string_view value) {
-  if (name.empty()) return make_error(errc::argument_invalid, "application property name is empty");
+  if (name.empty())
+    return make_error(errc::argument_invalid, "application property name is empty");
   for (std::size_t i = 0; i < name.size(); ++i)
     if (!detail::is_property_char(name[i]))
-      return make_error(errc::argument_invalid, "application property name " +
-                                                    detail::quoted_prefix(name) +
-                                                    " has a character not allowed at " +
-                                                    std::to_string(i) + " (SPEC 3.3)");
+      return make_error(errc::argument_invalid,
+                        "application property name " + detail::quoted_prefix(name) +
+                            " has a character not allowed at " + std::to_string(i) + " (SPEC 3.3)");
   auto starts_with_ci = [](std::string_view s, std::string_view p) {
-    if (s.size() < p.size()) return false;
+    if (s.size() < p.size())
+      return false;
     for (std::size_t i = 0; i < p.size(); ++i) {
       char c = s[i];
-      if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-      if (c != p[i]) return false;
+      if (c >= 'A' && c <= 'Z')
+        c = static_cast<char>(c - 'A' + 'a');
+      if (c != p[i])
+        return false;
     }
     return true;
   };
@@ -107,9 +114,10 @@ inline result<void> validate_app_property(std::string_view name, std::string_vie
                                                   " uses a reserved prefix (iothub- or $.)");
   for (std::size_t i = 0; i < value.size(); ++i)
     if (!detail::is_property_char(value[i]))
-      return make_error(errc::argument_invalid, "application property " + detail::quoted_prefix(name) +
-                                                    " has a value with a character not allowed at " +
-                                                    std::to_string(i) + " (SPEC 3.3)");
+      return make_error(errc::argument_invalid,
+                        "application property " + detail::quoted_prefix(name) +
+                            " has a value with a character not allowed at " + std::to_string(i) +
+                            " (SPEC 3.3)");
   return {};
 }
 
@@ -123,13 +131,18 @@ inline constexpr std::size_t iso8601_length = 24;
 /// and creation times in their 24-character wire form.
 inline std::size_t message_size(const message& m) noexcept {
   std::size_t n = m.body.size();
-  for (const auto* s : {&m.message_id, &m.correlation_id, &m.user_id, &m.to, &m.content_type,
-                        &m.content_encoding})
-    if (*s) n += (*s)->size();
-  if (m.ack != ack_mode::none) n += to_string(m.ack).size();
-  if (m.expiry_time_utc) n += iso8601_length;
-  if (m.creation_time_utc) n += iso8601_length;
-  for (const auto& [k, v] : m.app_properties) n += k.size() + v.size();
+  for (const auto* s :
+       {&m.message_id, &m.correlation_id, &m.user_id, &m.to, &m.content_type, &m.content_encoding})
+    if (*s)
+      n += (*s)->size();
+  if (m.ack != ack_mode::none)
+    n += to_string(m.ack).size();
+  if (m.expiry_time_utc)
+    n += iso8601_length;
+  if (m.creation_time_utc)
+    n += iso8601_length;
+  for (const auto& [k, v] : m.app_properties)
+    n += k.size() + v.size();
   return n;
 }
 
@@ -137,9 +150,11 @@ inline std::size_t message_size(const message& m) noexcept {
 inline result<void> validate_message(const message& m,
                                      std::size_t max_size = default_max_message_size) {
   if (m.message_id)
-    if (auto r = validate_message_id(*m.message_id); !r) return r;
+    if (auto r = validate_message_id(*m.message_id); !r)
+      return r;
   for (const auto& [k, v] : m.app_properties)
-    if (auto r = validate_app_property(k, v); !r) return r;
+    if (auto r = validate_app_property(k, v); !r)
+      return r;
   if (const auto n = message_size(m); n > max_size)
     return make_error(errc::message_too_large, "message is " + std::to_string(n) +
                                                    " bytes by the size rule (body + property names "
