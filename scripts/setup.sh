@@ -11,8 +11,10 @@ packages=(
   libboost1.81-dev nlohmann-json3-dev
   # tests, fuzzing, benchmarks
   libgtest-dev librapidcheck-dev libbenchmark-dev
-  # MQTT transport and its test broker
-  libpaho-mqtt-dev mosquitto mosquitto-dev
+  # MQTT transport, its test broker, the broker plugin (SAS auth) and test certificates
+  libpaho-mqtt-dev mosquitto mosquitto-dev libssl-dev openssl
+  # Python package tests (venv) and the stock Azure IoT SDK test
+  python3-venv
   # hub daemon, tools and stores
   libcli11-dev libspdlog-dev libfmt-dev libtomlplusplus-dev libsqlite3-dev
   # docs: the generated state diagram

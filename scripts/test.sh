@@ -137,4 +137,5 @@ join() { local IFS=,; echo "${*:-none}"; }
 echo
 echo "test.sh: $([[ ${#failed[@]} -eq 0 ]] && echo OK || echo FAILED) in $((SECONDS - total_start))s -" \
   "passed: $(join "${passed[@]}"); failed: $(join "${failed[@]}"); skipped: $(join "${skipped[@]}")"
+echo "stages: ${#passed[@]} passed, ${#failed[@]} failed, ${#skipped[@]} skipped"
 ((${#failed[@]} == 0))
