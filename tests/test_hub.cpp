@@ -794,3 +794,18 @@ TEST(HubDeterminism, SameInputsGiveSameOutputs) {
   };
   EXPECT_EQ(run(), run());
 }
+
+TEST_F(hub_fixture, Spec_4_2_FeedbackTimersApplyOnAnyOperation) {
+  // a driver waits on next_deadline(): it must never be in the past after a call
+  hub_config c;
+  c.feedback_lock_duration = 5s;
+  make(c);
+  send("a", ack_mode::positive, "a");
+  ASSERT_TRUE(h->complete("dev1", *recv().lock_token, t0));
+  ASSERT_TRUE(h->receive_feedback(t0).value());
+  EXPECT_EQ(h->next_deadline(), t0 + 5s);
+  send("b", ack_mode::none, {}, t0 + 6s);  // any operation past the feedback lock
+  ASSERT_TRUE(h->next_deadline());
+  EXPECT_GT(*h->next_deadline(), t0 + 6s);
+  EXPECT_TRUE(h->receive_feedback(t0 + 6s).value()) << "the expired feedback lock was released";
+}

@@ -5,6 +5,11 @@
 ///
 /// Thread model: a hub is single-threaded. Callers serialise access (the
 /// in-process transport wraps it in a mutex).
+///
+/// Durability (SPEC 1.2): a hub opened on a store (`open`, store/store.hpp)
+/// journals every change and commits the journal to the store, one change set
+/// per operation, before the operation returns. Without a store the journal is
+/// off and costs one branch per operation.
 #pragma once
 
 #include <algorithm>
@@ -21,76 +26,25 @@
 
 #include "errors.hpp"
 #include "feedback.hpp"
+#include "hub_config.hpp"
 #include "lifecycle.hpp"
 #include "message.hpp"
 #include "queue.hpp"
+#include "store/store.hpp"
 #include "token_source.hpp"
 #include "validate.hpp"
+
+// The wrapper every operation goes through must not cost a call of its own
+// (bench/hub_throughput.cpp measures the engine without a store).
+#if defined(__GNUC__) || defined(__clang__)
+#define DEVICEBOUND_ALWAYS_INLINE [[gnu::always_inline]] inline
+#else
+#define DEVICEBOUND_ALWAYS_INLINE inline
+#endif
 
 namespace devicebound {
 
 using namespace std::chrono_literals;
-
-/// Longest TTL a C2D message may have (SPEC 2.2).
-inline constexpr duration max_message_ttl = std::chrono::hours(48);
-
-/// What to do with a per-message expiry later than enqueue time + 2 days (SPEC 2.2, UNCONFIRMED).
-enum class expiry_cap_policy : std::uint8_t {
-  clamp,   ///< accept; the message expires at enqueue time + 2 days (default)
-  reject,  ///< refuse the send with 400004
-};
-
-/// Which acks get a `Purged` feedback record (SPEC 1.4, UNCONFIRMED).
-enum class purge_feedback : std::uint8_t {
-  negative_acks,  ///< ack `negative` or `full`: purge is a non-delivery (default)
-  none,           ///< no feedback for purged messages
-};
-
-/// Hub configuration with IoT Hub's defaults (SPEC 2.1). `validate()` checks ranges.
-struct hub_config {
-  std::string name = "devicebound";  ///< the hub's name: `userId` of feedback messages (SPEC 4.4)
-  duration default_ttl = 1h;         ///< defaultTtlAsIso8601: PT1M..P2D
-  expiry_cap_policy expiry_over_cap = expiry_cap_policy::clamp;
-  std::uint32_t max_delivery_count = 10;  ///< maxDeliveryCount: 1..100
-  delivery_count_rule delivery_count = delivery_count_rule::abandon_only;  ///< SPEC 1.4
-  /// Lock (visibility) timeout. IoT Hub fixes it at 1 minute (SPEC 1.5); it is
-  /// settable (1 s..5 min) so tests and demos need not wait a minute.
-  duration lock_duration = 60s;
-  std::uint32_t max_queue_depth = 50;  ///< pending messages per device, counting Invisible (SPEC 2.3); 1..10000
-  std::size_t max_message_size = default_max_message_size;  ///< SPEC 2.6; 1..1 MiB
-  duration feedback_ttl = 1h;                    ///< feedback.ttlAsIso8601: PT1M..P2D
-  std::uint32_t feedback_max_delivery_count = 10;  ///< feedback.maxDeliveryCount: 1..100
-  duration feedback_lock_duration = 60s;         ///< feedback.lockDurationAsIso8601: 5..300 s
-  std::uint32_t feedback_batch_size = 64;        ///< records per batch (SPEC 4.3); 1..64
-  duration feedback_batch_interval = 15s;        ///< since the last batch (SPEC 4.3); 0..15 s
-  purge_feedback purge_feedback_for = purge_feedback::negative_acks;
-
-  /// Checks every value against its range; the error names the field.
-  result<void> validate() const {
-    auto bad = [](std::string what) { return make_error(errc::argument_invalid, std::move(what)); };
-    if (default_ttl < 1min || default_ttl > max_message_ttl)
-      return bad("default_ttl must be between 1 minute and 2 days (SPEC 2.1)");
-    if (max_delivery_count < 1 || max_delivery_count > 100)
-      return bad("max_delivery_count must be between 1 and 100 (SPEC 2.1)");
-    if (lock_duration < 1s || lock_duration > 5min)
-      return bad("lock_duration must be between 1 second and 5 minutes (IoT Hub uses 1 minute)");
-    if (max_queue_depth < 1 || max_queue_depth > 10000)
-      return bad("max_queue_depth must be between 1 and 10000 (IoT Hub uses 50)");
-    if (max_message_size < 1 || max_message_size > 1024 * 1024)
-      return bad("max_message_size must be between 1 byte and 1 MiB (IoT Hub uses 64 KB)");
-    if (feedback_ttl < 1min || feedback_ttl > max_message_ttl)
-      return bad("feedback_ttl must be between 1 minute and 2 days (SPEC 2.1)");
-    if (feedback_max_delivery_count < 1 || feedback_max_delivery_count > 100)
-      return bad("feedback_max_delivery_count must be between 1 and 100 (SPEC 2.1)");
-    if (feedback_lock_duration < 5s || feedback_lock_duration > 300s)
-      return bad("feedback_lock_duration must be between 5 and 300 seconds (SPEC 2.1)");
-    if (feedback_batch_size < 1 || feedback_batch_size > 64)
-      return bad("feedback_batch_size must be between 1 and 64 (SPEC 4.3)");
-    if (feedback_batch_interval < 0s || feedback_batch_interval > 15s)
-      return bad("feedback_batch_interval must be between 0 and 15 seconds (SPEC 4.3)");
-    return {};
-  }
-};
 
 /// What made a message change state; reported to the transition observer.
 enum class transition_cause : std::uint8_t {
@@ -132,21 +86,6 @@ struct enqueue_receipt {
   time_point expiry_time_utc{};  ///< when the message expires (after any clamping)
 };
 
-/// Running totals; every accepted message is counted in exactly one outcome
-/// once it leaves its queue.
-struct hub_stats {
-  std::uint64_t accepted = 0;
-  std::uint64_t completed = 0;
-  std::uint64_t rejected = 0;
-  std::uint64_t expired = 0;
-  std::uint64_t delivery_count_exceeded = 0;
-  std::uint64_t purged = 0;
-  std::uint64_t removed_with_device = 0;  ///< dropped because their device was removed
-  std::uint64_t feedback_records = 0;     ///< records created
-  std::uint64_t feedback_records_dropped = 0;  ///< pending records dropped with their device
-  std::uint64_t feedback_batches = 0;     ///< batches created
-};
-
 /// Settlement a device sends for a locked message.
 enum class disposition : std::uint8_t { complete, reject, abandon };
 
@@ -185,6 +124,84 @@ class basic_hub {
     return basic_hub(std::move(config), std::move(tokens));
   }
 
+  // --- durability (store/store.hpp, docs/architecture.md "Durability") --------------
+
+  /// Opens a hub on `store`: rebuilds it from what the store holds (an empty
+  /// store gives an empty hub), then commits every later operation to the store
+  /// before returning from it. `config` replaces any stored configuration (and
+  /// is stored). The store must outlive the hub. Errors: 400004 bad config, the
+  /// store's own error if it cannot be read, 400005 if its contents are inconsistent.
+  template <hub_store Store>
+  static result<basic_hub> open(hub_config config, Store& store,
+                                token_source tokens = system_token_source()) {
+    if (auto r = config.validate(); !r)
+      return r.error();
+    return open_with(std::optional<hub_config>(std::move(config)), store, std::move(tokens));
+  }
+
+  /// Opens a hub on `store` with the stored configuration (the defaults if none is stored).
+  template <hub_store Store>
+  static result<basic_hub> open(Store& store, token_source tokens = system_token_source()) {
+    return open_with(std::nullopt, store, std::move(tokens));
+  }
+
+  /// Rebuilds a hub from a snapshot, without a store attached. Locks come back
+  /// as they were (Invisible, same token, same expiry); a lock or TTL that has
+  /// passed by the next operation's `now` applies then, at its own instant.
+  static result<basic_hub> restore(hub_config config, store::snapshot snap,
+                                   token_source tokens = system_token_source()) {
+    if (auto r = config.validate(); !r)
+      return r.error();
+    basic_hub h(std::move(config), std::move(tokens));
+    if (auto r = h.restore_from(std::move(snap)); !r)
+      return r.error();
+    return h;
+  }
+
+  /// Everything durable, as a store would hold it after this hub's operations.
+  store::snapshot snapshot() const {
+    store::snapshot s;
+    s.config = config_;
+    s.counters = counters_record();
+    for (const auto& [id, dev] : devices_) {
+      s.devices.push_back({id, dev.generation_id});
+      for (const auto& m : dev.queue.entries()) {
+        store::stored_message sm;
+        sm.device_id = id;
+        sm.sequence_number = m.sequence_number;
+        sm.content = std::string(m.content.bytes());
+        sm.enqueued_time = m.enqueued_time;
+        sm.expires_at = m.fields.expires_at;
+        sm.ack = m.ack;
+        sm.state = m.state();
+        sm.delivery_count = m.fields.delivery_count;
+        sm.token = m.fields.token;
+        sm.locked_until = m.fields.locked_until;
+        s.messages.push_back(std::move(sm));
+      }
+    }
+    std::sort(s.devices.begin(), s.devices.end(),
+              [](const auto& a, const auto& b) { return a.device_id < b.device_id; });
+    std::sort(s.messages.begin(), s.messages.end(),
+              [](const auto& a, const auto& b) { return a.sequence_number < b.sequence_number; });
+    for (const auto& p : pending_)
+      s.pending.push_back({p.id, p.record});
+    feedback_.for_each([&](std::uint64_t id, const feedback_batch& b, message_state st,
+                           const lifecycle_fields& f) {
+      s.batches.push_back({id, b.records, b.enqueued_time_utc, f.expires_at, b.user_id, st,
+                           f.delivery_count, f.token, f.locked_until});
+    });
+    return s;
+  }
+
+  /// Whether the hub commits to a store.
+  bool has_store() const noexcept { return link_.apply != nullptr; }
+
+  /// Set once a commit to the store failed. The hub's memory is then ahead of
+  /// its store, so every later operation is refused with 500001 (a `tick` does
+  /// nothing); reopen the hub from the store (`open`) to go on.
+  const std::optional<error>& store_failure() const noexcept { return store_failed_; }
+
   const hub_config& config() const noexcept { return config_; }
   const hub_stats& stats() const noexcept { return stats_; }
 
@@ -196,12 +213,7 @@ class basic_hub {
 
   /// Registers a device; returns its new generation id.
   result<std::string> add_device(std::string_view device_id) {
-    if (auto r = validate_device_id(device_id); !r) return r.error();
-    if (devices_.find(device_id) != devices_.end())
-      return make_error(errc::device_already_exists, "device '" + std::string(device_id) + "' already exists");
-    auto gen = new_generation_id();
-    devices_.emplace(std::string(device_id), device_entry{gen, {}, time_point::max()});
-    return gen;
+    return committed([&] { return add_device_(device_id); });
   }
 
   /// Removes a device with its queue and its pending (not yet batched) feedback
@@ -209,26 +221,7 @@ class basic_hub {
   result<void> remove_device(std::string_view device_id,
                              std::optional<std::string_view> generation_id = std::nullopt,
                              std::optional<time_point> now = std::nullopt) {
-    // like every operation given a `now`, first apply the timers due by then:
-    // a message that expired before the removal is Expired, not removed
-    const time_point at = now ? advance(*now) : last_now_;
-    auto it = devices_.find(device_id);
-    if (it == devices_.end()) return not_found(device_id);
-    if (generation_id && *generation_id != it->second.generation_id)
-      return make_error(errc::precondition_failed,
-                        "device '" + std::string(device_id) + "' has generation id '" +
-                            it->second.generation_id + "', not '" + std::string(*generation_id) + "'");
-    unschedule(*it);
-    it->second.queue.clear([&](queued_message& m) {
-      const auto from = m.state();
-      ++stats_.removed_with_device;
-      notify(it->first, m, transition_cause::device_removed, from, message_state::purged, at);
-    });
-    const auto before = pending_.size();
-    std::erase_if(pending_, [&](const feedback_record& r) { return r.device_id == device_id; });
-    stats_.feedback_records_dropped += before - pending_.size();
-    devices_.erase(it);
-    return {};
+    return committed([&] { return remove_device_(device_id, generation_id, now); });
   }
 
   bool has_device(std::string_view device_id) const { return devices_.find(device_id) != devices_.end(); }
@@ -244,87 +237,21 @@ class basic_hub {
 
   /// Accepts a message for `device_id` (SPEC 7.2). Errors, in the order checked:
   /// 400004 bad id/properties/expiry, 413001 too large, 404001 unknown device,
-  /// 403004 queue full. An error changes nothing.
+  /// 403004 queue full. An error changes nothing. With a store, the message is
+  /// committed to it before this returns (SPEC 1.2).
   result<enqueue_receipt> enqueue(std::string_view device_id, message msg, time_point now) {
-    now = advance(now);
-    if (auto r = validate_device_id(device_id); !r) return r.error();
-    if (msg.to && !is_device_bound_address(*msg.to, device_id))
-      return make_error(errc::argument_invalid, "'to' is '" + *msg.to + "' but the message is sent to device '" +
-                                                    std::string(device_id) + "'");
-    msg.to = device_bound_address(device_id);
-    if (auto r = validate_message(msg, config_.max_message_size); !r) return r.error();
-    time_point expires = msg.expiry_time_utc.value_or(now + config_.default_ttl);
-    if (expires > now + max_message_ttl) {
-      if (config_.expiry_over_cap == expiry_cap_policy::reject)
-        return make_error(errc::argument_invalid, "expiry time is more than 2 days after enqueue time (SPEC 2.2)");
-      expires = now + max_message_ttl;
-    }
-    expires = std::max(expires, now);  // already past: dead-letters as Expired at once
-    auto it = devices_.find(device_id);
-    if (it == devices_.end()) return not_found(device_id);
-    auto& dev = it->second;
-    if (dev.queue.depth() >= config_.max_queue_depth)
-      return make_error(errc::device_maximum_queue_depth_exceeded,
-                        "device '" + std::string(device_id) + "' already has " +
-                            std::to_string(dev.queue.depth()) + " pending messages (limit " +
-                            std::to_string(config_.max_queue_depth) + ", SPEC 2.3)");
-    queued_message q;
-    q.content = detail::packed_message::pack(msg);
-    q.sequence_number = ++last_sequence_;
-    q.enqueued_time = now;
-    q.ack = msg.ack;
-    q.fields.expires_at = expires;
-    const auto seq = q.sequence_number;
-    dev.queue.push(std::move(q), config_.max_queue_depth);
-    ++stats_.accepted;
-    if (observer_) {
-      const auto& back = dev.queue.entries().back();
-      notify(it->first, back, transition_cause::accepted, message_state::enqueued, message_state::enqueued, now);
-    }
-    if (expires <= now) {
-      run_device_timers(*it, now);
-      flush_feedback(now);
-    }
-    reschedule(*it);
-    return enqueue_receipt{seq, expires};
+    return committed([&] { return enqueue_(device_id, msg, now); });
   }
 
   /// Locks the oldest Enqueued message of a device and returns it (SPEC 1.4),
   /// or nullopt when none is available.
   result<std::optional<message>> receive(std::string_view device_id, time_point now) {
-    now = advance(now);
-    auto it = devices_.find(device_id);
-    if (it == devices_.end()) return not_found(device_id);
-    auto& dev = it->second;
-    auto* q = dev.queue.oldest_enqueued();
-    if (!q) return std::optional<message>{};
-    auto token = new_lock_token(dev.queue);
-    if (!token) return token.error();
-    const auto from = q->state();
-    auto r = q->machine.process(lifecycle_event::lock{{&q->fields, &rules_, now}, *token, config_.lock_duration});
-    if (!r) return r.error();
-    notify(it->first, *q, transition_cause::lock, from, q->state(), now);
-    std::optional<message> out(std::in_place);
-    q->content.unpack_into(*out);
-    out->to = device_bound_address(device_id);
-    out->expiry_time_utc = q->fields.expires_at;
-    out->ack = q->ack;
-    out->sequence_number = q->sequence_number;
-    out->enqueued_time_utc = q->enqueued_time;
-    out->delivery_count = q->fields.delivery_count;
-    out->lock_token = *token;
-    reschedule(*it);
-    return out;
+    return committed([&] { return receive_(device_id, now); });
   }
 
   /// Settles a locked message. Unknown, stale or expired token: 412002, nothing changes.
   result<void> settle(std::string_view device_id, const lock_token& token, disposition d, time_point now) {
-    switch (d) {
-      case disposition::complete: return apply<lifecycle_event::complete>(device_id, token, now, transition_cause::complete);
-      case disposition::reject: return apply<lifecycle_event::reject>(device_id, token, now, transition_cause::reject);
-      case disposition::abandon: return apply<lifecycle_event::abandon>(device_id, token, now, transition_cause::abandon);
-    }
-    return make_error(errc::argument_invalid, "unknown disposition");
+    return committed([&] { return settle_(device_id, token, d, now); });
   }
   /// Completed: leaves the queue; feedback `Success` for positive/full (SPEC 1.4).
   result<void> complete(std::string_view device_id, const lock_token& token, time_point now) {
@@ -341,39 +268,37 @@ class basic_hub {
 
   /// Removes every pending message of a device; returns how many (SPEC 5.19).
   result<std::size_t> purge(std::string_view device_id, time_point now) {
-    now = advance(now);
-    auto it = devices_.find(device_id);
-    if (it == devices_.end()) return not_found(device_id);
-    unschedule(*it);
-    const auto n = it->second.queue.clear([&](queued_message& m) {
-      const auto from = m.state();
-      (void)m.machine.process(lifecycle_event::purge{{&m.fields, &rules_, now}});
-      ++stats_.purged;
-      notify(it->first, m, transition_cause::purge, from, m.state(), now);
-      if (config_.purge_feedback_for == purge_feedback::negative_acks)
-        add_feedback(it->first, it->second, m, feedback_status::purged, now);
-    });
-    flush_feedback(now);
-    return n;
+    return committed([&] { return purge_(device_id, now); });
   }
 
   /// Pending messages of a device, Enqueued plus Invisible (cloudToDeviceMessageCount, SPEC 2.10).
   result<std::size_t> queue_depth(std::string_view device_id, time_point now) {
-    now = advance(now);
-    auto it = devices_.find(device_id);
-    if (it == devices_.end()) return not_found(device_id);
-    return it->second.queue.depth();
+    return committed([&]() -> result<std::size_t> {
+      now = advance(now);
+      auto it = devices_.find(device_id);
+      if (it == devices_.end())
+        return not_found(device_id);
+      return it->second.queue.depth();
+    });
   }
 
   /// Applies every lock expiry and TTL expiry due at or before `now`, and sends
   /// due feedback batches (SPEC 4.3). Call it at `next_deadline()` or regularly.
+  /// With a store, a failed commit shows in `store_failure()`.
   void tick(time_point now) {
+    if (store_failed_) [[unlikely]]
+      return;
     now = advance(now);
-    feedback_.apply_timers(now);
+    feedback_.apply_timers(now, batch_journal());
+    if (has_store()) [[unlikely]]
+      (void)commit();  // a failure shows in store_failure()
   }
 
-  /// The next instant at which `tick` has work, or nullopt if none is scheduled.
+  /// The next instant at which `tick` has work, or nullopt if none is scheduled
+  /// (also once the store failed: the hub does no more work until it is reopened).
   std::optional<time_point> next_deadline() const {
+    if (store_failed_) [[unlikely]]
+      return std::nullopt;
     time_point t = timers_.empty() ? time_point::max() : timers_.begin()->first;
     if (!pending_.empty()) t = std::min(t, std::max(flush_due(), last_now_));
     t = std::min(t, feedback_.next_deadline());
@@ -385,20 +310,24 @@ class basic_hub {
 
   /// Locks the oldest feedback batch for the service; nullopt if none.
   result<std::optional<feedback_batch>> receive_feedback(time_point now) {
-    now = advance(now);
-    lock_token t{};
-    for (int i = 0; i < 16; ++i) {
-      t = tokens_();
-      if (!t.is_nil() && !feedback_.token_in_use(t)) break;
-      if (i == 15) return make_error(errc::server_error, "token source keeps repeating lock tokens");
-    }
-    return feedback_.receive(now, t);
+    return committed([&]() -> result<std::optional<feedback_batch>> {
+      now = advance(now);
+      lock_token t{};
+      for (int i = 0; i < 16; ++i) {
+        t = tokens_();
+        if (!t.is_nil() && !feedback_.token_in_use(t))
+          break;
+        if (i == 15)
+          return make_error(errc::server_error, "token source keeps repeating lock tokens");
+      }
+      return feedback_.receive(now, t, batch_journal());
+    });
   }
   result<void> complete_feedback(const lock_token& token, time_point now) {
-    return feedback_.complete(token, advance(now));
+    return committed([&] { return feedback_.complete(token, advance(now), batch_journal()); });
   }
   result<void> abandon_feedback(const lock_token& token, time_point now) {
-    return feedback_.abandon(token, advance(now));
+    return committed([&] { return feedback_.abandon(token, advance(now), batch_journal()); });
   }
   /// Feedback records created but not yet in a batch.
   std::size_t pending_feedback_records() const noexcept { return pending_.size(); }
@@ -425,6 +354,16 @@ class basic_hub {
   }
 
  private:
+  struct pending_record {
+    feedback_record record;
+    std::uint64_t id = 0;  ///< the store's key; increasing, so pending records are in id order
+  };
+  /// The store a hub commits to, type-erased: the hub stays one type whatever backs it.
+  struct store_link {
+    void* self = nullptr;
+    result<void> (*apply)(void*, const store::change_set&) = nullptr;
+  };
+
   struct device_entry {
     std::string generation_id;
     queue_type queue;
@@ -445,6 +384,169 @@ class basic_hub {
       return a.second->first < b.second->first;
     }
   };
+
+  // --- the operations (the public wrappers commit their journal) -------------------
+
+  result<std::string> add_device_(std::string_view device_id) {
+    if (auto r = validate_device_id(device_id); !r)
+      return r.error();
+    if (devices_.find(device_id) != devices_.end())
+      return make_error(errc::device_already_exists,
+                        "device '" + std::string(device_id) + "' already exists");
+    auto gen = new_generation_id();
+    devices_.emplace(std::string(device_id), device_entry{gen, {}, time_point::max()});
+    if (has_store()) [[unlikely]]
+      journal_.push_back(store::device_added{std::string(device_id), gen});
+    return gen;
+  }
+
+  result<void> remove_device_(std::string_view device_id,
+                              std::optional<std::string_view> generation_id,
+                              std::optional<time_point> now) {
+    // like every operation given a `now`, first apply the timers due by then:
+    // a message that expired before the removal is Expired, not removed
+    const time_point at = now ? advance(*now) : last_now_;
+    auto it = devices_.find(device_id);
+    if (it == devices_.end())
+      return not_found(device_id);
+    if (generation_id && *generation_id != it->second.generation_id)
+      return make_error(errc::precondition_failed, "device '" + std::string(device_id) +
+                                                       "' has generation id '" +
+                                                       it->second.generation_id + "', not '" +
+                                                       std::string(*generation_id) + "'");
+    unschedule(*it);
+    it->second.queue.clear([&](queued_message& m) {
+      const auto from = m.state();
+      ++stats_.removed_with_device;
+      notify(it->first, m, transition_cause::device_removed, from, message_state::purged, at);
+    });
+    const auto before = pending_.size();
+    std::erase_if(pending_,
+                  [&](const pending_record& r) { return r.record.device_id == device_id; });
+    stats_.feedback_records_dropped += before - pending_.size();
+    if (has_store()) [[unlikely]]
+      journal_.push_back(store::device_removed{it->first});
+    devices_.erase(it);
+    return {};
+  }
+
+  result<enqueue_receipt> enqueue_(std::string_view device_id, message& msg, time_point now) {
+    now = advance(now);
+    if (auto r = validate_device_id(device_id); !r)
+      return r.error();
+    if (msg.to && !is_device_bound_address(*msg.to, device_id))
+      return make_error(errc::argument_invalid, "'to' is '" + *msg.to +
+                                                    "' but the message is sent to device '" +
+                                                    std::string(device_id) + "'");
+    msg.to = device_bound_address(device_id);
+    if (auto r = validate_message(msg, config_.max_message_size); !r)
+      return r.error();
+    time_point expires = msg.expiry_time_utc.value_or(now + config_.default_ttl);
+    if (expires > now + max_message_ttl) {
+      if (config_.expiry_over_cap == expiry_cap_policy::reject)
+        return make_error(errc::argument_invalid,
+                          "expiry time is more than 2 days after enqueue time (SPEC 2.2)");
+      expires = now + max_message_ttl;
+    }
+    expires = std::max(expires, now);  // already past: dead-letters as Expired at once
+    auto it = devices_.find(device_id);
+    if (it == devices_.end())
+      return not_found(device_id);
+    auto& dev = it->second;
+    if (dev.queue.depth() >= config_.max_queue_depth)
+      return make_error(errc::device_maximum_queue_depth_exceeded,
+                        "device '" + std::string(device_id) + "' already has " +
+                            std::to_string(dev.queue.depth()) + " pending messages (limit " +
+                            std::to_string(config_.max_queue_depth) + ", SPEC 2.3)");
+    queued_message q;
+    q.content = detail::packed_message::pack(msg);
+    q.sequence_number = ++last_sequence_;
+    q.enqueued_time = now;
+    q.ack = msg.ack;
+    q.fields.expires_at = expires;
+    const auto seq = q.sequence_number;
+    dev.queue.push(std::move(q), config_.max_queue_depth);
+    ++stats_.accepted;
+    if (has_store()) [[unlikely]] {
+      const auto& back = dev.queue.entries().back();
+      journal_.push_back(store::message_accepted{it->first, seq, std::string(back.content.bytes()),
+                                                 back.enqueued_time, back.fields.expires_at,
+                                                 back.ack});
+    }
+    if (observer_) {
+      const auto& back = dev.queue.entries().back();
+      notify(it->first, back, transition_cause::accepted, message_state::enqueued,
+             message_state::enqueued, now);
+    }
+    if (expires <= now) {
+      run_device_timers(*it, now);
+      flush_feedback(now);
+    }
+    reschedule(*it);
+    return enqueue_receipt{seq, expires};
+  }
+
+  result<std::optional<message>> receive_(std::string_view device_id, time_point now) {
+    now = advance(now);
+    auto it = devices_.find(device_id);
+    if (it == devices_.end())
+      return not_found(device_id);
+    auto& dev = it->second;
+    auto* q = dev.queue.oldest_enqueued();
+    if (!q)
+      return std::optional<message>{};
+    auto token = new_lock_token(dev.queue);
+    if (!token)
+      return token.error();
+    const auto from = q->state();
+    auto r = q->machine.process(
+        lifecycle_event::lock{{&q->fields, &rules_, now}, *token, config_.lock_duration});
+    if (!r)
+      return r.error();
+    notify(it->first, *q, transition_cause::lock, from, q->state(), now);
+    std::optional<message> out(std::in_place);
+    q->content.unpack_into(*out);
+    out->to = device_bound_address(device_id);
+    out->expiry_time_utc = q->fields.expires_at;
+    out->ack = q->ack;
+    out->sequence_number = q->sequence_number;
+    out->enqueued_time_utc = q->enqueued_time;
+    out->delivery_count = q->fields.delivery_count;
+    out->lock_token = *token;
+    reschedule(*it);
+    return out;
+  }
+
+  result<void> settle_(std::string_view device_id, const lock_token& token, disposition d,
+                       time_point now) {
+    switch (d) {
+      case disposition::complete:
+        return apply<lifecycle_event::complete>(device_id, token, now, transition_cause::complete);
+      case disposition::reject:
+        return apply<lifecycle_event::reject>(device_id, token, now, transition_cause::reject);
+      case disposition::abandon:
+        return apply<lifecycle_event::abandon>(device_id, token, now, transition_cause::abandon);
+    }
+    return make_error(errc::argument_invalid, "unknown disposition");
+  }
+
+  result<std::size_t> purge_(std::string_view device_id, time_point now) {
+    now = advance(now);
+    auto it = devices_.find(device_id);
+    if (it == devices_.end())
+      return not_found(device_id);
+    unschedule(*it);
+    const auto n = it->second.queue.clear([&](queued_message& m) {
+      const auto from = m.state();
+      (void)m.machine.process(lifecycle_event::purge{{&m.fields, &rules_, now}});
+      ++stats_.purged;
+      notify(it->first, m, transition_cause::purge, from, m.state(), now);
+      if (config_.purge_feedback_for == purge_feedback::negative_acks)
+        add_feedback(it->first, it->second, m, feedback_status::purged, now);
+    });
+    flush_feedback(now);
+    return n;
+  }
 
   static hub_config checked(hub_config c) {
     c.validate().value();
@@ -476,6 +578,9 @@ class basic_hub {
       reschedule(*node);
     }
     flush_feedback(now);
+    // the feedback queue's own lock and TTL expiries, so that next_deadline()
+    // is always in the future after an operation (drivers wait on it)
+    if (feedback_.next_deadline() <= now) feedback_.apply_timers(now, batch_journal());
     return now;
   }
 
@@ -549,14 +654,17 @@ class basic_hub {
     const bool wanted = m.ack == ack_mode::full || (positive_outcome && m.ack == ack_mode::positive) ||
                         (!positive_outcome && m.ack == ack_mode::negative);
     if (!wanted) return;
-    feedback_record r;
+    auto& p = pending_.emplace_back();
+    p.id = next_record_id_++;
+    feedback_record& r = p.record;
     if (auto id = m.content.message_id()) r.original_message_id = std::string(*id);
     r.enqueued_time_utc = at;
     r.status_code = s;
     r.description = std::string(to_string(s));
     r.device_id = device_id;
     r.device_generation_id = dev.generation_id;
-    pending_.push_back(std::move(r));
+    if (has_store()) [[unlikely]]
+      journal_.push_back(store::feedback_pending{p.id, r});
     ++stats_.feedback_records;
   }
 
@@ -573,16 +681,23 @@ class basic_hub {
   void emit_batch(std::size_t n, time_point now) {
     feedback_batch b;
     b.user_id = config_.name;
-    b.records.assign(std::make_move_iterator(pending_.begin()),
-                     std::make_move_iterator(pending_.begin() + static_cast<std::ptrdiff_t>(n)));
+    b.records.reserve(n);
+    for (std::size_t i = 0; i < n; ++i)
+      b.records.push_back(std::move(pending_[i].record));
+    const auto last_id = pending_[n - 1].id;
     pending_.erase(pending_.begin(), pending_.begin() + static_cast<std::ptrdiff_t>(n));
-    feedback_.push(std::move(b), now);
+    const auto id = feedback_.push(std::move(b), now);
+    if (has_store()) [[unlikely]]
+      journal_.push_back(
+          store::feedback_batched{id, last_id, now, now + feedback_.rules().ttl, config_.name});
     ++stats_.feedback_batches;
     last_flush_ = now;
   }
 
   void notify(std::string_view device_id, const queued_message& m, transition_cause cause, message_state from,
               message_state to, time_point at) {
+    if (has_store()) [[unlikely]]
+      journal_transition(m, cause);
     if (!observer_) return;
     transition t;
     t.device_id = device_id;
@@ -629,18 +744,237 @@ class basic_hub {
     return s;
   }
 
+  // --- journal and store -----------------------------------------------------------
+
+  /// What the caller gets once the store failed.
+  error refused() const {
+    return make_error(errc::server_error,
+                      "the hub's store failed (" + store_failed_->message +
+                          "); the hub refuses operations until it is reopened from its store");
+  }
+
+  /// A message changed state: journal its new state, or its removal once terminal.
+  /// Acceptance and device removal have records of their own.
+  void journal_transition(const queued_message& m, transition_cause cause) {
+    if (cause == transition_cause::accepted || cause == transition_cause::device_removed)
+      return;
+    if (is_terminal(m.state()))
+      journal_.push_back(store::message_removed{m.sequence_number});
+    else
+      journal_.push_back(store::message_changed{m.sequence_number, m.state(),
+                                                m.fields.delivery_count, m.fields.token,
+                                                m.fields.locked_until});
+  }
+
+  /// The feedback queue's change callback: journals batch changes when a store is attached.
+  auto batch_journal() {
+    return [this](const feedback_batch_update& u) {
+      if (!has_store())
+        return;
+      if (is_terminal(u.state))
+        journal_.push_back(store::batch_removed{u.id});
+      else
+        journal_.push_back(store::batch_changed{u.id, u.state, u.fields->delivery_count,
+                                                u.fields->token, u.fields->locked_until});
+    };
+  }
+
+  store::counters counters_record() const {
+    return store::counters{last_sequence_,      last_now_, last_flush_,        next_record_id_,
+                           feedback_.next_id(), stats_,    feedback_.dropped()};
+  }
+
+  /// Runs one operation and commits its journal: every public operation goes
+  /// through here. Refused once the store failed; a failed commit turns the
+  /// result into the commit's error. Without a store this is one branch (the
+  /// result is returned in place).
+  template <class Op>
+  DEVICEBOUND_ALWAYS_INLINE auto committed(Op&& op) -> decltype(op()) {
+    if (!has_store()) [[likely]]
+      return op();  // no store: no journal, nothing to commit
+    if (store_failed_)
+      return refused();
+    auto r = op();
+    if (auto c = commit(); !c)
+      return c.error();
+    return r;
+  }
+
+  /// Commits the journal of one operation (plus the counters) as one change set.
+  /// An operation that changed nothing and did not move the clock commits nothing.
+  result<void> commit() {
+    if (journal_.empty() && last_now_ == committed_now_)
+      return {};
+    journal_.push_back(counters_record());
+    auto r = link_.apply(link_.self, journal_);
+    journal_.clear();
+    if (!r) {
+      store_failed_ = r.error();
+      return make_error(errc::server_error,
+                        "the change was not committed to the hub's store (" + r.error().message +
+                            "); the hub refuses operations until it is reopened from its store");
+    }
+    committed_now_ = last_now_;
+    return {};
+  }
+
+  template <hub_store Store>
+  static result<basic_hub> open_with(std::optional<hub_config> config, Store& store,
+                                     token_source tokens) {
+    auto snap = store.load();
+    if (!snap)
+      return snap.error();
+    const bool store_config = !config || !snap->config || *config != *snap->config;
+    if (!config)
+      config = snap->config.value_or(hub_config{});
+    auto h = restore(std::move(*config), std::move(*snap), std::move(tokens));
+    if (!h)
+      return h.error();
+    h->link_.self = &store;
+    h->link_.apply = [](void* self, const store::change_set& c) {
+      return static_cast<Store*>(self)->apply(c);
+    };
+    if (store_config) {
+      h->journal_.push_back(store::config_changed{h->config_});
+      if (auto c = h->commit(); !c)
+        return c.error();
+    }
+    return h;
+  }
+
+  /// Rebuilds this (empty) hub from a snapshot, checking it: a damaged or
+  /// hand-edited store gives 400005 naming the problem, never a broken hub.
+  result<void> restore_from(store::snapshot snap) {
+    auto bad = [](std::string what) {
+      return make_error(errc::malformed, "store holds an inconsistent state: " + what);
+    };
+    if (snap.counters) {
+      const auto& c = *snap.counters;
+      last_sequence_ = c.last_sequence;
+      last_now_ = c.last_now;
+      last_flush_ = c.last_flush;
+      next_record_id_ = c.next_record_id;
+      stats_ = c.stats;
+      feedback_.restore_counters(c.next_batch_id, c.feedback_batches_dropped);
+    } else if (!snap.devices.empty() || !snap.messages.empty() || !snap.pending.empty() ||
+               !snap.batches.empty()) {
+      return bad("devices, messages or feedback but no hub counters");
+    }
+    committed_now_ = last_now_;
+    for (auto& d : snap.devices) {
+      if (auto r = validate_device_id(d.device_id); !r)
+        return bad(r.error().message);
+      if (d.generation_id.empty())
+        return bad("device '" + d.device_id + "' has no generation id");
+      if (!devices_
+               .emplace(d.device_id,
+                        device_entry{std::move(d.generation_id), {}, time_point::max()})
+               .second)
+        return bad("device '" + d.device_id + "' is stored twice");
+    }
+    std::sort(snap.messages.begin(), snap.messages.end(),
+              [](const auto& a, const auto& b) { return a.sequence_number < b.sequence_number; });
+    std::uint64_t prev = 0;
+    for (auto& m : snap.messages) {
+      const auto seq = std::to_string(m.sequence_number);
+      if (m.sequence_number == 0 || m.sequence_number == prev)
+        return bad("message sequence number " + seq + " is zero or repeated");
+      if (m.sequence_number > last_sequence_)
+        return bad("message " + seq + " is above the sequence high-water mark " +
+                   std::to_string(last_sequence_));
+      prev = m.sequence_number;
+      auto it = devices_.find(m.device_id);
+      if (it == devices_.end())
+        return bad("message " + seq + " belongs to unknown device '" + m.device_id + "'");
+      if (m.state != message_state::enqueued && m.state != message_state::invisible)
+        return bad("message " + seq + " is in state " + std::string(to_string(m.state)) +
+                   ", not Enqueued or Invisible");
+      if (m.ack > ack_mode::full)
+        return bad("message " + seq + " has an unknown ack mode");
+      auto content = detail::packed_message::from_bytes(m.content);
+      if (!content)
+        return bad("message " + seq + " has damaged content");
+      auto& queue = it->second.queue;
+      if ((m.state == message_state::invisible) ==
+          (m.token.is_nil() || queue.token_in_use(m.token)))
+        return bad("message " + seq + " has a lock token that does not fit its state " +
+                   std::string(to_string(m.state)));
+      queued_message q;
+      q.content = std::move(*content);
+      q.machine = detail::lifecycle_in<Lifecycle>(m.state);
+      q.sequence_number = m.sequence_number;
+      q.enqueued_time = m.enqueued_time;
+      q.ack = m.ack;
+      q.fields.expires_at = m.expires_at;
+      q.fields.delivery_count = m.delivery_count;
+      q.fields.token = m.token;
+      q.fields.locked_until = m.locked_until;
+      // a lowered max_queue_depth leaves a longer stored queue as it is: it refuses sends until it
+      // drains
+      queue.push(std::move(q), std::max<std::size_t>(config_.max_queue_depth, queue.depth() + 1));
+    }
+    std::sort(snap.pending.begin(), snap.pending.end(),
+              [](const auto& a, const auto& b) { return a.record_id < b.record_id; });
+    for (auto& p : snap.pending) {
+      if (p.record_id >= next_record_id_ ||
+          (!pending_.empty() && pending_.back().id == p.record_id))
+        return bad("feedback record " + std::to_string(p.record_id) +
+                   " is repeated or above the id counter");
+      if (p.record.status_code > feedback_status::purged)
+        return bad("feedback record " + std::to_string(p.record_id) + " has an unknown status");
+      pending_.push_back({std::move(p.record), p.record_id});
+    }
+    std::sort(snap.batches.begin(), snap.batches.end(),
+              [](const auto& a, const auto& b) { return a.batch_id < b.batch_id; });
+    std::uint64_t prev_batch = 0;
+    for (auto& b : snap.batches) {
+      const auto id = std::to_string(b.batch_id);
+      if (b.batch_id == 0 || b.batch_id == prev_batch || b.batch_id >= feedback_.next_id())
+        return bad("feedback batch " + id + " is zero, repeated or above the id counter");
+      prev_batch = b.batch_id;
+      if (b.state != message_state::enqueued && b.state != message_state::invisible)
+        return bad("feedback batch " + id + " is in state " + std::string(to_string(b.state)));
+      if ((b.state == message_state::invisible) ==
+          (b.token.is_nil() || feedback_.token_in_use(b.token)))
+        return bad("feedback batch " + id + " has a lock token that does not fit its state " +
+                   std::string(to_string(b.state)));
+      for (const auto& r : b.records)
+        if (r.status_code > feedback_status::purged)
+          return bad("feedback batch " + id + " has a record with an unknown status");
+      lifecycle_fields f;
+      f.expires_at = b.expires_at;
+      f.delivery_count = b.delivery_count;
+      f.token = b.token;
+      f.locked_until = b.locked_until;
+      feedback_batch fb;
+      fb.records = std::move(b.records);
+      fb.enqueued_time_utc = b.enqueued_time;
+      fb.user_id = std::move(b.user_id);
+      feedback_.restore(b.batch_id, std::move(fb), b.state, f);
+    }
+    for (auto& node : devices_)
+      reschedule(node);
+    return {};
+  }
+
   hub_config config_;
   token_source tokens_;
   lifecycle_rules rules_;
   device_map devices_;
   std::set<timer, timer_order> timers_;
-  std::vector<feedback_record> pending_;
+  std::vector<pending_record> pending_;
   std::optional<time_point> last_flush_;
   basic_feedback_queue<Lifecycle> feedback_;
   observer observer_;
   hub_stats stats_;
   std::uint64_t last_sequence_ = 0;
   time_point last_now_{};
+  std::uint64_t next_record_id_ = 1;
+  // durability: the journal of the running operation, and where it is committed
+  store_link link_;
+  store::change_set journal_;
+  time_point committed_now_{};
+  std::optional<error> store_failed_;
 };
 
 /// The hub engine with the Boost.MSM lifecycle.

@@ -27,8 +27,10 @@ namespace detail {
 ///
 /// Block layout (lengths as LEB128 varints: one byte below 128):
 ///   u8 present-bits, body length, length of each present string, property
-///   count, then the bytes: body, strings, [i64 creation ms, host order], and
-///   per property: name length, value length, name, value.
+///   count, then the bytes: body, strings, [i64 creation ms, little-endian],
+///   and per property: name length, value length, name, value.
+/// The same bytes are what a store persists (`bytes()`, `from_bytes()`), so
+/// the layout is part of the store's schema (store/sqlite.hpp).
 class packed_message {
  public:
   packed_message() = default;
@@ -74,8 +76,9 @@ class packed_message {
     for (std::size_t i = 0; i < kStrings; ++i)
       if (*strs[i]) put((*strs[i])->data(), (*strs[i])->size());
     if (m.creation_time_utc) {
-      const std::int64_t ms = m.creation_time_utc->time_since_epoch().count();
-      put(&ms, sizeof ms);
+      const auto ms = static_cast<std::uint64_t>(m.creation_time_utc->time_since_epoch().count());
+      for (int i = 0; i < 8; ++i)
+        *out++ = static_cast<char>(ms >> (8 * i));
     }
     for (const auto& [k, v] : m.app_properties) {
       put_u32(k.size());
@@ -103,10 +106,8 @@ class packed_message {
       }
     }
     if (h.present & kCreationBit) {
-      std::int64_t ms;
-      std::memcpy(&ms, in, sizeof ms);
-      in += sizeof ms;
-      m.creation_time_utc = time_point{duration{ms}};
+      m.creation_time_utc = time_point{duration{read_i64(in)}};
+      in += 8;
     } else {
       m.creation_time_utc.reset();
     }
@@ -117,6 +118,78 @@ class packed_message {
       m.app_properties.emplace(std::string(in, kl), std::string(in + kl, vl));
       in += kl + vl;
     }
+  }
+
+  /// The block's bytes, for a store to persist; empty for a default-constructed message.
+  std::string_view bytes() const noexcept {
+    if (!blob_)
+      return {};
+    const header h = read_header();
+    const char* in = h.data + h.body_len;
+    for (std::size_t i = 0; i < kStrings; ++i)
+      in += h.str_len[i];
+    if (h.present & kCreationBit)
+      in += 8;
+    for (std::uint32_t i = 0; i < h.n_props; ++i) {
+      const auto kl = read_u32(in);
+      const auto vl = read_u32(in);
+      in += kl + vl;
+    }
+    return std::string_view(blob_.get(), static_cast<std::size_t>(in - blob_.get()));
+  }
+
+  /// Rebuilds a message from `bytes()` read back from a store. The bytes are
+  /// untrusted (a damaged file): every length is checked, and anything but an
+  /// exact, well-formed block gives nullopt.
+  static std::optional<packed_message> from_bytes(std::string_view b) {
+    std::size_t pos = 0;
+    auto varint = [&](std::size_t& v) {
+      v = 0;
+      for (int shift = 0; shift < 35; shift += 7) {
+        if (pos >= b.size())
+          return false;
+        const auto c = static_cast<unsigned char>(b[pos++]);
+        v |= static_cast<std::size_t>(c & 0x7F) << shift;
+        if (!(c & 0x80))
+          return v <= 0xFFFFFFFFu;
+      }
+      return false;
+    };
+    auto skip = [&](std::size_t n) {
+      if (n > b.size() - pos)
+        return false;
+      pos += n;
+      return true;
+    };
+    if (b.empty())
+      return std::nullopt;
+    const auto present = static_cast<std::uint8_t>(b[pos++]);
+    if (present & ~static_cast<unsigned>(kCreationBit | ((1u << kStrings) - 1)))
+      return std::nullopt;
+    std::size_t body = 0, props = 0, lens[kStrings] = {};
+    if (!varint(body))
+      return std::nullopt;
+    for (std::size_t i = 0; i < kStrings; ++i)
+      if ((present & (1u << i)) && !varint(lens[i]))
+        return std::nullopt;
+    if (!varint(props) || !skip(body))
+      return std::nullopt;
+    for (std::size_t i = 0; i < kStrings; ++i)
+      if (!skip(lens[i]))
+        return std::nullopt;
+    if ((present & kCreationBit) && !skip(8))
+      return std::nullopt;
+    for (std::size_t i = 0; i < props; ++i) {
+      std::size_t kl = 0, vl = 0;
+      if (!varint(kl) || !varint(vl) || !skip(kl) || !skip(vl))
+        return std::nullopt;
+    }
+    if (pos != b.size())
+      return std::nullopt;
+    packed_message p;
+    p.blob_ = std::make_unique_for_overwrite<char[]>(b.size());
+    std::memcpy(p.blob_.get(), b.data(), b.size());
+    return p;
   }
 
   /// The message id, if the sender set one (feedback needs it without unpacking).
@@ -158,6 +231,13 @@ class packed_message {
     }
   }
 
+  static std::int64_t read_i64(const char* p) noexcept {
+    std::uint64_t v = 0;
+    for (int i = 7; i >= 0; --i)
+      v = v << 8 | static_cast<unsigned char>(p[i]);
+    return static_cast<std::int64_t>(v);
+  }
+
   header read_header() const noexcept {
     header h;
     const char* in = blob_.get();
@@ -172,6 +252,22 @@ class packed_message {
 
   std::unique_ptr<char[]> blob_;
 };
+
+/// A fresh machine brought to `state` (Enqueued or Invisible): a message or a
+/// feedback batch read back from a store. The machine holds only its state;
+/// the caller restores the fields (lock, delivery count) next to it.
+template <class Lifecycle>
+Lifecycle lifecycle_in(message_state state) {
+  Lifecycle l;
+  if (state == message_state::invisible) {
+    lifecycle_fields scratch;  // the lock event's action writes here, not into the stored fields
+    scratch.expires_at = time_point::max();
+    const lifecycle_rules rules{};
+    (void)l.process(
+        lifecycle_event::lock{{&scratch, &rules, time_point{}}, lock_token{}, duration{0}});
+  }
+  return l;
+}
 
 }  // namespace detail
 

@@ -21,6 +21,12 @@
 /// - feedback is batched after the timers, at `now`;
 /// - enqueue with an expiry already past dead-letters the message at once and
 ///   batches its feedback like any other operation.
+///
+/// Durability (SPEC 1.2): a harness given a store (`durability`) also runs
+/// `crash`, which drops the hub and reopens it from its store. A crash changes
+/// nothing in the model: everything, locks included, must come back as it was.
+/// After every operation such a harness also checks that the store holds
+/// exactly the hub's state (`hub::snapshot()`).
 #pragma once
 
 #include <algorithm>
@@ -29,6 +35,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <devicebound/hub.hpp>
+#include <functional>
 #include <map>
 #include <optional>
 #include <sstream>
@@ -58,6 +65,7 @@ enum class op_kind : std::uint8_t {
   receive_feedback,
   complete_feedback,
   abandon_feedback,
+  crash,  ///< drop the hub and reopen it from its store (a harness with `durability` only)
 };
 
 /// One operation, with every argument fixed, so the model alone decides its outcome.
@@ -114,6 +122,8 @@ inline std::string_view to_string(op_kind k) {
       return "complete_feedback";
     case op_kind::abandon_feedback:
       return "abandon_feedback";
+    case op_kind::crash:
+      return "crash";
   }
   return "?";
 }
@@ -128,6 +138,8 @@ inline std::string describe(const op& o) {
                           o.kind == op_kind::queue_depth;
   if (has_device)
     s << ' ' << device_pool[o.device % device_pool.size()];
+  if (o.kind == op_kind::crash)
+    return "crash (drop the hub, reopen it from its store)";
   if (o.kind != op_kind::add_device)
     s << " dt=" << o.delta_ms << "ms";
   switch (o.kind) {
@@ -395,6 +407,8 @@ class reference_hub {
       case op_kind::complete_feedback:
       case op_kind::abandon_feedback:
         return settle_feedback(o, at);
+      case op_kind::crash:
+        return {};  // a crash and reopen must be invisible
     }
     return {};
   }
@@ -430,6 +444,7 @@ class reference_hub {
     for (const auto& [t, id] : due)
       run_timers(id, devices_.find(id)->second);
     flush();
+    feedback_timers();  // the feedback queue's own locks and TTL, like the engine
   }
 
   void run_timers(const std::string& id, ref_device& d) {
@@ -774,21 +789,80 @@ inline lock_token made_up_token(std::uint64_t bits) {
   return t;
 }
 
+/// A store behind the hub, for a harness that runs `crash`.
+struct durability {
+  /// Opens a hub on the store with the given token source: at the start, and
+  /// after each crash (the store holds whatever the dropped hub committed).
+  std::function<result<hub>(const hub_config&, token_source)> open;
+  /// What the store holds now, checked against `hub::snapshot()` after every operation.
+  std::function<result<store::snapshot>()> load;
+};
+
+/// The first difference between what a store holds and a hub's own state, or "".
+inline std::string snapshot_difference(const store::snapshot& stored, const store::snapshot& live) {
+  if (stored == live)
+    return {};
+  if (stored.config != live.config)
+    return "stored configuration differs";
+  if (stored.counters != live.counters) {
+    if (!stored.counters || !live.counters)
+      return "stored counters missing";
+    const auto &a = *stored.counters, &b = *live.counters;
+    return "stored counters differ: last_sequence " + std::to_string(a.last_sequence) + "/" +
+           std::to_string(b.last_sequence) + ", last_now " +
+           std::to_string((a.last_now - start_time).count()) + "/" +
+           std::to_string((b.last_now - start_time).count()) + ", records " +
+           std::to_string(a.next_record_id) + "/" + std::to_string(b.next_record_id) +
+           ", batches " + std::to_string(a.next_batch_id) + "/" + std::to_string(b.next_batch_id) +
+           (a.stats == b.stats ? "" : ", stats") +
+           (a.last_flush == b.last_flush ? "" : ", last_flush");
+  }
+  if (stored.devices != live.devices)
+    return "stored devices differ (" + std::to_string(stored.devices.size()) + " stored, " +
+           std::to_string(live.devices.size()) + " in the hub)";
+  if (stored.messages.size() != live.messages.size())
+    return "the store holds " + std::to_string(stored.messages.size()) + " messages, the hub " +
+           std::to_string(live.messages.size());
+  for (std::size_t i = 0; i < stored.messages.size(); ++i)
+    if (stored.messages[i] != live.messages[i])
+      return "stored message seq " + std::to_string(stored.messages[i].sequence_number) +
+             " differs from the hub's seq " + std::to_string(live.messages[i].sequence_number);
+  if (stored.pending != live.pending)
+    return "stored pending feedback records differ (" + std::to_string(stored.pending.size()) +
+           " stored, " + std::to_string(live.pending.size()) + " in the hub)";
+  if (stored.batches.size() != live.batches.size())
+    return "the store holds " + std::to_string(stored.batches.size()) +
+           " feedback batches, the hub " + std::to_string(live.batches.size());
+  for (std::size_t i = 0; i < stored.batches.size(); ++i)
+    if (stored.batches[i] != live.batches[i])
+      return "stored feedback batch " + std::to_string(stored.batches[i].batch_id) + " differs";
+  return "stored state differs";
+}
+
 /// Runs operations on a `hub` and on the reference model and reports the first
 /// disagreement or broken invariant. Not copyable or movable: the hub's
 /// observer points at it.
 class harness {
  public:
   harness(const hub_config& cfg, std::uint64_t seed)
-      : model_(cfg), hub_(cfg, seeded_token_source(seed)) {
-    hub_.set_observer([this](const transition& t) { seen_.push_back(copy(t)); });
-    hub_.tick(start_time);
+      : model_(cfg), seed_(seed), hub_(std::in_place, cfg, seeded_token_source(seed)) {
+    hub_->set_observer([this](const transition& t) { seen_.push_back(copy(t)); });
+    hub_->tick(start_time);
+  }
+  /// A hub opened on a store: `crash` drops it and reopens it from there.
+  harness(const hub_config& cfg, std::uint64_t seed, durability d)
+      : model_(cfg), seed_(seed), durable_(std::move(d)) {
+    hub_.emplace(durable_.open(cfg, seeded_token_source(seed)).value());
+    hub_->set_observer([this](const transition& t) { seen_.push_back(copy(t)); });
+    hub_->tick(start_time);
   }
   harness(const harness&) = delete;
   harness& operator=(const harness&) = delete;
 
   const reference_hub& model() const noexcept { return model_; }
-  const hub& engine() const noexcept { return hub_; }
+  const hub& engine() const noexcept { return *hub_; }
+  /// Crashes survived so far.
+  std::size_t crashes() const noexcept { return crashes_; }
 
   /// Runs `o` on both; "" if they agree and every invariant holds, else what broke.
   std::string step(const op& o) {
@@ -799,6 +873,7 @@ class harness {
     run_on_hub(o, at, want);
     check_transitions(o, want);
     check_state();
+    check_store();
     if (error_.empty())
       return {};
     return describe(o) + " (at +" + std::to_string((at - start_time).count()) + "ms): " + error_;
@@ -860,11 +935,46 @@ class harness {
     return it == generations_.end() ? std::string("?") : it->second;
   }
 
+  /// Drops the hub and opens a new one on the store. Lock tokens to come are
+  /// drawn from a fresh stream, so they cannot repeat those handed out before.
+  void crash_and_reopen() {
+    if (!durable_.open) {
+      expect(false, [] { return "crash on a harness without a store"; });
+      return;
+    }
+    hub_.reset();
+    ++crashes_;
+    auto reopened = durable_.open(model_.config(),
+                                  seeded_token_source(seed_ ^ (0x9E3779B97F4A7C15ull * crashes_)));
+    if (!reopened) {
+      error_ = "reopening from the store failed: " + reopened.error().message;
+      hub_.emplace(model_.config(), seeded_token_source(seed_));  // keep the harness usable
+      return;
+    }
+    hub_.emplace(std::move(*reopened));
+    hub_->set_observer([this](const transition& t) { seen_.push_back(copy(t)); });
+  }
+
+  /// The store holds exactly the hub's state (a harness with `durability.load`).
+  void check_store() {
+    if (!durable_.load || !error_.empty())
+      return;
+    expect(!hub_->store_failure(),
+           [&] { return "the hub's store failed: " + hub_->store_failure()->message; });
+    auto stored = durable_.load();
+    if (!stored) {
+      expect(false, [&] { return "loading the store failed: " + stored.error().message; });
+      return;
+    }
+    const auto diff = snapshot_difference(*stored, hub_->snapshot());
+    expect(diff.empty(), [&] { return diff; });
+  }
+
   void run_on_hub(const op& o, time_point at, const outcome& want) {
     const std::string id(device_pool[o.device % device_pool.size()]);
     switch (o.kind) {
       case op_kind::add_device: {
-        auto r = hub_.add_device(id);
+        auto r = hub_->add_device(id);
         expect_code(r, want.error);
         if (r) {
           expect(r->size() == 18, [&] { return "generation id '" + *r + "' is not 18 digits"; });
@@ -875,7 +985,7 @@ class harness {
       case op_kind::remove_device: {
         std::optional<std::string> gen;
         if (o.generation == 1) {
-          auto g = hub_.generation_id(id);
+          auto g = hub_->generation_id(id);
           gen = g ? *g : std::string("100000000000000000");
         } else if (o.generation == 2) {
           gen = "000000000000000000";  // never a generation id (they start at 1e17)
@@ -883,7 +993,7 @@ class harness {
         std::optional<std::string_view> gv;
         if (gen)
           gv = *gen;
-        auto r = o.with_now ? hub_.remove_device(id, gv, at) : hub_.remove_device(id, gv);
+        auto r = o.with_now ? hub_->remove_device(id, gv, at) : hub_->remove_device(id, gv);
         expect_code(r, want.error);
         break;
       }
@@ -910,7 +1020,7 @@ class harness {
           m.to = "/devices/" + id + "/messages/deviceBound";
         if (o.to == 3)
           m.to = device_bound_address(id == "d0" ? "d1" : "d0");
-        auto r = hub_.enqueue(id, std::move(m), at);
+        auto r = hub_->enqueue(id, std::move(m), at);
         expect_code(r, want.error);
         if (r && want.error == errc{}) {
           expect(r->sequence_number == want.receipt.sequence_number, [&] {
@@ -925,7 +1035,7 @@ class harness {
         break;
       }
       case op_kind::receive: {
-        auto r = hub_.receive(id, at);
+        auto r = hub_->receive(id, at);
         expect_code(r, want.error);
         if (!r || want.error != errc{})
           break;
@@ -965,17 +1075,17 @@ class harness {
                                  : tokens_[o.handle];
         result<void> r;
         if (o.via_settle) {
-          r = hub_.settle(id, t, o.how, at);
+          r = hub_->settle(id, t, o.how, at);
         } else {
           switch (o.how) {
             case disposition::complete:
-              r = hub_.complete(id, t, at);
+              r = hub_->complete(id, t, at);
               break;
             case disposition::reject:
-              r = hub_.reject(id, t, at);
+              r = hub_->reject(id, t, at);
               break;
             case disposition::abandon:
-              r = hub_.abandon(id, t, at);
+              r = hub_->abandon(id, t, at);
               break;
           }
         }
@@ -983,7 +1093,7 @@ class harness {
         break;
       }
       case op_kind::purge: {
-        auto r = hub_.purge(id, at);
+        auto r = hub_->purge(id, at);
         expect_code(r, want.error);
         if (r && want.error == errc{})
           expect(*r == want.count, [&] {
@@ -992,7 +1102,7 @@ class harness {
         break;
       }
       case op_kind::queue_depth: {
-        auto r = hub_.queue_depth(id, at);
+        auto r = hub_->queue_depth(id, at);
         expect_code(r, want.error);
         if (r && want.error == errc{})
           expect(*r == want.count, [&] {
@@ -1003,10 +1113,10 @@ class harness {
       }
       case op_kind::tick:
       case op_kind::tick_to_deadline:
-        hub_.tick(at);
+        hub_->tick(at);
         break;
       case op_kind::receive_feedback: {
-        auto r = hub_.receive_feedback(at);
+        auto r = hub_->receive_feedback(at);
         expect_code(r, want.error);
         if (!r)
           break;
@@ -1028,11 +1138,14 @@ class harness {
         const lock_token t = o.random_token || o.handle >= feedback_tokens_.size()
                                  ? made_up_token(o.token_bits)
                                  : feedback_tokens_[o.handle];
-        auto r = o.kind == op_kind::complete_feedback ? hub_.complete_feedback(t, at)
-                                                      : hub_.abandon_feedback(t, at);
+        auto r = o.kind == op_kind::complete_feedback ? hub_->complete_feedback(t, at)
+                                                      : hub_->abandon_feedback(t, at);
         expect_code(r, want.error);
         break;
       }
+      case op_kind::crash:
+        crash_and_reopen();
+        break;
     }
   }
 
@@ -1083,7 +1196,7 @@ class harness {
         return describe_t() + ": delivery count " + std::to_string(t.delivery_count) +
                " over the max";
       });
-      expect(t.at <= hub_.last_now(),
+      expect(t.at <= hub_->last_now(),
              [&] { return describe_t() + ": stamped after the hub's now"; });
       if (t.cause == transition_cause::accepted) {
         expect(!tracked_.contains(t.seq),
@@ -1157,8 +1270,8 @@ class harness {
           ++records_expected_;
       }
     }
-    expect(records_expected_ == hub_.stats().feedback_records, [&] {
-      return "hub created " + std::to_string(hub_.stats().feedback_records) +
+    expect(records_expected_ == hub_->stats().feedback_records, [&] {
+      return "hub created " + std::to_string(hub_->stats().feedback_records) +
              " feedback records; its terminal transitions and their acks ask for " +
              std::to_string(records_expected_);
     });
@@ -1167,23 +1280,23 @@ class harness {
   /// Hub state against the model, and invariants that hold after every operation.
   void check_state() {
     const auto& cfg = model_.config();
-    const time_point now = hub_.last_now();
+    const time_point now = hub_->last_now();
     expect(now == model_.now(),
            [&] { return "hub time " + ms(now) + ", model " + ms(model_.now()); });
-    expect(hub_.device_count() == model_.devices().size(), [&] {
-      return "hub has " + std::to_string(hub_.device_count()) + " devices, model " +
+    expect(hub_->device_count() == model_.devices().size(), [&] {
+      return "hub has " + std::to_string(hub_->device_count()) + " devices, model " +
              std::to_string(model_.devices().size());
     });
     std::size_t queued = 0;
     for (const auto& entry : model_.devices()) {
       const std::string& id = entry.first;  // not a structured binding: lambdas below capture it
       const ref_device& d = entry.second;
-      const auto* q = hub_.find_queue(id);
+      const auto* q = hub_->find_queue(id);
       if (!q) {
         expect(false, [&] { return "device " + id + " missing from the hub"; });
         continue;
       }
-      auto gen = hub_.generation_id(id);
+      auto gen = hub_->generation_id(id);
       expect(gen && *gen == gen_of(id, d.incarnation),
              [&] { return "generation id of " + id + " changed"; });
       const auto& e = q->entries();
@@ -1251,7 +1364,7 @@ class harness {
     });
 
     // every accepted message is queued or in exactly one outcome
-    const auto& s = hub_.stats();
+    const auto& s = hub_->stats();
     const auto& w = model_.stats();
     expect(s.accepted == queued + s.completed + s.rejected + s.expired + s.delivery_count_exceeded +
                              s.purged + s.removed_with_device,
@@ -1285,21 +1398,21 @@ class harness {
 
     // feedback: each record once; records pending + batched + dropped with their device account for
     // all
-    expect(hub_.pending_feedback_records() == model_.pending().size(), [&] {
-      return "hub has " + std::to_string(hub_.pending_feedback_records()) +
+    expect(hub_->pending_feedback_records() == model_.pending().size(), [&] {
+      return "hub has " + std::to_string(hub_->pending_feedback_records()) +
              " pending feedback records, model " + std::to_string(model_.pending().size());
     });
-    expect(hub_.feedback_queue_depth() == model_.batches().size(), [&] {
-      return "feedback queue holds " + std::to_string(hub_.feedback_queue_depth()) +
+    expect(hub_->feedback_queue_depth() == model_.batches().size(), [&] {
+      return "feedback queue holds " + std::to_string(hub_->feedback_queue_depth()) +
              " batches, model " + std::to_string(model_.batches().size());
     });
-    expect(hub_.feedback_batches_dropped() == model_.feedback_batches_dropped(),
+    expect(hub_->feedback_batches_dropped() == model_.feedback_batches_dropped(),
            [&] { return "feedback batches dropped differ from the model"; });
     std::size_t in_batches = 0;
     for (const auto& b : model_.batches())
       in_batches += b.records.size();
     expect(in_batches <= s.feedback_records, [] { return "more records batched than created"; });
-    const auto next = hub_.next_deadline();
+    const auto next = hub_->next_deadline();
     const auto want_next = model_.next_deadline();
     expect(next == want_next, [&] {
       return "next deadline " + (next ? ms(*next) : std::string("none")) + ", model " +
@@ -1308,7 +1421,10 @@ class harness {
   }
 
   reference_hub model_;
-  hub hub_;
+  std::uint64_t seed_ = 0;
+  durability durable_;
+  std::size_t crashes_ = 0;
+  std::optional<hub> hub_;
   std::vector<lock_token> tokens_;           ///< by lock handle
   std::vector<lock_token> feedback_tokens_;  ///< by feedback lock handle
   std::map<std::pair<std::string, std::uint32_t>, std::string> generations_;
