@@ -5,8 +5,9 @@
 #                no packaging tests: those are proven in (a)), all other ctests
 #   (c) fuzz     clang libFuzzer build in build-fuzz/, each fuzzer run for
 #                2000 inputs from a copy of its corpus (only if fuzz/*_fuzz.cpp exist)
-#   (d) python   placeholder
-#   (e) node     placeholder
+#   (d) python   pip install . (and the sdist) into fresh venvs, pytest python/tests
+#   (e) broker   the mosquitto plugin and a stock Azure IoT Python device SDK
+#   (f) node     npm ci + node --test in node/, npm pack -> install elsewhere
 # Build directories default to build/, build-asan/ and build-fuzz/; set
 # DEVICEBOUND_BUILD_PREFIX=<dir> to use <dir>, <dir>-asan and <dir>-fuzz instead.
 # Every stage runs even if an earlier one failed; the last line is a summary and
@@ -108,17 +109,25 @@ stage_fuzz() {
 }
 
 stage_python() {
-  # PLACEHOLDER (python): build the pybind11 extension with scikit-build-core
-  # (pip install ./python) into a venv and run pytest python/tests.
-  echo "python stage not wired yet"
-  return 77
+  # pip install . into a fresh venv (and the sdist into another), then pytest
+  # python/tests, MQTT tests against the daemon built in (a).
+  DEVICEBOUND_HUB_EXE="$build/apps/devicebound-hub" DEVICEBOUND_PY_SDIST=1 \
+    CMAKE_BUILD_PARALLEL_LEVEL=$jobs ./scripts/test_python.sh
+}
+
+stage_broker() {
+  # The mosquitto plugin, and the official Azure IoT Python device SDK over TLS
+  # receiving from the daemon.
+  DEVICEBOUND_REQUIRE_HUB=1 DEVICEBOUND_BUILD_DIR="$build" \
+    DEVICEBOUND_HUB_EXE="$build/apps/devicebound-hub" ./python/tests/run_broker_tests.sh
 }
 
 stage_node() {
-  # PLACEHOLDER (node): build the node-addon-api addon with cmake-js
-  # (npm ci && npm test in node/).
-  echo "node stage not wired yet"
-  return 77
+  # npm ci (cmake-js builds the addon), node --test, then npm pack and install
+  # the tarball into an empty project elsewhere.
+  DEVICEBOUND_HUB="$build/apps/devicebound-hub" \
+    DEVICEBOUND_BROKER_PLUGIN="$build/broker/devicebound_mosquitto_plugin.so" \
+    CMAKE_BUILD_PARALLEL_LEVEL=$jobs ./scripts/test_node.sh
 }
 
 total_start=$SECONDS
@@ -131,6 +140,7 @@ run_stage release stage_release
 run_stage asan stage_asan
 run_stage fuzz stage_fuzz
 run_stage python stage_python
+run_stage broker stage_broker
 run_stage node stage_node
 
 join() { local IFS=,; echo "${*:-none}"; }

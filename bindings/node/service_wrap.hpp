@@ -1,0 +1,159 @@
+/// \file service_wrap.hpp
+/// `NativeServiceClient`: a `service_client` over the in-process or the MQTT
+/// transport. Sends, purges and depth reads settle Promises from the object's
+/// call queue; the receive thread hands each feedback batch to JS.
+#pragma once
+
+#include <napi.h>
+
+#include <array>
+#include <memory>
+#include <string>
+#include <utility>
+
+#include "client_api.hpp"
+#include "client_wrap.hpp"
+#include "convert.hpp"
+#include "hub_wrap.hpp"
+#include "mqtt_options.hpp"
+
+namespace devicebound::node {
+
+class service_wrap final : public client_wrap<service_wrap> {
+ public:
+  static Napi::Function define(Napi::Env env) {
+    return DefineClass(
+        env, "NativeServiceClient",
+        {InstanceMethod<&service_wrap::open>("open"), InstanceMethod<&service_wrap::close>("close"),
+         InstanceMethod<&service_wrap::send>("send"), InstanceMethod<&service_wrap::purge>("purge"),
+         InstanceMethod<&service_wrap::queue_depth>("queueDepth"),
+         InstanceMethod<&service_wrap::start>("startFeedback"),
+         InstanceMethod<&service_wrap::settle_feedback>("settleFeedback"),
+         InstanceMethod<&service_wrap::status>("status")});
+  }
+
+  /// `new NativeServiceClient(onEvent, spec)`; spec is
+  /// `{ transport: 'inproc', hub, retryPolicy, assignMessageId, randomSeed }` or
+  /// `{ transport: 'mqtt', mqtt, retryPolicy, assignMessageId, randomSeed }`.
+  explicit service_wrap(const Napi::CallbackInfo& info) : client_wrap(info, "NativeServiceClient") {
+    Napi::Env env = info.Env();
+    if (!info[1].IsObject())
+      throw_invalid(env, "service client options must be an object");
+    auto spec = info[1].As<Napi::Object>();
+    const std::string transport = to_string_arg(env, spec.Get("transport"), "transport");
+    retry::policy policy = to_client_policy(env, spec.Get("retryPolicy"));
+    service_client_options options;
+    if (auto seed = spec.Get("randomSeed"); !is_missing(seed))
+      options.random_seed = to_uint(env, seed, "randomSeed", std::uint64_t{1} << 53);
+    if (auto a = spec.Get("assignMessageId"); !is_missing(a)) {
+      const std::string s = to_string_arg(env, a, "assignMessageId");
+      if (s == "never")
+        options.assign_message_id = message_id_assignment::never;
+      else if (s == "when_unset")
+        options.assign_message_id = message_id_assignment::when_unset;
+      else
+        throw_invalid(env, "assignMessageId must be 'never' or 'when_unset', not '" + s + "'");
+    }
+
+    if (transport == "inproc") {
+      auto host = host_of(env, spec.Get("hub"));
+      api_ = std::make_unique<service_impl<host_type::service_connection_type>>(
+          host, host->service(), std::move(policy), std::move(options));
+    } else if (transport == "mqtt") {
+      api_ = make_mqtt_service(env, spec.Get("mqtt"), std::move(policy), std::move(options));
+    } else {
+      throw_invalid(env, "transport must be 'inproc' or 'mqtt', not '" + transport + "'");
+    }
+    report_status();
+  }
+
+  /// Collected: closing the connection may wait for a broker, so a thread does it.
+  ~service_wrap() override {
+    if (!api_)
+      return;
+    stop_threads(false);
+    data_of(env_).reap([api = std::shared_ptr<service_api>(std::move(api_))] { api->close(); });
+  }
+
+  void teardown() override {
+    if (!api_)
+      return;
+    stop_threads(true);
+    api_.reset();
+  }
+
+  // --- what client_wrap needs ---------------------------------------------------------
+  result<void> open_connection() { return api_->open(); }
+  void close_connection() { api_->close(); }
+  void set_status_callback(connection_status_callback cb) {
+    api_->set_status_callback(std::move(cb));
+  }
+  result<bool> receive_one() {
+    auto r = api_->receive_feedback(receive_thread_wait);
+    if (!r)
+      return r.error();
+    if (!*r)
+      return false;
+    post_item("feedback", std::move(**r), from_feedback_batch);
+    return true;
+  }
+
+ private:
+  Napi::Value open(const Napi::CallbackInfo& info) { return open_call(info.Env()); }
+  Napi::Value close(const Napi::CallbackInfo& info) { return close_call(info.Env()); }
+  Napi::Value start(const Napi::CallbackInfo& info) {
+    start_receiving(info.Env());
+    return info.Env().Undefined();
+  }
+
+  /// `send(deviceId, message): Promise<{ sequenceNumber, expiryTimeUtc }>`.
+  Napi::Value send(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    std::string id = to_string_arg(env, info[0], "deviceId");
+    message m = to_message(env, info[1]);
+    return async_call(
+        env,
+        [api = api_.get(), id = std::move(id), m = std::move(m)]() mutable {
+          return api->send(id, std::move(m));
+        },
+        [](Napi::Env e, enqueue_receipt& r) { return from_receipt(e, r); });
+  }
+
+  /// `purge(deviceId): Promise<number>`: how many messages were removed.
+  Napi::Value purge(const Napi::CallbackInfo& info) {
+    std::string id = to_string_arg(info.Env(), info[0], "deviceId");
+    return async_call(
+        info.Env(), [api = api_.get(), id = std::move(id)] { return api->purge(id); },
+        [](Napi::Env e, std::size_t& n) { return Napi::Number::New(e, static_cast<double>(n)); });
+  }
+
+  /// `queueDepth(deviceId): Promise<number>`: Enqueued plus Invisible.
+  Napi::Value queue_depth(const Napi::CallbackInfo& info) {
+    std::string id = to_string_arg(info.Env(), info[0], "deviceId");
+    return async_call(
+        info.Env(), [api = api_.get(), id = std::move(id)] { return api->queue_depth(id); },
+        [](Napi::Env e, std::size_t& n) { return Napi::Number::New(e, static_cast<double>(n)); });
+  }
+
+  /// `settleFeedback(lockToken, 'complete' | 'abandon'): Promise<void>`.
+  Napi::Value settle_feedback(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const lock_token token = to_lock_token(env, info[0]);
+    const std::string how = to_string_arg(env, info[1], "disposition");
+    if (how != "complete" && how != "abandon")
+      throw_invalid(env, "feedback disposition must be 'complete' or 'abandon', not '" + how + "'");
+    const auto d =
+        how == "complete" ? feedback_disposition::complete : feedback_disposition::abandon;
+    return async_call(
+        env, [api = api_.get(), token, d] { return api->settle_feedback(token, d); },
+        to_undefined{});
+  }
+
+  Napi::Value status(const Napi::CallbackInfo& info) {
+    return Napi::String::New(info.Env(), std::string(to_string(api_->status())));
+  }
+
+  std::unique_ptr<service_api> api_;
+};
+
+}  // namespace devicebound::node
