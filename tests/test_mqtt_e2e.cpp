@@ -621,6 +621,7 @@ TEST_F(mqtt_e2e, BrokerRestartMidStreamLosesNothingAccepted) {
   constexpr int before_outage = 150;
   std::set<std::string> accepted;
   std::atomic<int> failed{0};
+  std::string first_failure;
   std::thread sender([&] {
     for (int i = 0; i < n; ++i) {
       if (i == before_outage) {  // the rest is sent into the outage
@@ -630,10 +631,11 @@ TEST_F(mqtt_e2e, BrokerRestartMidStreamLosesNothingAccepted) {
       const std::string id = "s" + std::to_string(i);
       auto r = svc->send("dev1", make_message(id, "payload " + id));
       std::lock_guard<std::mutex> g(m);
-      if (r)
+      if (r) {
         accepted.insert(id);
-      else
-        ++failed;
+      } else {
+        if (failed++ == 0) first_failure = std::to_string(r.error().numeric()) + " " + r.error().message;
+      }
       cv.notify_all();
     }
   });
@@ -651,7 +653,8 @@ TEST_F(mqtt_e2e, BrokerRestartMidStreamLosesNothingAccepted) {
   }
   broker_->restart();  // the same port again
   sender.join();
-  EXPECT_EQ(failed.load(), 0) << "sends that gave up (the retry policy allows 30 s)";
+  EXPECT_EQ(failed.load(), 0) << "sends that gave up (the retry policy allows 30 s); first: "
+                              << first_failure;
   {
     std::unique_lock<std::mutex> g(m);
     EXPECT_EQ(accepted.size(), static_cast<std::size_t>(n));

@@ -264,24 +264,55 @@ class mosquitto_broker {
   bool running() { return process_ && process_->running(); }
   pid_t pid() const { return process_ ? process_->pid() : -1; }
 
-  /// Stops the broker (SIGTERM, by PID); its exit code.
+  /// Stops the broker (SIGTERM, by PID); its exit code. The port stays held
+  /// (bound, not listening: clients see a dead broker) until `restart`, so that
+  /// another test running in parallel cannot be given it meanwhile.
   std::optional<int> stop() {
     if (!process_)
       return std::nullopt;
     auto c = process_->stop(SIGTERM);
     process_.reset();
+    hold_port();
     return c;
   }
 
   /// Starts it again on the same port (after `stop`).
   void restart() {
     stop();
+    release_port();
     if (!try_start())
       throw std::runtime_error("mosquitto did not restart on port " + std::to_string(port_) +
                                ":\n" + log());
   }
 
+  ~mosquitto_broker() { release_port(); }
+  mosquitto_broker(const mosquitto_broker&) = delete;
+  mosquitto_broker& operator=(const mosquitto_broker&) = delete;
+
  private:
+  void hold_port() {
+    release_port();
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0)
+      return;
+    const int one = 1;
+    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(port_);
+    if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+      ::close(fd);
+      return;
+    }
+    hold_fd_ = fd;
+  }
+  void release_port() {
+    if (hold_fd_ >= 0)
+      ::close(hold_fd_);
+    hold_fd_ = -1;
+  }
+
   void write_config() {
     config_ = dir_.file("mosquitto.conf");
     log_ = dir_.file("mosquitto.log");
@@ -323,11 +354,14 @@ class mosquitto_broker {
   std::string config_;
   std::string log_;
   std::uint16_t port_ = 0;
+  int hold_fd_ = -1;  ///< holds the port between stop() and restart()
   std::unique_ptr<child_process> process_;
 };
 
 /// devicebound-hub attached to a broker on 127.0.0.1:`broker_port`. Ready when
 /// it answers an admin ping over MQTT (so it is connected and subscribed).
+/// Unless `args` name a store (`--store`, `--in-memory`), its SQLite store is a
+/// file in the fixture's own directory: kept across `stop` and `start`.
 struct hub_daemon_options {
   std::string executable = default_hub;
   std::uint16_t broker_port = 0;
@@ -366,6 +400,11 @@ class hub_daemon {
       argv.push_back(path);
     }
     argv.insert(argv.end(), options_.args.begin(), options_.args.end());
+    if (std::find(argv.begin(), argv.end(), "--store") == argv.end() &&
+        std::find(argv.begin(), argv.end(), "--in-memory") == argv.end()) {
+      argv.push_back("--store");
+      argv.push_back(store_path());
+    }
     process_ = std::make_unique<child_process>(argv, log_);
     if (!wait_ready(options_.startup_timeout))
       throw std::runtime_error("devicebound-hub did not become ready:\n" + log());
@@ -383,6 +422,8 @@ class hub_daemon {
   bool running() { return process_ && process_->running(); }
   pid_t pid() const { return process_ ? process_->pid() : -1; }
   std::string log() const { return read_file(log_); }
+  /// The store file used when `args` name none.
+  std::string store_path() const { return dir_.file("devicebound-hub.db"); }
 
   /// Pings until answered or `timeout`: true when the daemon is connected and subscribed.
   bool wait_ready(std::chrono::milliseconds timeout) {
