@@ -20,40 +20,14 @@
 #include <string>
 #include <vector>
 
+#include "support/event_log.hpp"
+
 using namespace devicebound;
 using namespace std::chrono_literals;
 
 namespace {
 
-/// Values pushed by one thread and awaited by another.
-template <class T>
-class event_log {
- public:
-  void push(T v) {
-    // Notify under the lock: once a waiter returns, push() no longer touches cv_,
-    // so the waiting test may destroy the log.
-    std::lock_guard<std::mutex> g(mutex_);
-    items_.push_back(std::move(v));
-    cv_.notify_all();
-  }
-  bool wait_for_size(std::size_t n, std::chrono::seconds real_timeout = 10s) const {
-    std::unique_lock<std::mutex> g(mutex_);
-    return cv_.wait_for(g, real_timeout, [&] { return items_.size() >= n; });
-  }
-  std::vector<T> items() const {
-    std::lock_guard<std::mutex> g(mutex_);
-    return items_;
-  }
-  std::size_t size() const {
-    std::lock_guard<std::mutex> g(mutex_);
-    return items_.size();
-  }
-
- private:
-  mutable std::mutex mutex_;
-  mutable std::condition_variable cv_;
-  std::vector<T> items_;
-};
+using test_support::event_log;
 
 using host_type = inproc::hub_host<manual_clock>;
 using device_type = device_client<inproc::device_connection<manual_clock>>;
