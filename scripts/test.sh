@@ -4,7 +4,7 @@
 #   (b) asan     AddressSanitizer + UBSan build in build-asan/ (no benchmarks,
 #                no packaging tests: those are proven in (a)), all other ctests
 #   (c) fuzz     clang libFuzzer build in build-fuzz/, each fuzzer run for
-#                2000 inputs from a copy of its corpus (only if fuzz/*_fuzz.cpp exist)
+#                20 s (at most 1,000,000 inputs) from a copy of its corpus (only if fuzz/*_fuzz.cpp exist)
 #   (d) python   pip install . (and the sdist) into fresh venvs, pytest python/tests
 #   (e) broker   the mosquitto plugin and a stock Azure IoT Python device SDK
 #   (f) node     npm ci + node --test in node/, npm pack -> install elsewhere
@@ -98,7 +98,7 @@ stage_fuzz() {
     if [[ -f "fuzz/$target.dict" ]]; then
       extra+=("-dict=fuzz/$target.dict")
     fi
-    if ! "$build-fuzz/fuzz/$target" -runs=2000 -max_total_time=300 -timeout=30 \
+    if ! "$build-fuzz/fuzz/$target" -runs=1000000 -max_total_time=20 -timeout=30 \
       -print_final_stats=1 "-artifact_prefix=$build-fuzz/artifacts/$target/" "${extra[@]}" \
       "$corpus"; then
       echo "fuzz: $target FAILED; crashing input under $build-fuzz/artifacts/$target/"
