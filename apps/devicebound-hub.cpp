@@ -4,10 +4,17 @@
 // queue what arrives (requests, broker-plugin events, connection loss); the
 // main loop takes them in order with `now` from the real clock, ticks the hub
 // at `hub.next_deadline()`, publishes device-bound messages, replies and
-// feedback at QoS 1, and reconnects to the broker under a retry policy. The
-// queues live in this process's memory, so a broker restart loses nothing the
-// hub has accepted. The topics are described in docs/protocol.md; running it
-// in docs/mqtt-quickstart.md.
+// feedback at QoS 1, and reconnects to the broker under a retry policy.
+//
+// The hub's state lives in a SQLite store (include/devicebound/store/sqlite.hpp;
+// `--in-memory` keeps it in this process only), so neither a broker restart nor
+// a restart of the daemon loses what the hub has accepted. The operations of one
+// batch of events share one store transaction (grouped commits); everything the
+// batch publishes (replies, deliveries, feedback) is held until that transaction
+// committed, so an acknowledgement always follows the commit. A failed commit
+// ends the daemon (exit code 4) for its supervisor to restart it from the store.
+// The topics are described in docs/protocol.md; running it in
+// docs/mqtt-quickstart.md; durability in docs/architecture.md.
 #include <pthread.h>
 #include <spdlog/spdlog.h>
 #include <toml++/toml.h>
@@ -20,15 +27,19 @@
 #include <condition_variable>
 #include <csignal>
 #include <cstdint>
+#include <cstdlib>
 #include <deque>
 #include <devicebound/codec/feedback_json.hpp>
 #include <devicebound/codec/iso8601.hpp>
 #include <devicebound/codec/topic.hpp>
 #include <devicebound/hub.hpp>
 #include <devicebound/retry.hpp>
+#include <devicebound/store/sqlite.hpp>
 #include <devicebound/transport/mqtt.hpp>
 #include <devicebound/version.hpp>
+#include <filesystem>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -51,6 +62,53 @@ using proto::party;
 // Configuration
 // =============================================================================================
 
+/// Exit codes (docs/mqtt-quickstart.md, "Exit codes").
+enum exit_code : int {
+  exit_ok = 0,            ///< stopped on SIGINT / SIGTERM
+  exit_broker = 1,        ///< gave up on the broker (refused credentials, ...)
+  exit_config = 2,        ///< bad command line or configuration
+  exit_store_open = 3,    ///< the store cannot be used: newer schema, not devicebound's,
+                          ///< damaged, in use by another hub, unreadable
+  exit_store_failed = 4,  ///< a commit to the store failed while running: restart the daemon
+};
+
+struct store_config {
+  bool in_memory = false;  ///< no store: the queues live (and die) with the process
+  std::string path;        ///< empty: `default_store_path`
+  sqlite_sync sync = sqlite_sync::full;
+};
+
+/// Where the store lives unless configured: `$STATE_DIRECTORY` (systemd's
+/// StateDirectory=), else `$XDG_STATE_HOME/devicebound`, else
+/// `~/.local/state/devicebound`, else the working directory; the file is named
+/// after the MQTT client id, so hubs with different client ids (partitions)
+/// never share a file.
+std::string default_store_path(const std::string& client_id) {
+  namespace fs = std::filesystem;
+  const auto absolute = [](const char* name) -> const char* {
+    const char* v = std::getenv(name);
+    return v && v[0] == '/' ? v : nullptr;  // relative values are ignored (XDG)
+  };
+  const std::string file = client_id + ".db";
+  if (const char* d = absolute("STATE_DIRECTORY")) {
+    const std::string_view dirs(d);  // may list several, separated by ':'
+    return (fs::path(dirs.substr(0, dirs.find(':'))) / file).string();
+  }
+  if (const char* x = absolute("XDG_STATE_HOME"))
+    return (fs::path(x) / "devicebound" / file).string();
+  if (const char* h = absolute("HOME"))
+    return (fs::path(h) / ".local" / "state" / "devicebound" / file).string();
+  return file;
+}
+
+std::optional<sqlite_sync> parse_sync(std::string_view s) {
+  if (s == "full")
+    return sqlite_sync::full;
+  if (s == "normal")
+    return sqlite_sync::normal;
+  return std::nullopt;
+}
+
 struct reconnect_config {
   duration initial = 100ms;  ///< first wait after an immediate retry
   duration cap = 10s;        ///< longest wait
@@ -67,6 +125,7 @@ struct daemon_config {
   bool auto_register = false;        ///< register unknown devices on send / presence
   std::uint32_t max_in_flight = 4;   ///< locked, unsettled pushes per device or back end
   reconnect_config reconnect;
+  store_config store;
   std::string log_level = "info";
 };
 
@@ -237,6 +296,18 @@ void load_toml(const std::string& path, daemon_config& c) {
   dur(r["initial"], "reconnect.initial", c.reconnect.initial);
   dur(r["max"], "reconnect.max", c.reconnect.cap);
 
+  auto st = t["store"];
+  str(st["path"], "store.path", c.store.path);
+  flag(st["in_memory"], "store.in_memory", c.store.in_memory);
+  if (auto n = st["sync"]; n) {
+    std::string v;
+    str(n, "store.sync", v);
+    const auto sync = parse_sync(v);
+    if (!sync)
+      throw config_error(path + ": store.sync must be full or normal");
+    c.store.sync = *sync;
+  }
+
   str(t["log"]["level"], "log.level", c.log_level);
 }
 
@@ -357,9 +428,11 @@ struct id_hash {
 
 class hub_daemon {
  public:
-  explicit hub_daemon(daemon_config cfg)
+  /// A daemon serving `h`, which commits to `store` (null: no store, `--in-memory`).
+  hub_daemon(daemon_config cfg, std::unique_ptr<sqlite_store> store, hub h)
       : cfg_(std::move(cfg)),
-        hub_(cfg_.hub),
+        store_(std::move(store)),
+        hub_(std::move(h)),
         session_(
             cfg_.broker, cfg_.broker.client_id,
             [this](std::string_view topic, std::string_view payload) {
@@ -379,8 +452,21 @@ class hub_daemon {
 
   /// Runs until stop(); returns the process exit code.
   int run() {
-    for (const auto& id : cfg_.devices)
-      register_device(id);
+    // Devices of the configuration are added only if absent: a restart keeps
+    // their generation ids and queues.
+    if (!begin_batch())
+      return store_failed();
+    for (const auto& id : cfg_.devices) {
+      if (!hub_.has_device(id)) {
+        register_device(id);
+        continue;
+      }
+      devices_.try_emplace(id);
+      const auto gen = hub_.generation_id(id);
+      spdlog::info("device '{}' is registered (generation {})", id, gen ? *gen : "?");
+    }
+    if (!end_batch())
+      return store_failed();
     spdlog::info(
         "devicebound-hub {} '{}': broker {}://{}:{}, client id '{}', lock {} ms, default TTL {} "
         "ms, "
@@ -389,6 +475,14 @@ class hub_daemon {
         cfg_.broker.port, cfg_.broker.client_id, cfg_.hub.lock_duration.count(),
         cfg_.hub.default_ttl.count(), cfg_.hub.max_delivery_count, cfg_.hub.max_queue_depth,
         cfg_.max_in_flight, cfg_.auto_register ? "on" : "off");
+    if (store_)
+      spdlog::info(
+          "store '{}' (SQLite, synchronous {}): {} device(s), {} feedback batch(es) queued, {} "
+          "message(s) accepted so far",
+          store_->path(), cfg_.store.sync == sqlite_sync::full ? "full" : "normal",
+          hub_.device_count(), hub_.feedback_queue_depth(), hub_.stats().accepted);
+    else
+      spdlog::warn("no store (--in-memory): the queues are lost when the daemon stops");
 
     time_point last = clock_.now();
     const auto monotonic = [&] {
@@ -415,7 +509,8 @@ class hub_daemon {
           auto d = reconnect_.attempt_failed(r.code(), monotonic());
           if (!d || d->what == retry::verdict::give_up) {
             spdlog::critical("giving up on the broker: {}", r.error().message);
-            return 1;
+            say_goodbye();
+            return exit_broker;
           }
           next_attempt = d->at;
           spdlog::warn("cannot connect to the broker: {} (retry in {} ms)", r.error().message,
@@ -428,7 +523,11 @@ class hub_daemon {
         deadline = std::min(deadline, next_attempt);
       events_.wait(deadline, batch);
       const time_point now = clock_.now();
-      while (!batch.empty()) {
+      // One batch: the operations of every event that arrived, the timers and the
+      // pushes share one store transaction; what they publish goes out after it.
+      if (!begin_batch())
+        return store_failed();
+      while (!batch.empty() && !hub_.store_failure()) {
         event e = std::move(batch.front());
         batch.pop_front();
         if (e.what == event::kind::connection_lost) {
@@ -443,25 +542,93 @@ class hub_daemon {
         }
         on_message(e.topic, e.payload, now);
       }
-      hub_.tick(now);
-      pump(now);
+      if (!hub_.store_failure()) {
+        hub_.tick(now);
+        pump(now);
+      }
+      if (!end_batch())
+        return store_failed();
     }
 
     spdlog::info("stopping");
-    if (connected_) {
-      (void)session_.publish(std::string(proto::hub_status_topic), "offline", true);
-      session_.disconnect(1s);
+    say_goodbye();
+    log_stats();
+    return exit_ok;
+  }
+
+ private:
+  // --- batches: grouped commits, publishes held until committed ----------------------
+
+  /// Starts a batch of operations: with a store, one transaction for all of them.
+  bool begin_batch() {
+    if (!store_)
+      return true;
+    if (auto r = store_->begin_group(); !r) {
+      store_error_ = r.error();
+      return false;
     }
+    return true;
+  }
+
+  /// Ends a batch: commits its transaction, then publishes what it produced
+  /// (replies, deliveries, feedback), in order. Nothing is published when the
+  /// store failed: an operation that was not committed is never acknowledged.
+  bool end_batch() {
+    if (const auto& f = hub_.store_failure()) {
+      store_error_ = *f;
+      outbox_.clear();
+      return false;
+    }
+    if (store_ && store_->in_group())
+      if (auto r = store_->commit_group(); !r) {
+        store_error_ = r.error();
+        outbox_.clear();
+        return false;
+      }
+    for (auto& [topic, payload] : outbox_) {
+      if (!connected_) {
+        spdlog::debug("not connected: dropped publish to {}", topic);
+        continue;
+      }
+      if (auto r = session_.publish(topic, payload); !r)
+        spdlog::warn("publish to {} failed: {}", topic, r.error().message);
+    }
+    outbox_.clear();
+    return true;
+  }
+
+  /// The store failed: the hub's memory may be ahead of its file. Stop serving
+  /// (nothing more is published) and exit for the supervisor to restart the
+  /// daemon, which reopens the hub from the store (every acknowledged operation
+  /// is there).
+  int store_failed() {
+    spdlog::critical(
+        "the store failed: {}; stopping (exit code {}): restart devicebound-hub to reopen the hub "
+        "from its store, which holds every acknowledged operation",
+        store_error_ ? store_error_->message : std::string("unknown error"),
+        static_cast<int>(exit_store_failed));
+    say_goodbye();
+    log_stats();
+    return exit_store_failed;
+  }
+
+  void say_goodbye() {
+    if (!connected_)
+      return;
+    (void)session_.publish(std::string(proto::hub_status_topic), "offline", true);
+    session_.disconnect(1s);
+    connected_ = false;
+  }
+
+  void log_stats() const {
     const auto& s = hub_.stats();
     spdlog::info(
         "stats: accepted {}, completed {}, rejected {}, expired {}, delivery count exceeded {}, "
         "purged {}, feedback records {}, feedback batches {}",
         s.accepted, s.completed, s.rejected, s.expired, s.delivery_count_exceeded, s.purged,
         s.feedback_records, s.feedback_batches);
-    return 0;
   }
 
- private:
   // --- broker connection ------------------------------------------------------------
 
   result<void> connect() {
@@ -494,13 +661,9 @@ class hub_daemon {
     return {};
   }
 
-  void publish(const std::string& topic, std::string_view payload) {
-    if (!connected_) {
-      spdlog::debug("not connected: dropped publish to {}", topic);
-      return;
-    }
-    if (auto r = session_.publish(topic, payload); !r)
-      spdlog::warn("publish to {} failed: {}", topic, r.error().message);
+  /// Queues a publish of the running batch; it goes out once the batch is committed.
+  void publish(std::string topic, std::string_view payload) {
+    outbox_.emplace_back(std::move(topic), std::string(payload));
   }
 
   // --- the engine's transitions ------------------------------------------------------
@@ -994,7 +1157,10 @@ class hub_daemon {
   }
 
   daemon_config cfg_;
+  std::unique_ptr<sqlite_store> store_;  ///< before hub_: the hub commits to it
   hub hub_;
+  std::optional<error> store_error_;
+  std::vector<std::pair<std::string, std::string>> outbox_;  ///< the batch's publishes
   event_queue events_;
   std::stop_source stopping_;
   mqtt::detail::session session_;
@@ -1036,11 +1202,11 @@ int main(int argc, char** argv) {
   // Flags override the file; so they are read into optionals first.
   std::optional<std::string> host, client_id, username, password, tls_ca, tls_cert, tls_key,
       tls_key_password, hub_name, log_level, lock, ttl, batch_interval, reconnect_initial,
-      reconnect_max, feedback_lock;
+      reconnect_max, feedback_lock, store_path, store_sync;
   std::optional<std::uint16_t> port;
   std::optional<std::uint32_t> max_delivery, max_depth, max_in_flight;
   std::vector<std::string> devices;
-  bool auto_register = false, tls = false, tls_insecure = false;
+  bool auto_register = false, tls = false, tls_insecure = false, in_memory = false;
   app.add_option("--host", host, "broker host (default 127.0.0.1)");
   app.add_option("-p,--port", port, "broker port (default 1883)");
   app.add_option("--client-id", client_id, "MQTT client id (default devicebound-hub)");
@@ -1067,6 +1233,14 @@ int main(int argc, char** argv) {
                  "locked, unsettled pushes per device or back end (default 4)");
   app.add_option("--reconnect-initial", reconnect_initial, "first reconnect wait (default 100ms)");
   app.add_option("--reconnect-max", reconnect_max, "longest reconnect wait (default 10s)");
+  app.add_option("--store", store_path,
+                 "SQLite store file (default: $STATE_DIRECTORY, $XDG_STATE_HOME/devicebound or "
+                 "~/.local/state/devicebound, file {client-id}.db)");
+  app.add_flag("--in-memory", in_memory,
+               "no store: keep the queues in memory only (lost when the daemon stops)");
+  app.add_option("--store-sync", store_sync,
+                 "full (default: survives power loss) or normal (survives a crash of the "
+                 "daemon, not of the OS)");
   app.add_option("-l,--log-level", log_level,
                  "trace, debug, info, warn, error, critical or off (default info)");
   CLI11_PARSE(app, argc, argv);
@@ -1123,9 +1297,23 @@ int main(int argc, char** argv) {
       cfg.reconnect.cap = duration_arg(*reconnect_max, "--reconnect-max");
     if (log_level)
       cfg.log_level = *log_level;
+    if (store_path) {
+      cfg.store.path = *store_path;
+      cfg.store.in_memory = false;
+    }
+    if (in_memory)
+      cfg.store.in_memory = true;
+    if (store_sync) {
+      const auto sync = parse_sync(*store_sync);
+      if (!sync)
+        throw CLI::ValidationError("--store-sync", "must be full or normal");
+      cfg.store.sync = *sync;
+    }
+    if (in_memory && store_path)
+      throw CLI::ValidationError("--in-memory", "excludes --store");
   } catch (const config_error& e) {
     std::fprintf(stderr, "devicebound-hub: %s\n", e.what());
-    return 2;
+    return exit_config;
   } catch (const CLI::Error& e) {
     return app.exit(e);
   }
@@ -1133,24 +1321,65 @@ int main(int argc, char** argv) {
   const auto level = parse_level(cfg.log_level);
   if (!level) {
     std::fprintf(stderr, "devicebound-hub: unknown log level '%s'\n", cfg.log_level.c_str());
-    return 2;
+    return exit_config;
   }
   spdlog::set_level(*level);
   spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%-5l%$ %v");
   if (auto v = cfg.hub.validate(); !v) {
     spdlog::critical("bad configuration: {}", v.error().message);
-    return 2;
+    return exit_config;
   }
   if (auto v = validate_device_id(cfg.broker.client_id); !v) {
     spdlog::critical("bad client id: {}", v.error().message);
-    return 2;
+    return exit_config;
   }
   if (cfg.max_in_flight < 1) {
     spdlog::critical("bad configuration: max_in_flight must be at least 1");
-    return 2;
+    return exit_config;
   }
 
-  hub_daemon daemon(std::move(cfg));
+  // The store: opened (created, with its schema, when new) before anything else
+  // runs. A store this build cannot use is never replaced by an empty one.
+  std::unique_ptr<sqlite_store> store;
+  hub h;
+  if (!cfg.store.in_memory) {
+    const bool default_path = cfg.store.path.empty();
+    if (default_path) {
+      cfg.store.path = default_store_path(cfg.broker.client_id);
+      std::error_code ec;
+      const auto dir = std::filesystem::path(cfg.store.path).parent_path();
+      if (!dir.empty())
+        std::filesystem::create_directories(dir, ec);
+      if (ec) {
+        spdlog::critical("cannot create the store's directory {}: {} (choose a file with --store)",
+                         dir.string(), ec.message());
+        return exit_store_open;
+      }
+    }
+    sqlite_options so;
+    so.sync = cfg.store.sync;
+    auto s = sqlite_store::open(cfg.store.path, so);
+    if (!s) {
+      spdlog::critical("cannot open the store: {} [{}]; refusing to start (exit code {})",
+                       s.error().message, s.error().numeric(), static_cast<int>(exit_store_open));
+      return exit_store_open;
+    }
+    store = std::make_unique<sqlite_store>(std::move(*s));
+    auto opened = hub::open(cfg.hub, *store, system_token_source());
+    if (!opened) {
+      spdlog::critical(
+          "cannot open the hub from the store '{}': {} [{}]; refusing to start (exit "
+          "code {})",
+          cfg.store.path, opened.error().message, opened.error().numeric(),
+          static_cast<int>(exit_store_open));
+      return exit_store_open;
+    }
+    h = std::move(*opened);
+  } else {
+    h = hub(cfg.hub);
+  }
+
+  hub_daemon daemon(std::move(cfg), std::move(store), std::move(h));
   std::thread signal_thread([&] {
     int sig = 0;
     if (sigwait(&signals, &sig) == 0) {

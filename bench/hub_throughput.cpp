@@ -18,14 +18,13 @@
 ///
 /// DEVICEBOUND_BENCH_SMOKE=1 runs tiny sizes (ctest). DEVICEBOUND_BENCH_ENFORCE=1
 /// also exits non-zero when a target is missed (timings are noisy: off by default).
-#include <devicebound/hub.hpp>
-
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <devicebound/hub.hpp>
 #include <exception>
 #include <random>
 #include <stdexcept>
@@ -50,7 +49,8 @@
 #undef DEVICEBOUND_BENCH_MALLINFO2
 #endif
 #if defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) || __has_feature(memory_sanitizer)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) || \
+    __has_feature(memory_sanitizer)
 #undef DEVICEBOUND_BENCH_MALLINFO2
 #endif
 #endif
@@ -73,9 +73,10 @@ class switch_lifecycle {
   db::result<db::message_state> process(const Event& e) {
     const auto before = state_;
     if (!step(e))
-      return db::make_error(db::errc::invalid_operation, std::string("event '") + Event::name +
-                                                             "' does not apply to a message in state " +
-                                                             std::string(db::to_string(before)));
+      return db::make_error(db::errc::invalid_operation,
+                            std::string("event '") + Event::name +
+                                "' does not apply to a message in state " +
+                                std::string(db::to_string(before)));
     return state_;
   }
 
@@ -83,7 +84,8 @@ class switch_lifecycle {
   using S = db::message_state;
 
   /// Delivery count once a lock ends by abandon or by lock expiry (as lifecycle_def).
-  static std::uint32_t count_after_release(const db::lifecycle_event::base& e, bool by_abandon) noexcept {
+  static std::uint32_t count_after_release(const db::lifecycle_event::base& e,
+                                           bool by_abandon) noexcept {
     const auto c = e.fields->delivery_count;
     return (by_abandon && e.rules->rule == db::delivery_count_rule::abandon_only) ? c + 1 : c;
   }
@@ -91,13 +93,16 @@ class switch_lifecycle {
   bool step(const db::lifecycle_event::lock& e) noexcept {
     switch (state_) {
       case S::enqueued:
-        if (!(e.now < e.fields->expires_at)) return false;  // an expired message is never handed out
+        if (!(e.now < e.fields->expires_at))
+          return false;  // an expired message is never handed out
         e.fields->token = e.token;
         e.fields->locked_until = e.now + e.lock_for;
-        if (e.rules->rule == db::delivery_count_rule::every_delivery) ++e.fields->delivery_count;
+        if (e.rules->rule == db::delivery_count_rule::every_delivery)
+          ++e.fields->delivery_count;
         state_ = S::invisible;
         return true;
-      default: return false;
+      default:
+        return false;
     }
   }
   bool step(const db::lifecycle_event::complete& e) noexcept {
@@ -106,7 +111,8 @@ class switch_lifecycle {
         e.fields->token = db::lock_token{};
         state_ = S::completed;
         return true;
-      default: return false;
+      default:
+        return false;
     }
   }
   bool step(const db::lifecycle_event::reject& e) noexcept {
@@ -116,7 +122,8 @@ class switch_lifecycle {
         e.fields->reason = db::dead_letter_reason::rejected;
         state_ = S::dead_lettered;
         return true;
-      default: return false;
+      default:
+        return false;
     }
   }
   bool step(const db::lifecycle_event::abandon& e) noexcept {
@@ -133,7 +140,8 @@ class switch_lifecycle {
         }
         return true;
       }
-      default: return false;
+      default:
+        return false;
     }
   }
   bool step(const db::lifecycle_event::lock_expired& e) noexcept {
@@ -150,7 +158,8 @@ class switch_lifecycle {
         }
         return true;
       }
-      default: return false;
+      default:
+        return false;
     }
   }
   bool step(const db::lifecycle_event::ttl_expired& e) noexcept {
@@ -161,17 +170,21 @@ class switch_lifecycle {
         e.fields->reason = db::dead_letter_reason::expired;
         state_ = S::dead_lettered;
         return true;
-      default: return false;
+      default:
+        return false;
     }
   }
   bool step(const db::lifecycle_event::purge& e) noexcept {
     switch (state_) {
-      case S::enqueued: state_ = S::purged; return true;
+      case S::enqueued:
+        state_ = S::purged;
+        return true;
       case S::invisible:
         e.fields->token = db::lock_token{};
         state_ = S::purged;
         return true;
-      default: return false;
+      default:
+        return false;
     }
   }
 
@@ -195,7 +208,9 @@ struct check_failure : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-[[noreturn]] void fail(const std::string& what) { throw check_failure(what); }
+[[noreturn]] void fail(const std::string& what) {
+  throw check_failure(what);
+}
 
 /// A fixed start instant; the benchmark advances its own fake `now`.
 const db::time_point t0 = db::time_point{std::chrono::sys_days{std::chrono::year{2024} / 1 / 1}};
@@ -206,7 +221,8 @@ std::uint64_t mix(std::uint64_t h, std::uint64_t v) noexcept {
 }
 std::uint64_t mix_token(std::uint64_t h, const db::lock_token& t) noexcept {
   std::uint64_t a = 0;
-  for (std::size_t i = 0; i < 8; ++i) a = a << 8 | t.bytes[i];
+  for (std::size_t i = 0; i < 8; ++i)
+    a = a << 8 | t.bytes[i];
   return mix(h, a);
 }
 
@@ -214,22 +230,25 @@ bool same_stats(const db::hub_stats& a, const db::hub_stats& b) {
   return a.accepted == b.accepted && a.completed == b.completed && a.rejected == b.rejected &&
          a.expired == b.expired && a.delivery_count_exceeded == b.delivery_count_exceeded &&
          a.purged == b.purged && a.removed_with_device == b.removed_with_device &&
-         a.feedback_records == b.feedback_records && a.feedback_records_dropped == b.feedback_records_dropped &&
+         a.feedback_records == b.feedback_records &&
+         a.feedback_records_dropped == b.feedback_records_dropped &&
          a.feedback_batches == b.feedback_batches;
 }
 
 std::string stats_text(const db::hub_stats& s) {
   char buf[320];
-  std::snprintf(buf, sizeof buf,
-                "accepted=%llu completed=%llu rejected=%llu expired=%llu dce=%llu purged=%llu removed=%llu "
-                "fb_records=%llu fb_dropped=%llu fb_batches=%llu",
-                static_cast<unsigned long long>(s.accepted), static_cast<unsigned long long>(s.completed),
-                static_cast<unsigned long long>(s.rejected), static_cast<unsigned long long>(s.expired),
-                static_cast<unsigned long long>(s.delivery_count_exceeded),
-                static_cast<unsigned long long>(s.purged), static_cast<unsigned long long>(s.removed_with_device),
-                static_cast<unsigned long long>(s.feedback_records),
-                static_cast<unsigned long long>(s.feedback_records_dropped),
-                static_cast<unsigned long long>(s.feedback_batches));
+  std::snprintf(
+      buf, sizeof buf,
+      "accepted=%llu completed=%llu rejected=%llu expired=%llu dce=%llu purged=%llu removed=%llu "
+      "fb_records=%llu fb_dropped=%llu fb_batches=%llu",
+      static_cast<unsigned long long>(s.accepted), static_cast<unsigned long long>(s.completed),
+      static_cast<unsigned long long>(s.rejected), static_cast<unsigned long long>(s.expired),
+      static_cast<unsigned long long>(s.delivery_count_exceeded),
+      static_cast<unsigned long long>(s.purged),
+      static_cast<unsigned long long>(s.removed_with_device),
+      static_cast<unsigned long long>(s.feedback_records),
+      static_cast<unsigned long long>(s.feedback_records_dropped),
+      static_cast<unsigned long long>(s.feedback_batches));
   return buf;
 }
 
@@ -254,9 +273,11 @@ db::message make_message(std::uint64_t n, db::ack_mode ack) {
   static constexpr char hex[] = "0123456789abcdef";
   char id[36];
   std::uint64_t hi = n & 0xffffffffu, lo = n;
-  for (int i = 7; i >= 0; --i, hi >>= 4) id[i] = hex[hi & 0xF];
+  for (int i = 7; i >= 0; --i, hi >>= 4)
+    id[i] = hex[hi & 0xF];
   std::memcpy(id + 8, "-0000-4000-8000-", 16);
-  for (int i = 35; i >= 24; --i, lo >>= 4) id[i] = hex[lo & 0xF];
+  for (int i = 35; i >= 24; --i, lo >>= 4)
+    id[i] = hex[lo & 0xF];
   db::message m;
   m.body.assign(kBodyBytes, static_cast<char>('a' + n % 26));
   m.message_id.emplace(id, sizeof id);
@@ -281,14 +302,17 @@ bool same_fields(const db::lifecycle_fields& a, const db::lifecycle_fields& b) {
 }
 
 template <class Event, class... Extra>
-void step_both(lifecycle_pair& p, const db::lifecycle_rules& rules, db::time_point now, Extra... extra) {
+void step_both(lifecycle_pair& p, const db::lifecycle_rules& rules, db::time_point now,
+               Extra... extra) {
   auto rm = p.msm.process(Event{{&p.fm, &rules, now}, extra...});
   auto rs = p.sw.process(Event{{&p.fs, &rules, now}, extra...});
   if (rm.has_value() != rs.has_value())
     fail(std::string("lifecycle: event '") + Event::name + "' accepted by one machine only");
   if (!rm.has_value() && !(rm.error() == rs.error()))
-    fail("lifecycle: different errors: '" + rm.error().message + "' vs '" + rs.error().message + "'");
-  if (rm.has_value() && *rm != *rs) fail(std::string("lifecycle: event '") + Event::name + "' different states");
+    fail("lifecycle: different errors: '" + rm.error().message + "' vs '" + rs.error().message +
+         "'");
+  if (rm.has_value() && *rm != *rs)
+    fail(std::string("lifecycle: event '") + Event::name + "' different states");
   if (p.msm.state() != p.sw.state() || !same_fields(p.fm, p.fs))
     fail(std::string("lifecycle: event '") + Event::name + "' left different state or fields");
 }
@@ -296,27 +320,44 @@ void step_both(lifecycle_pair& p, const db::lifecycle_rules& rules, db::time_poi
 std::uint64_t check_lifecycles(std::size_t sequences, std::size_t length) {
   std::mt19937_64 rng(20240101);
   std::uint64_t steps = 0;
-  for (auto rule : {db::delivery_count_rule::abandon_only, db::delivery_count_rule::every_delivery}) {
+  for (auto rule :
+       {db::delivery_count_rule::abandon_only, db::delivery_count_rule::every_delivery}) {
     for (std::uint32_t max : {1u, 2u, 3u, 10u}) {
       const db::lifecycle_rules rules{max, rule};
       for (std::size_t s = 0; s < sequences; ++s) {
         lifecycle_pair p;
         p.fm.expires_at = p.fs.expires_at = t0 + std::chrono::milliseconds(rng() % 20);
         for (std::size_t i = 0; i < length; ++i, ++steps) {
-          const auto now = t0 + std::chrono::milliseconds(rng() % 24);  // before, at and after expiry
+          const auto now =
+              t0 + std::chrono::milliseconds(rng() % 24);  // before, at and after expiry
           db::lock_token tok;
           tok.bytes[0] = static_cast<std::uint8_t>(1 + rng() % 255);
           switch (rng() % 7) {
-            case 0: step_both<db::lifecycle_event::lock>(p, rules, now, tok, db::duration(5)); break;
-            case 1: step_both<db::lifecycle_event::complete>(p, rules, now); break;
-            case 2: step_both<db::lifecycle_event::reject>(p, rules, now); break;
-            case 3: step_both<db::lifecycle_event::abandon>(p, rules, now); break;
-            case 4: step_both<db::lifecycle_event::lock_expired>(p, rules, now); break;
-            case 5: step_both<db::lifecycle_event::ttl_expired>(p, rules, now); break;
-            default: step_both<db::lifecycle_event::purge>(p, rules, now); break;
+            case 0:
+              step_both<db::lifecycle_event::lock>(p, rules, now, tok, db::duration(5));
+              break;
+            case 1:
+              step_both<db::lifecycle_event::complete>(p, rules, now);
+              break;
+            case 2:
+              step_both<db::lifecycle_event::reject>(p, rules, now);
+              break;
+            case 3:
+              step_both<db::lifecycle_event::abandon>(p, rules, now);
+              break;
+            case 4:
+              step_both<db::lifecycle_event::lock_expired>(p, rules, now);
+              break;
+            case 5:
+              step_both<db::lifecycle_event::ttl_expired>(p, rules, now);
+              break;
+            default:
+              step_both<db::lifecycle_event::purge>(p, rules, now);
+              break;
           }
           // Favour long lives: a terminal machine only ever refuses.
-          if (db::is_terminal(p.msm.state()) && rng() % 2) break;
+          if (db::is_terminal(p.msm.state()) && rng() % 2)
+            break;
         }
       }
     }
@@ -340,8 +381,9 @@ void check_relocation(const char* name) {
   };
   auto expect = [&](const Lifecycle& l, const char* how) {
     if (l.state() != db::message_state::invisible)
-      fail(std::string(name) + ": a locked (Invisible) lifecycle is " + std::string(db::to_string(l.state())) +
-           " after " + how + "; a queue that grows or erases relocates its messages and so loses their locks");
+      fail(std::string(name) + ": a locked (Invisible) lifecycle is " +
+           std::string(db::to_string(l.state())) + " after " + how +
+           "; a queue that grows or erases relocates its messages and so loses their locks");
   };
   {
     Lifecycle a = locked();
@@ -366,11 +408,14 @@ void check_relocation(const char* name) {
   // The same through a hub: lock the oldest of 4, then a 5th send grows the queue.
   db::basic_hub<Lifecycle> h({}, db::seeded_token_source(5));
   h.add_device("relocate").value();
-  for (int i = 0; i < 4; ++i) h.enqueue("relocate", make_message(1, db::ack_mode::none), t0).value();
+  for (int i = 0; i < 4; ++i)
+    h.enqueue("relocate", make_message(1, db::ack_mode::none), t0).value();
   auto got = h.receive("relocate", t0).value();
-  for (int i = 0; i < 16; ++i) h.enqueue("relocate", make_message(1, db::ack_mode::none), t0).value();
+  for (int i = 0; i < 16; ++i)
+    h.enqueue("relocate", make_message(1, db::ack_mode::none), t0).value();
   if (auto r = h.complete("relocate", *got->lock_token, t0); !r)
-    fail(std::string(name) + ": completing a message locked before its queue grew failed: " + r.error().message);
+    fail(std::string(name) +
+         ": completing a message locked before its queue grew failed: " + r.error().message);
 }
 
 // =============================================================================
@@ -390,24 +435,27 @@ struct seen_transition {
 template <class Hub>
 void record_transitions(Hub& h, std::vector<seen_transition>& out) {
   h.set_observer([&out](const db::transition& t) {
-    out.push_back({std::string(t.device_id), t.sequence_number, t.cause, t.from, t.to, t.reason, t.delivery_count,
-                   t.at});
+    out.push_back({std::string(t.device_id), t.sequence_number, t.cause, t.from, t.to, t.reason,
+                   t.delivery_count, t.at});
   });
 }
 
 template <class T>
 void same_result(const db::result<T>& a, const db::result<T>& b, const char* op) {
-  if (a.has_value() != b.has_value()) fail(std::string("hubs: '") + op + "' succeeded on one hub only");
+  if (a.has_value() != b.has_value())
+    fail(std::string("hubs: '") + op + "' succeeded on one hub only");
   if (!a.has_value()) {
     if (!(a.error() == b.error()))
-      fail(std::string("hubs: '") + op + "' errors differ: " + a.error().message + " / " + b.error().message);
+      fail(std::string("hubs: '") + op + "' errors differ: " + a.error().message + " / " +
+           b.error().message);
     return;
   }
   if constexpr (std::is_same_v<T, db::enqueue_receipt>) {
     if (a->sequence_number != b->sequence_number || a->expiry_time_utc != b->expiry_time_utc)
       fail("hubs: enqueue receipts differ");
   } else if constexpr (!std::is_void_v<T>) {
-    if (!(*a == *b)) fail(std::string("hubs: '") + op + "' results differ");
+    if (!(*a == *b))
+      fail(std::string("hubs: '") + op + "' results differ");
   }
 }
 
@@ -436,7 +484,8 @@ walk_result check_hubs(std::size_t ops, db::delivery_count_rule rule, std::uint6
 
   std::mt19937_64 rng(seed);
   const auto ids = make_device_ids(6);
-  for (const auto& id : ids) same_result(a.add_device(id), b.add_device(id), "add_device");
+  for (const auto& id : ids)
+    same_result(a.add_device(id), b.add_device(id), "add_device");
   std::vector<std::pair<std::string, db::lock_token>> locks;  // received, maybe settled since
   std::vector<db::lock_token> feedback_locks;
   db::time_point now = t0;
@@ -458,29 +507,35 @@ walk_result check_hubs(std::size_t ops, db::delivery_count_rule rule, std::uint6
     if (op < 30) {
       align();
       auto m = make_message(++n, static_cast<db::ack_mode>(rng() % 4));
-      if (rng() % 2) m.expiry_time_utc = now + std::chrono::milliseconds(8 * (rng() % 2500));
+      if (rng() % 2)
+        m.expiry_time_utc = now + std::chrono::milliseconds(8 * (rng() % 2500));
       same_result(a.enqueue(id, m, now), b.enqueue(id, m, now), "enqueue");
     } else if (op < 55) {
       align();
       auto ra = a.receive(id, now);
       auto rb = b.receive(id, now);
       same_result(ra, rb, "receive");
-      if (ra && *ra) locks.emplace_back(id, *(*ra)->lock_token);
-      if (locks.size() > 16) locks.erase(locks.begin());
+      if (ra && *ra)
+        locks.emplace_back(id, *(*ra)->lock_token);
+      if (locks.size() > 16)
+        locks.erase(locks.begin());
     } else if (op < 75 && !locks.empty()) {
       // mostly a recent lock (likely still valid), sometimes a stale one
-      const auto k = locks.size() - 1 - rng() % std::min<std::size_t>(locks.size(), rng() % 8 ? 2 : 16);
+      const auto k =
+          locks.size() - 1 - rng() % std::min<std::size_t>(locks.size(), rng() % 8 ? 2 : 16);
       const auto d = static_cast<db::disposition>(rng() % 3);
       same_result(a.settle(locks[k].first, locks[k].second, d, now),
                   b.settle(locks[k].first, locks[k].second, d, now), "settle");
-      if (rng() % 8) locks.erase(locks.begin() + static_cast<std::ptrdiff_t>(k));
+      if (rng() % 8)
+        locks.erase(locks.begin() + static_cast<std::ptrdiff_t>(k));
     } else if (op < 80) {
       a.tick(now);
       b.tick(now);
     } else if (op < 82) {
       same_result(a.purge(id, now), b.purge(id, now), "purge");
     } else if (op < 83) {
-      same_result(a.remove_device(id, std::nullopt, now), b.remove_device(id, std::nullopt, now), "remove_device");
+      same_result(a.remove_device(id, std::nullopt, now), b.remove_device(id, std::nullopt, now),
+                  "remove_device");
       auto ga = a.add_device(id);
       auto gb = b.add_device(id);
       same_result(ga, gb, "add_device");
@@ -488,47 +543,55 @@ walk_result check_hubs(std::size_t ops, db::delivery_count_rule rule, std::uint6
       auto ra = a.receive_feedback(now);
       auto rb = b.receive_feedback(now);
       same_result(ra, rb, "receive_feedback");
-      if (ra && *ra) feedback_locks.push_back((*ra)->lock_token);
+      if (ra && *ra)
+        feedback_locks.push_back((*ra)->lock_token);
     } else if (!feedback_locks.empty()) {
       const auto k = rng() % feedback_locks.size();
       if (rng() % 3)
-        same_result(a.complete_feedback(feedback_locks[k], now), b.complete_feedback(feedback_locks[k], now),
-                    "complete_feedback");
+        same_result(a.complete_feedback(feedback_locks[k], now),
+                    b.complete_feedback(feedback_locks[k], now), "complete_feedback");
       else
-        same_result(a.abandon_feedback(feedback_locks[k], now), b.abandon_feedback(feedback_locks[k], now),
-                    "abandon_feedback");
+        same_result(a.abandon_feedback(feedback_locks[k], now),
+                    b.abandon_feedback(feedback_locks[k], now), "abandon_feedback");
       feedback_locks.erase(feedback_locks.begin() + static_cast<std::ptrdiff_t>(k));
     }
-    if (a.next_deadline() != b.next_deadline()) fail("hubs: next_deadline differs");
+    if (a.next_deadline() != b.next_deadline())
+      fail("hubs: next_deadline differs");
   }
   now += 1h;
   a.tick(now);
   b.tick(now);
   if (!same_stats(a.stats(), b.stats()))
-    fail("hubs: stats differ:\n  msm    " + stats_text(a.stats()) + "\n  switch " + stats_text(b.stats()));
+    fail("hubs: stats differ:\n  msm    " + stats_text(a.stats()) + "\n  switch " +
+         stats_text(b.stats()));
   if (a.feedback_queue_depth() != b.feedback_queue_depth() ||
       a.pending_feedback_records() != b.pending_feedback_records() ||
       a.feedback_batches_dropped() != b.feedback_batches_dropped())
     fail("hubs: feedback queues differ");
   if (ta != tb) {
     std::size_t i = 0;
-    while (i < ta.size() && i < tb.size() && ta[i] == tb[i]) ++i;
+    while (i < ta.size() && i < tb.size() && ta[i] == tb[i])
+      ++i;
     auto show = [](const std::vector<seen_transition>& v, std::size_t k) -> std::string {
-      if (k >= v.size()) return "<none>";
+      if (k >= v.size())
+        return "<none>";
       const auto& t = v[k];
       char buf[200];
-      std::snprintf(buf, sizeof buf, "%s seq %llu %s %s->%s at +%lld ms", t.device_id.c_str(),
-                    static_cast<unsigned long long>(t.sequence_number), std::string(db::to_string(t.cause)).c_str(),
-                    std::string(db::to_string(t.from)).c_str(), std::string(db::to_string(t.to)).c_str(),
-                    static_cast<long long>((t.at - t0).count()));
+      std::snprintf(
+          buf, sizeof buf, "%s seq %llu %s %s->%s at +%lld ms", t.device_id.c_str(),
+          static_cast<unsigned long long>(t.sequence_number),
+          std::string(db::to_string(t.cause)).c_str(), std::string(db::to_string(t.from)).c_str(),
+          std::string(db::to_string(t.to)).c_str(), static_cast<long long>((t.at - t0).count()));
       return buf;
     };
-    fail("hubs: transition #" + std::to_string(i) + " differs: msm [" + show(ta, i) + "] switch [" + show(tb, i) + "]");
+    fail("hubs: transition #" + std::to_string(i) + " differs: msm [" + show(ta, i) + "] switch [" +
+         show(tb, i) + "]");
   }
   const auto& s = a.stats();
   // The random walk must reach every kind of outcome, or it proves little.
-  if (ops >= 5000 && (s.completed == 0 || s.rejected == 0 || s.expired == 0 || s.delivery_count_exceeded == 0 ||
-                      s.purged == 0 || s.feedback_batches == 0 || a.feedback_batches_dropped() == 0))
+  if (ops >= 5000 &&
+      (s.completed == 0 || s.rejected == 0 || s.expired == 0 || s.delivery_count_exceeded == 0 ||
+       s.purged == 0 || s.feedback_batches == 0 || a.feedback_batches_dropped() == 0))
     fail("hubs: the random walk missed an outcome: " + stats_text(s));
   return {ta.size(), s, a.feedback_batches_dropped()};
 }
@@ -538,7 +601,7 @@ walk_result check_hubs(std::size_t ops, db::delivery_count_rule rule, std::uint6
 // =============================================================================
 struct workload {
   std::size_t devices;
-  std::size_t fill;    ///< messages per device queue per round
+  std::size_t fill;  ///< messages per device queue per round
   std::size_t rounds;
 };
 
@@ -560,7 +623,8 @@ run_result run_workload(const workload& w, const std::vector<std::string>& ids) 
   db::hub_config cfg;
   cfg.max_queue_depth = static_cast<std::uint32_t>(std::max<std::size_t>(50, w.fill));
   Hub hub(cfg, db::seeded_token_source(7));
-  for (std::size_t d = 0; d < w.devices; ++d) hub.add_device(ids[d]).value();
+  for (std::size_t d = 0; d < w.devices; ++d)
+    hub.add_device(ids[d]).value();
 
   run_result r;
   db::time_point now = t0;
@@ -569,9 +633,11 @@ run_result run_workload(const workload& w, const std::vector<std::string>& ids) 
     for (;;) {
       auto got = hub.receive_feedback(now);
       auto& batch = got.value();
-      if (!batch) break;
+      if (!batch)
+        break;
       r.feedback_records += batch->records.size();
-      for (const auto& rec : batch->records) r.checksum = mix(r.checksum, static_cast<std::uint64_t>(rec.status_code));
+      for (const auto& rec : batch->records)
+        r.checksum = mix(r.checksum, static_cast<std::uint64_t>(rec.status_code));
       hub.complete_feedback(batch->lock_token, now).value();
     }
   };
@@ -589,7 +655,8 @@ run_result run_workload(const workload& w, const std::vector<std::string>& ids) 
       for (;;) {
         auto got = hub.receive(ids[d], now);
         auto& m = got.value();
-        if (!m) break;
+        if (!m)
+          break;
         ++r.deliveries;
         const auto seq = m->sequence_number;
         r.checksum = mix(mix(mix_token(r.checksum, *m->lock_token), seq), m->delivery_count);
@@ -601,7 +668,8 @@ run_result run_workload(const workload& w, const std::vector<std::string>& ids) 
           hub.complete(ids[d], *m->lock_token, now).value();
       }
       now += 1ms;
-      if (d % 32 == 31) drain_feedback();
+      if (d % 32 == 31)
+        drain_feedback();
     }
     now += 16s;  // past the feedback batch interval: the last partial batch goes out
     hub.tick(now);
@@ -609,7 +677,8 @@ run_result run_workload(const workload& w, const std::vector<std::string>& ids) 
   }
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   r.stats = hub.stats();
-  if (hub.pending_feedback_records() != 0 || hub.feedback_queue_depth() != 0) fail("workload: feedback not drained");
+  if (hub.pending_feedback_records() != 0 || hub.feedback_queue_depth() != 0)
+    fail("workload: feedback not drained");
   return r;
 }
 
@@ -625,7 +694,8 @@ double median(std::vector<double> v) {
 std::int64_t heap_in_use() {
 #ifdef DEVICEBOUND_BENCH_MALLINFO2
   const auto mi = mallinfo2();
-  return static_cast<std::int64_t>(mi.uordblks + mi.hblkhd);  // arena chunks in use + mmapped chunks
+  return static_cast<std::int64_t>(mi.uordblks +
+                                   mi.hblkhd);  // arena chunks in use + mmapped chunks
 #else
   return 0;
 #endif
@@ -638,19 +708,22 @@ struct memory_result {
 };
 
 template <class Hub>
-memory_result measure_memory(const std::vector<std::string>& ids, std::size_t devices, std::size_t fill) {
+memory_result measure_memory(const std::vector<std::string>& ids, std::size_t devices,
+                             std::size_t fill) {
   db::hub_config cfg;
   cfg.max_queue_depth = static_cast<std::uint32_t>(std::max<std::size_t>(50, fill));
   memory_result out;
   {
     Hub hub(cfg, db::seeded_token_source(11));
     const auto m0 = heap_in_use();
-    for (std::size_t d = 0; d < devices; ++d) hub.add_device(ids[d]).value();
+    for (std::size_t d = 0; d < devices; ++d)
+      hub.add_device(ids[d]).value();
     const auto m1 = heap_in_use();
     std::uint64_t n = 0;
     const db::time_point now = t0;
     for (std::size_t k = 0; k < fill; ++k)  // round-robin, as traffic arrives
-      for (std::size_t d = 0; d < devices; ++d) hub.enqueue(ids[d], make_message(++n, db::ack_mode::full), now).value();
+      for (std::size_t d = 0; d < devices; ++d)
+        hub.enqueue(ids[d], make_message(++n, db::ack_mode::full), now).value();
     const auto m2 = heap_in_use();
     const double msgs = static_cast<double>(devices * fill);
     out.per_idle_device = static_cast<double>(m1 - m0) / static_cast<double>(devices);
@@ -690,24 +763,32 @@ int main() {
 #endif
 
   // --- 3: correctness first -----------------------------------------------------
-  guarded("switch_lifecycle relocation", [] { check_relocation<switch_lifecycle>("switch_lifecycle"); });
-  guarded("lifecycle relocation", [] { check_relocation<db::lifecycle>("devicebound::lifecycle (Boost.MSM)"); });
+  guarded("switch_lifecycle relocation",
+          [] { check_relocation<switch_lifecycle>("switch_lifecycle"); });
+  guarded("lifecycle relocation",
+          [] { check_relocation<db::lifecycle>("devicebound::lifecycle (Boost.MSM)"); });
   guarded("lifecycle cross-check", [&] {
     const auto steps = check_lifecycles(smoke ? 200 : 20000, 12);
-    std::printf("cross-check: the lifecycles agree on %llu random events (both rules, max 1/2/3/10)\n",
-                static_cast<unsigned long long>(steps));
+    std::printf(
+        "cross-check: the lifecycles agree on %llu random events (both rules, max 1/2/3/10)\n",
+        static_cast<unsigned long long>(steps));
   });
   for (auto rule : {db::delivery_count_rule::abandon_only, db::delivery_count_rule::every_delivery})
     for (std::uint64_t seed : {1ull, 2ull, 3ull})
       guarded("hub cross-check", [&] {
         const auto r = check_hubs(smoke ? 1500 : 20000, rule, seed);
-        auto u = [](std::uint64_t v) { return static_cast<unsigned long long>(v); };
-        std::printf("cross-check: hubs agree on %llu transitions (%s, seed %llu: completed %llu, rejected %llu, "
-                    "expired %llu, dce %llu, purged %llu, feedback batches %llu, dropped %llu)\n",
-                    u(r.transitions), rule == db::delivery_count_rule::abandon_only ? "abandon_only" : "every_delivery",
-                    u(seed), u(r.stats.completed), u(r.stats.rejected), u(r.stats.expired),
-                    u(r.stats.delivery_count_exceeded), u(r.stats.purged), u(r.stats.feedback_batches),
-                    u(r.feedback_batches_dropped));
+        auto u = [](std::uint64_t v) {
+          return static_cast<unsigned long long>(v);
+        };
+        std::printf(
+            "cross-check: hubs agree on %llu transitions (%s, seed %llu: completed %llu, rejected "
+            "%llu, "
+            "expired %llu, dce %llu, purged %llu, feedback batches %llu, dropped %llu)\n",
+            u(r.transitions),
+            rule == db::delivery_count_rule::abandon_only ? "abandon_only" : "every_delivery",
+            u(seed), u(r.stats.completed), u(r.stats.rejected), u(r.stats.expired),
+            u(r.stats.delivery_count_exceeded), u(r.stats.purged), u(r.stats.feedback_batches),
+            u(r.feedback_batches_dropped));
       });
 
   // --- 1: throughput --------------------------------------------------------------
@@ -729,7 +810,8 @@ int main() {
       if (!same_stats(last_msm.stats, last_sw.stats))
         fail("workload: stats differ:\n  msm    " + stats_text(last_msm.stats) + "\n  switch " +
              stats_text(last_sw.stats));
-      if (last_msm.checksum != last_sw.checksum || last_msm.feedback_records != last_sw.feedback_records ||
+      if (last_msm.checksum != last_sw.checksum ||
+          last_msm.feedback_records != last_sw.feedback_records ||
           last_msm.deliveries != last_sw.deliveries)
         fail("workload: deliveries or feedback differ between the hubs");
     }
@@ -743,38 +825,48 @@ int main() {
     const double ratio_best = best_msm / best_sw;
     const double ratio_med = med_msm / med_sw;
     speed_ok = ratio_best >= 0.8;
-    std::printf("\nthroughput: %zu devices x %zu msgs x %zu rounds = %.0f messages/run "
-                "(%llu deliveries, %llu feedback records), %zu runs each, interleaved\n",
-                w.devices, w.fill, w.rounds, msgs, static_cast<unsigned long long>(last_msm.deliveries),
-                static_cast<unsigned long long>(last_msm.feedback_records), reps);
+    std::printf(
+        "\nthroughput: %zu devices x %zu msgs x %zu rounds = %.0f messages/run "
+        "(%llu deliveries, %llu feedback records), %zu runs each, interleaved\n",
+        w.devices, w.fill, w.rounds, msgs, static_cast<unsigned long long>(last_msm.deliveries),
+        static_cast<unsigned long long>(last_msm.feedback_records), reps);
     std::printf("  stats (identical on both): %s\n", stats_text(last_msm.stats).c_str());
     std::printf("  %-28s %14s %14s\n", "lifecycle", "best msgs/s", "median msgs/s");
     std::printf("  %-28s %14.0f %14.0f\n", "hub (Boost.MSM)", best_msm, med_msm);
     std::printf("  %-28s %14.0f %14.0f\n", "basic_hub<switch_lifecycle>", best_sw, med_sw);
-    std::printf("  %-28s %14.3f %14.3f   target >= 0.80: %s\n", "ratio MSM / switch", ratio_best, ratio_med,
-                smoke ? "(smoke sizes: not meaningful)" : speed_ok ? "met" : "MISSED");
+    std::printf("  %-28s %14.3f %14.3f   target >= 0.80: %s\n", "ratio MSM / switch", ratio_best,
+                ratio_med,
+                smoke      ? "(smoke sizes: not meaningful)"
+                : speed_ok ? "met"
+                           : "MISSED");
   }
 
   // --- 2: memory ------------------------------------------------------------------
-  std::printf("\nmemory: sizeof(queued_message) = %zu B (MSM), %zu B (switch); sizeof(lifecycle) = %zu B, "
-              "sizeof(switch_lifecycle) = %zu B\n",
-              sizeof(msm_hub::queued_message), sizeof(switch_hub::queued_message), sizeof(db::lifecycle),
-              sizeof(switch_lifecycle));
+  std::printf(
+      "\nmemory: sizeof(queued_message) = %zu B (MSM), %zu B (switch); sizeof(lifecycle) = %zu B, "
+      "sizeof(switch_lifecycle) = %zu B\n",
+      sizeof(msm_hub::queued_message), sizeof(switch_hub::queued_message), sizeof(db::lifecycle),
+      sizeof(switch_lifecycle));
   bool memory_ok = true;
   if (heap_in_use() == 0) {
-    std::printf("  n/a: mallinfo2() not available with this allocator (sanitizer, valgrind or not glibc)\n");
+    std::printf(
+        "  n/a: mallinfo2() not available with this allocator (sanitizer, valgrind or not "
+        "glibc)\n");
   } else {
     guarded("memory", [&] {
-      std::printf("  measured with glibc mallinfo2() (uordblks + hblkhd), %zu devices, ids of %zu chars;\n"
-                  "  per message %zu B of content (body %zu + message id 36 + content type %zu) subtracted\n",
-                  mem_devices, ids[0].size(), kContentBytes, kBodyBytes, kContentType.size());
+      std::printf(
+          "  measured with glibc mallinfo2() (uordblks + hblkhd), %zu devices, ids of %zu chars;\n"
+          "  per message %zu B of content (body %zu + message id 36 + content type %zu) "
+          "subtracted\n",
+          mem_devices, ids[0].size(), kContentBytes, kBodyBytes, kContentType.size());
       const auto m10 = measure_memory<msm_hub>(ids, mem_devices, 10);
       const auto s10 = measure_memory<switch_hub>(ids, mem_devices, 10);
       const auto m50 = measure_memory<msm_hub>(ids, mem_devices, 50);
       const auto s50 = measure_memory<switch_hub>(ids, mem_devices, 50);
       memory_ok = m10.per_message_overhead <= 160 && m50.per_message_overhead <= 160;
       std::printf("  %-34s %12s %12s\n", "", "MSM", "switch");
-      std::printf("  %-34s %12.1f %12.1f\n", "bytes per idle device", m10.per_idle_device, s10.per_idle_device);
+      std::printf("  %-34s %12.1f %12.1f\n", "bytes per idle device", m10.per_idle_device,
+                  s10.per_idle_device);
       std::printf("  %-34s %12.1f %12.1f\n", "heap per message, fill 10", m10.per_message_total,
                   s10.per_message_total);
       std::printf("  %-34s %12.1f %12.1f   target <= 160: %s\n", "overhead per message, fill 10",

@@ -637,7 +637,8 @@ TEST_F(mqtt_e2e, BrokerRestartMidStreamLosesNothingAccepted) {
       if (r) {
         accepted.insert(id);
       } else {
-        if (failed++ == 0) first_failure = std::to_string(r.error().numeric()) + " " + r.error().message;
+        if (failed++ == 0)
+          first_failure = std::to_string(r.error().numeric()) + " " + r.error().message;
       }
       cv.notify_all();
     }

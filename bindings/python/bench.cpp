@@ -4,9 +4,8 @@
 
 #include <chrono>
 #include <cstdint>
-#include <string>
-
 #include <devicebound/transport/inproc.hpp>
+#include <string>
 
 #include "native.hpp"
 

@@ -5,13 +5,12 @@
 
 #include <chrono>
 #include <cstdint>
+#include <devicebound/version.hpp>
 #include <optional>
 #include <random>
-#include <thread>
 #include <string>
+#include <thread>
 #include <vector>
-
-#include <devicebound/version.hpp>
 
 #include "native.hpp"
 
@@ -59,7 +58,8 @@ retry::policy_config policy_config_from(py::handle h) {
   r.enumeration("first_retry", c.opts.first, static_cast<int>(retry::first_retry::fast));
   r.millis("first_retry_delay_ms", c.opts.first_retry_delay);
   r.millis("timeout_ms", c.opts.timeout);
-  r.enumeration("timeout_from", c.opts.timeout_from, static_cast<int>(retry::timeout_origin::first_retry));
+  r.enumeration("timeout_from", c.opts.timeout_from,
+                static_cast<int>(retry::timeout_origin::first_retry));
   r.integer("max_retries", c.opts.max_retries);
   r.boolean("reset_on_success", c.opts.reset_on_success);
   r.millis("min_spacing_ms", c.opts.min_spacing);
@@ -72,8 +72,8 @@ retry::policy_config policy_config_from(py::handle h) {
       if (pair.size() != 2)
         raise(errc::argument_invalid, "retry overrides must be (code, error class) pairs");
       const auto code = static_cast<errc>(int_in_range<std::uint32_t>(pair[0], "error code"));
-      const auto cls = static_cast<retry::error_class>(
-          int_in_range<int>(pair[1], "error class", 0, static_cast<int>(retry::error_class::fatal)));
+      const auto cls = static_cast<retry::error_class>(int_in_range<int>(
+          pair[1], "error class", 0, static_cast<int>(retry::error_class::fatal)));
       c.errors.set(code, cls);
     }
   }
@@ -162,7 +162,8 @@ PYBIND11_MODULE(_native, m) {
         dbp::python_exiting().store(true, std::memory_order_release);
         // Threads woken by closing their clients are on their way back into Python:
         // let them take the GIL before the interpreter starts finalizing.
-        const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(wait_s);
+        const auto deadline =
+            std::chrono::steady_clock::now() + std::chrono::duration<double>(wait_s);
         py::gil_scoped_release unlocked;
         while (dbp::calls_without_gil().load(std::memory_order_acquire) > 0 &&
                std::chrono::steady_clock::now() < deadline)
@@ -184,13 +185,15 @@ PYBIND11_MODULE(_native, m) {
 
   // --- errors -------------------------------------------------------------------------
   m.def(
-      "error_name", [](std::uint32_t code) { return std::string(db::to_string(static_cast<db::errc>(code))); },
+      "error_name",
+      [](std::uint32_t code) { return std::string(db::to_string(static_cast<db::errc>(code))); },
       "IoT Hub's name of an error code (`DeviceMaximumQueueDepthExceeded` for 403004).");
 
   // --- manual clock -------------------------------------------------------------------
   py::class_<db::manual_clock>(m, "ManualClock")
       .def(py::init([](std::optional<std::int64_t> start_ms) {
-             return db::manual_clock(start_ms ? dbp::from_ms(*start_ms) : db::manual_clock::default_start);
+             return db::manual_clock(start_ms ? dbp::from_ms(*start_ms)
+                                              : db::manual_clock::default_start);
            }),
            py::arg("start_ms") = py::none())
       .def("now_ms", [](const db::manual_clock& c) { return dbp::to_ms(c.now()); })
@@ -210,7 +213,8 @@ PYBIND11_MODULE(_native, m) {
                out.push_back(dbp::to_ms(d));
              return out;
            })
-      .def("await_waiter_ms", [](const db::manual_clock& c, std::int64_t deadline_ms, double real_timeout_s) {
+      .def("await_waiter_ms", [](const db::manual_clock& c, std::int64_t deadline_ms,
+                                 double real_timeout_s) {
         const auto limit = std::chrono::duration_cast<std::chrono::steady_clock::duration>(
             std::chrono::duration<double>(real_timeout_s));
         return dbp::without_gil([&] { return c.await_waiter(dbp::from_ms(deadline_ms), limit); });
@@ -226,21 +230,25 @@ PYBIND11_MODULE(_native, m) {
   m.def(
       "retry_profile",
       [](const std::string& name) {
-        return dbp::policy_config_to(db::retry::to_config(dbp::take(db::retry::profiles::profile(name))));
+        return dbp::policy_config_to(
+            db::retry::to_config(dbp::take(db::retry::profiles::profile(name))));
       },
       "The configuration of an SDK retry profile, as a dict.");
   m.def(
-      "retry_check", [](py::handle config) { return dbp::policy_config_to(db::retry::to_config(dbp::policy_from(config))); },
+      "retry_check",
+      [](py::handle config) {
+        return dbp::policy_config_to(db::retry::to_config(dbp::policy_from(config)));
+      },
       "Checks a retry configuration (dict or profile name); returns it as the library stores it.");
-  m.def("retry_delays", &dbp::policy_delays, py::arg("config"), py::arg("n"), py::arg("error_class"),
-        py::arg("seed"));
+  m.def("retry_delays", &dbp::policy_delays, py::arg("config"), py::arg("n"),
+        py::arg("error_class"), py::arg("seed"));
   m.def(
       "retry_classify",
       [](std::uint32_t code, int table) {
         if (table < 0 || table > static_cast<int>(db::retry::error_table::java))
           dbp::raise(db::errc::argument_invalid, "unknown error table");
-        return static_cast<int>(
-            db::retry::classify(static_cast<db::errc>(code), static_cast<db::retry::error_table>(table)));
+        return static_cast<int>(db::retry::classify(static_cast<db::errc>(code),
+                                                    static_cast<db::retry::error_table>(table)));
       },
       "Classifies an error code with one SDK's table: 0 transient, 1 throttled, 2 fatal.");
 

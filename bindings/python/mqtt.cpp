@@ -2,12 +2,11 @@
 // devicebound-hub through a broker. Built only when Paho MQTT C is found.
 
 #include <cstdint>
+#include <devicebound/transport/mqtt.hpp>
 #include <memory>
 #include <optional>
 #include <string>
 #include <utility>
-
-#include <devicebound/transport/mqtt.hpp>
 
 #include "native.hpp"
 
@@ -61,17 +60,18 @@ template <class Client, class Connection>
 void bind_mqtt_device(py::module_& m, const char* name) {
   using handle = client_handle<Client>;
   py::class_<handle> cls(m, name);
-  cls.def(py::init([](py::handle options, py::handle id, py::handle retry, std::optional<std::uint64_t> seed,
-                      std::int64_t receive_timeout_ms) {
+  cls.def(py::init([](py::handle options, py::handle id, py::handle retry,
+                      std::optional<std::uint64_t> seed, std::int64_t receive_timeout_ms) {
             mqtt::connection_options o = options_from(options);
             std::string s = utf8(id, "device_id");
             auto policy = policy_from(retry);
-            auto client = std::make_unique<Client>(Connection(std::move(s), std::move(o)), std::move(policy),
-                                                   device_options(seed, receive_timeout_ms));
+            auto client =
+                std::make_unique<Client>(Connection(std::move(s), std::move(o)), std::move(policy),
+                                         device_options(seed, receive_timeout_ms));
             return handle{make_box(std::move(client))};
           }),
-          py::arg("options"), py::arg("device_id"), py::arg("retry") = py::none(), py::arg("seed") = py::none(),
-          py::arg("receive_timeout_ms") = 60000);
+          py::arg("options"), py::arg("device_id"), py::arg("retry") = py::none(),
+          py::arg("seed") = py::none(), py::arg("receive_timeout_ms") = 60000);
   bind_device_methods(cls);
 }
 
@@ -83,17 +83,18 @@ void init_mqtt(py::module_& m) {
 
   using service_handle = client_handle<mqtt_service>;
   py::class_<service_handle> service(m, "MqttService");
-  service.def(py::init([](py::handle options, py::handle retry, bool assign_message_id,
-                          std::optional<std::uint64_t> seed, std::int64_t feedback_receive_timeout_ms) {
-                mqtt::connection_options o = options_from(options);
-                auto policy = policy_from(retry);
-                auto client = std::make_unique<mqtt_service>(
-                    mqtt::service_connection(std::move(o)), std::move(policy),
-                    service_options(assign_message_id, seed, feedback_receive_timeout_ms));
-                return service_handle{make_box(std::move(client))};
-              }),
-              py::arg("options"), py::arg("retry") = py::none(), py::arg("assign_message_id") = false,
-              py::arg("seed") = py::none(), py::arg("feedback_receive_timeout_ms") = 60000);
+  service.def(
+      py::init([](py::handle options, py::handle retry, bool assign_message_id,
+                  std::optional<std::uint64_t> seed, std::int64_t feedback_receive_timeout_ms) {
+        mqtt::connection_options o = options_from(options);
+        auto policy = policy_from(retry);
+        auto client = std::make_unique<mqtt_service>(
+            mqtt::service_connection(std::move(o)), std::move(policy),
+            service_options(assign_message_id, seed, feedback_receive_timeout_ms));
+        return service_handle{make_box(std::move(client))};
+      }),
+      py::arg("options"), py::arg("retry") = py::none(), py::arg("assign_message_id") = false,
+      py::arg("seed") = py::none(), py::arg("feedback_receive_timeout_ms") = 60000);
   bind_service_methods(service);
 }
 

@@ -26,6 +26,14 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <devicebound/clock.hpp>
+#include <devicebound/device_client.hpp>
+#include <devicebound/errors.hpp>
+#include <devicebound/feedback.hpp>
+#include <devicebound/hub.hpp>
+#include <devicebound/message.hpp>
+#include <devicebound/retry.hpp>
+#include <devicebound/service_client.hpp>
 #include <limits>
 #include <memory>
 #include <mutex>
@@ -36,15 +44,6 @@
 #include <thread>
 #include <type_traits>
 #include <utility>
-
-#include <devicebound/clock.hpp>
-#include <devicebound/device_client.hpp>
-#include <devicebound/errors.hpp>
-#include <devicebound/feedback.hpp>
-#include <devicebound/hub.hpp>
-#include <devicebound/message.hpp>
-#include <devicebound/retry.hpp>
-#include <devicebound/service_client.hpp>
 
 namespace devicebound::python {
 
@@ -122,16 +121,17 @@ inline py::str to_py_str(std::string_view s) {
 /// Sets the Python error for `e` (an instance of the DeviceboundError subclass for its code).
 inline void set_python_error(const error& e) {
   if (PyObject* f = error_factory()) {
-    PyObject* exc = PyObject_CallFunction(f, "IOO", static_cast<unsigned int>(e.numeric()),
-                                          to_py_str(to_string(e.code)).ptr(),
-                                          to_py_str(e.message).ptr());
+    PyObject* exc =
+        PyObject_CallFunction(f, "IOO", static_cast<unsigned int>(e.numeric()),
+                              to_py_str(to_string(e.code)).ptr(), to_py_str(e.message).ptr());
     if (!exc)
       return;  // the factory's own error is set
     PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc)), exc);
     Py_DECREF(exc);
     return;
   }
-  const std::string text = std::to_string(e.numeric()) + " " + std::string(to_string(e.code)) + ": " + e.message;
+  const std::string text =
+      std::to_string(e.numeric()) + " " + std::string(to_string(e.code)) + ": " + e.message;
   PyErr_SetString(PyExc_RuntimeError, text.c_str());
 }
 
@@ -141,7 +141,9 @@ inline void set_python_error(const error& e) {
   throw py::error_already_set();
 }
 
-[[noreturn]] inline void raise(errc code, std::string message) { raise(make_error(code, std::move(message))); }
+[[noreturn]] inline void raise(errc code, std::string message) {
+  raise(make_error(code, std::move(message)));
+}
 
 /// The value of `r`, or raises its error (GIL held).
 template <class T>
@@ -185,8 +187,12 @@ auto without_gil(F&& f) -> decltype(f()) {
 // Plain values
 // ---------------------------------------------------------------------------------------------
 
-inline std::int64_t to_ms(time_point t) noexcept { return t.time_since_epoch().count(); }
-inline time_point from_ms(std::int64_t ms) noexcept { return time_point(duration(ms)); }
+inline std::int64_t to_ms(time_point t) noexcept {
+  return t.time_since_epoch().count();
+}
+inline time_point from_ms(std::int64_t ms) noexcept {
+  return time_point(duration(ms));
+}
 
 inline py::object opt_ms(const std::optional<time_point>& t) {
   return t ? py::reinterpret_steal<py::object>(PyLong_FromLongLong(to_ms(*t))) : py::none();
@@ -250,8 +256,8 @@ T int_in_range(py::handle h, const char* what, long long lo = std::numeric_limit
     raise(errc::argument_invalid, std::string(what) + " is out of range");
   }
   if (v < lo || v > hi)
-    raise(errc::argument_invalid, std::string(what) + " must be between " + std::to_string(lo) + " and " +
-                                      std::to_string(hi) + ", got " + std::to_string(v));
+    raise(errc::argument_invalid, std::string(what) + " must be between " + std::to_string(lo) +
+                                      " and " + std::to_string(hi) + ", got " + std::to_string(v));
   return static_cast<T>(v);
 }
 
@@ -280,14 +286,16 @@ inline message message_from(py::handle body, py::handle props, py::handle messag
   m.body.assign(data, static_cast<std::size_t>(n));
   if (!props.is_none()) {
     if (!PyDict_Check(props.ptr())) {
-      PyErr_Format(PyExc_TypeError, "properties must be a dict, not %s", Py_TYPE(props.ptr())->tp_name);
+      PyErr_Format(PyExc_TypeError, "properties must be a dict, not %s",
+                   Py_TYPE(props.ptr())->tp_name);
       throw py::error_already_set();
     }
     PyObject* key = nullptr;
     PyObject* value = nullptr;
     Py_ssize_t pos = 0;
     while (PyDict_Next(props.ptr(), &pos, &key, &value))
-      m.app_properties.insert_or_assign(utf8(key, "a property name"), utf8(value, "a property value"));
+      m.app_properties.insert_or_assign(utf8(key, "a property name"),
+                                        utf8(value, "a property value"));
   }
   m.message_id = opt_utf8(message_id, "message_id");
   m.correlation_id = opt_utf8(correlation_id, "correlation_id");
@@ -400,7 +408,8 @@ class config_reader {
       out = utf8(v, key);
   }
 
-  /// Fails on keys that were not read (a typo in the Python layer, or a field added on one side only).
+  /// Fails on keys that were not read (a typo in the Python layer, or a field added on one side
+  /// only).
   void done() {
     if (static_cast<Py_ssize_t>(read_) != PyDict_Size(dict_.ptr())) {
       PyErr_Format(PyExc_TypeError, "%s has unknown keys", what_);
@@ -528,14 +537,15 @@ box_ptr<Client> make_box(std::unique_ptr<Client> client, py::object keep = py::o
   raw->py.keep = std::move(keep);
   box_ptr<Client> box(raw, &client_box<Client>::destroy);
   callbacks* cb = &raw->py;
-  raw->client->set_connection_status_callback([cb](connection_status s, connection_status_reason r) {
-    call_python(
-        [&] {
-          if (cb->status)
-            cb->status(static_cast<int>(s), static_cast<int>(r));
-        },
-        "devicebound connection status callback");
-  });
+  raw->client->set_connection_status_callback(
+      [cb](connection_status s, connection_status_reason r) {
+        call_python(
+            [&] {
+              if (cb->status)
+                cb->status(static_cast<int>(s), static_cast<int>(r));
+            },
+            "devicebound connection status callback");
+      });
   raw->client->set_error_handler([cb](const error& e) {
     call_python(
         [&] {
@@ -591,8 +601,8 @@ template <class Client>
 void bind_device_methods(py::class_<client_handle<Client>>& cls) {
   using handle = client_handle<Client>;
   using traits = transport_traits<typename Client::transport_type>;
-  cls.def_property_readonly("device_id",
-                            [](const handle& h) { return to_py_str(h.get()->client->device_id()); });
+  cls.def_property_readonly(
+      "device_id", [](const handle& h) { return to_py_str(h.get()->client->device_id()); });
   cls.def_property_readonly("can_reject", [](const handle&) { return traits::can_reject; });
   cls.def_property_readonly("can_abandon", [](const handle&) { return traits::can_abandon; });
   cls.def_property_readonly("closed", [](const handle& h) { return !h.box; });
@@ -641,8 +651,8 @@ void bind_device_methods(py::class_<client_handle<Client>>& cls) {
     callbacks* cb = &b->py;
     without_gil([&] {
       b->client->set_message_handler([cb](const message& m) {
-        return static_cast<disposition>(
-            call_handler(cb->message_handler, [&] { return message_to_py(m); }, 2));
+        return static_cast<disposition>(call_handler(
+            cb->message_handler, [&] { return message_to_py(m); }, 2));
       });
     });
   });
@@ -718,7 +728,8 @@ void bind_service_methods(py::class_<client_handle<Client>>& cls) {
     callbacks* cb = &b->py;
     without_gil([&] {
       b->client->set_feedback_handler([cb](const feedback_batch& batch) {
-        return call_handler(cb->feedback_handler, [&] { return feedback_to_py(batch); }, 1) == 0
+        return call_handler(
+                   cb->feedback_handler, [&] { return feedback_to_py(batch); }, 1) == 0
                    ? feedback_disposition::complete
                    : feedback_disposition::abandon;
       });
@@ -733,16 +744,19 @@ void bind_service_methods(py::class_<client_handle<Client>>& cls) {
 }
 
 /// The service-client options from the Python keyword arguments.
-inline service_client_options service_options(bool assign_message_id, std::optional<std::uint64_t> seed,
+inline service_client_options service_options(bool assign_message_id,
+                                              std::optional<std::uint64_t> seed,
                                               std::int64_t feedback_receive_timeout_ms) {
   service_client_options o;
-  o.assign_message_id = assign_message_id ? message_id_assignment::when_unset : message_id_assignment::never;
+  o.assign_message_id =
+      assign_message_id ? message_id_assignment::when_unset : message_id_assignment::never;
   o.random_seed = seed;
   o.feedback_receive_timeout = duration(feedback_receive_timeout_ms);
   return o;
 }
 
-inline device_client_options device_options(std::optional<std::uint64_t> seed, std::int64_t receive_timeout_ms) {
+inline device_client_options device_options(std::optional<std::uint64_t> seed,
+                                            std::int64_t receive_timeout_ms) {
   device_client_options o;
   o.random_seed = seed;
   o.receive_timeout = duration(receive_timeout_ms);

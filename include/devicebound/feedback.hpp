@@ -29,11 +29,16 @@ enum class feedback_status : std::uint8_t {
 /// `Success`, `Expired`, `DeliveryCountExceeded`, `Rejected`, `Purged`.
 constexpr std::string_view to_string(feedback_status s) noexcept {
   switch (s) {
-    case feedback_status::success: return "Success";
-    case feedback_status::expired: return "Expired";
-    case feedback_status::delivery_count_exceeded: return "DeliveryCountExceeded";
-    case feedback_status::rejected: return "Rejected";
-    case feedback_status::purged: return "Purged";
+    case feedback_status::success:
+      return "Success";
+    case feedback_status::expired:
+      return "Expired";
+    case feedback_status::delivery_count_exceeded:
+      return "DeliveryCountExceeded";
+    case feedback_status::rejected:
+      return "Rejected";
+    case feedback_status::purged:
+      return "Purged";
   }
   return "Success";
 }
@@ -43,7 +48,8 @@ constexpr std::optional<feedback_status> parse_feedback_status(std::string_view 
   for (auto v : {feedback_status::success, feedback_status::expired,
                  feedback_status::delivery_count_exceeded, feedback_status::rejected,
                  feedback_status::purged})
-    if (s == to_string(v)) return v;
+    if (s == to_string(v))
+      return v;
   return std::nullopt;
 }
 
@@ -52,7 +58,7 @@ struct feedback_record {
   std::string original_message_id;  ///< MessageId of the C2D message ("" if it had none)
   time_point enqueued_time_utc{};   ///< when the outcome happened
   feedback_status status_code = feedback_status::success;
-  std::string description;           ///< the status text (SPEC 4.5: description = statusCode)
+  std::string description;  ///< the status text (SPEC 4.5: description = statusCode)
   std::string device_id;
   std::string device_generation_id;
 
@@ -60,24 +66,24 @@ struct feedback_record {
 };
 
 /// Content type of a feedback message (SPEC 4.4).
-inline constexpr std::string_view feedback_content_type = "application/vnd.microsoft.iothub.feedback.json";
+inline constexpr std::string_view feedback_content_type =
+    "application/vnd.microsoft.iothub.feedback.json";
 
 /// A feedback message as the service receives it: a batch of records (SPEC 4.3, 4.4).
 struct feedback_batch {
   std::vector<feedback_record> records;
-  time_point enqueued_time_utc{};  ///< when the hub created the batch
-  std::string user_id;             ///< the hub's name (SPEC 4.4)
+  time_point enqueued_time_utc{};        ///< when the hub created the batch
+  std::string user_id;                   ///< the hub's name (SPEC 4.4)
   devicebound::lock_token lock_token{};  ///< set when received from the feedback queue
   std::uint32_t delivery_count = 0;
 
   friend bool operator==(const feedback_batch&, const feedback_batch&) = default;
 };
 
-
 /// The feedback queue's own settings (SPEC 2.1, 4.2).
 struct feedback_queue_rules {
-  duration ttl = std::chrono::hours(1);  ///< feedback retention, 1 min .. 2 days
-  std::uint32_t max_delivery_count = 10;  ///< 1 .. 100
+  duration ttl = std::chrono::hours(1);               ///< feedback retention, 1 min .. 2 days
+  std::uint32_t max_delivery_count = 10;              ///< 1 .. 100
   duration lock_duration = std::chrono::seconds(60);  ///< 5 .. 300 s
 };
 
@@ -131,8 +137,10 @@ class basic_feedback_queue {
     deadline_cache_.reset();
     apply_timers(now, on_update);
     for (auto& e : entries_) {
-      if (e.machine.state() != message_state::enqueued) continue;
-      if (!e.machine.process(lifecycle_event::lock{{&e.fields, &lrules_, now}, token, rules_.lock_duration}))
+      if (e.machine.state() != message_state::enqueued)
+        continue;
+      if (!e.machine.process(
+              lifecycle_event::lock{{&e.fields, &lrules_, now}, token, rules_.lock_duration}))
         continue;
       on_update(feedback_batch_update{e.id, e.machine.state(), &e.fields});
       feedback_batch out = e.batch;
@@ -174,13 +182,17 @@ class basic_feedback_queue {
       while (!is_terminal(e.machine.state())) {
         const auto st = e.machine.state();
         const bool locked = st == message_state::invisible;
-        const time_point due = locked ? std::min(e.fields.locked_until, e.fields.expires_at) : e.fields.expires_at;
-        if (due > now) break;
+        const time_point due =
+            locked ? std::min(e.fields.locked_until, e.fields.expires_at) : e.fields.expires_at;
+        if (due > now)
+          break;
         changed = true;
         if (locked && e.fields.locked_until <= e.fields.expires_at)
-          (void)e.machine.process(lifecycle_event::lock_expired{{&e.fields, &lrules_, e.fields.locked_until}});
+          (void)e.machine.process(
+              lifecycle_event::lock_expired{{&e.fields, &lrules_, e.fields.locked_until}});
         else
-          (void)e.machine.process(lifecycle_event::ttl_expired{{&e.fields, &lrules_, e.fields.expires_at}});
+          (void)e.machine.process(
+              lifecycle_event::ttl_expired{{&e.fields, &lrules_, e.fields.expires_at}});
       }
       if (changed)
         on_update(feedback_batch_update{e.id, e.machine.state(), &e.fields});
@@ -196,11 +208,13 @@ class basic_feedback_queue {
   /// Earliest timer of any batch; `time_point::max()` if none.
   time_point next_deadline() const noexcept {
     // cached: the hub asks on every operation; every mutation resets it
-    if (deadline_cache_) return *deadline_cache_;
+    if (deadline_cache_)
+      return *deadline_cache_;
     time_point t = time_point::max();
     for (const auto& e : entries_) {
       t = std::min(t, e.fields.expires_at);
-      if (e.machine.state() == message_state::invisible) t = std::min(t, e.fields.locked_until);
+      if (e.machine.state() == message_state::invisible)
+        t = std::min(t, e.fields.locked_until);
     }
     deadline_cache_ = t;
     return t;
@@ -212,7 +226,8 @@ class basic_feedback_queue {
   std::uint64_t dropped() const noexcept { return dropped_; }
   bool token_in_use(const lock_token& t) const noexcept {
     for (const auto& e : entries_)
-      if (e.machine.state() == message_state::invisible && e.fields.token == t) return true;
+      if (e.machine.state() == message_state::invisible && e.fields.token == t)
+        return true;
     return false;
   }
 
@@ -265,18 +280,22 @@ class basic_feedback_queue {
     apply_timers(now, on_update);
     for (std::size_t i = 0; i < entries_.size(); ++i) {
       auto& e = entries_[i];
-      if (e.machine.state() != message_state::invisible || e.fields.token != token) continue;
-      if (auto r = e.machine.process(Event{{&e.fields, &lrules_, now}}); !r) return r.error();
+      if (e.machine.state() != message_state::invisible || e.fields.token != token)
+        continue;
+      if (auto r = e.machine.process(Event{{&e.fields, &lrules_, now}}); !r)
+        return r.error();
       const auto st = e.machine.state();
       on_update(feedback_batch_update{e.id, st, &e.fields});
       if (is_terminal(st)) {
-        if (st != message_state::completed) ++dropped_;
+        if (st != message_state::completed)
+          ++dropped_;
         entries_.erase(entries_.begin() + static_cast<std::ptrdiff_t>(i));
       }
       return {};
     }
-    return make_error(errc::device_message_lock_lost,
-                      "feedback lock token " + token.to_string() + " is unknown, expired or already settled");
+    return make_error(
+        errc::device_message_lock_lost,
+        "feedback lock token " + token.to_string() + " is unknown, expired or already settled");
   }
 
   feedback_queue_rules rules_;

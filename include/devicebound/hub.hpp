@@ -48,20 +48,37 @@ using namespace std::chrono_literals;
 
 /// What made a message change state; reported to the transition observer.
 enum class transition_cause : std::uint8_t {
-  accepted, lock, complete, reject, abandon, lock_expired, ttl_expired, purge, device_removed,
+  accepted,
+  lock,
+  complete,
+  reject,
+  abandon,
+  lock_expired,
+  ttl_expired,
+  purge,
+  device_removed,
 };
 
 constexpr std::string_view to_string(transition_cause c) noexcept {
   switch (c) {
-    case transition_cause::accepted: return "accepted";
-    case transition_cause::lock: return "lock";
-    case transition_cause::complete: return "complete";
-    case transition_cause::reject: return "reject";
-    case transition_cause::abandon: return "abandon";
-    case transition_cause::lock_expired: return "lock_expired";
-    case transition_cause::ttl_expired: return "ttl_expired";
-    case transition_cause::purge: return "purge";
-    case transition_cause::device_removed: return "device_removed";
+    case transition_cause::accepted:
+      return "accepted";
+    case transition_cause::lock:
+      return "lock";
+    case transition_cause::complete:
+      return "complete";
+    case transition_cause::reject:
+      return "reject";
+    case transition_cause::abandon:
+      return "abandon";
+    case transition_cause::lock_expired:
+      return "lock_expired";
+    case transition_cause::ttl_expired:
+      return "ttl_expired";
+    case transition_cause::purge:
+      return "purge";
+    case transition_cause::device_removed:
+      return "device_removed";
   }
   return "accepted";
 }
@@ -91,9 +108,12 @@ enum class disposition : std::uint8_t { complete, reject, abandon };
 
 constexpr std::string_view to_string(disposition d) noexcept {
   switch (d) {
-    case disposition::complete: return "complete";
-    case disposition::reject: return "reject";
-    case disposition::abandon: return "abandon";
+    case disposition::complete:
+      return "complete";
+    case disposition::reject:
+      return "reject";
+    case disposition::abandon:
+      return "abandon";
   }
   return "complete";
 }
@@ -120,7 +140,8 @@ class basic_hub {
 
   /// Like the constructor, but returns the configuration error instead of throwing.
   static result<basic_hub> create(hub_config config, token_source tokens = system_token_source()) {
-    if (auto r = config.validate(); !r) return r.error();
+    if (auto r = config.validate(); !r)
+      return r.error();
     return basic_hub(std::move(config), std::move(tokens));
   }
 
@@ -224,12 +245,15 @@ class basic_hub {
     return committed([&] { return remove_device_(device_id, generation_id, now); });
   }
 
-  bool has_device(std::string_view device_id) const { return devices_.find(device_id) != devices_.end(); }
+  bool has_device(std::string_view device_id) const {
+    return devices_.find(device_id) != devices_.end();
+  }
   std::size_t device_count() const noexcept { return devices_.size(); }
 
   result<std::string> generation_id(std::string_view device_id) const {
     auto it = devices_.find(device_id);
-    if (it == devices_.end()) return not_found(device_id);
+    if (it == devices_.end())
+      return not_found(device_id);
     return it->second.generation_id;
   }
 
@@ -250,7 +274,8 @@ class basic_hub {
   }
 
   /// Settles a locked message. Unknown, stale or expired token: 412002, nothing changes.
-  result<void> settle(std::string_view device_id, const lock_token& token, disposition d, time_point now) {
+  result<void> settle(std::string_view device_id, const lock_token& token, disposition d,
+                      time_point now) {
     return committed([&] { return settle_(device_id, token, d, now); });
   }
   /// Completed: leaves the queue; feedback `Success` for positive/full (SPEC 1.4).
@@ -300,9 +325,11 @@ class basic_hub {
     if (store_failed_) [[unlikely]]
       return std::nullopt;
     time_point t = timers_.empty() ? time_point::max() : timers_.begin()->first;
-    if (!pending_.empty()) t = std::min(t, std::max(flush_due(), last_now_));
+    if (!pending_.empty())
+      t = std::min(t, std::max(flush_due(), last_now_));
     t = std::min(t, feedback_.next_deadline());
-    if (t == time_point::max()) return std::nullopt;
+    if (t == time_point::max())
+      return std::nullopt;
     return t;
   }
 
@@ -371,7 +398,9 @@ class basic_hub {
   };
   struct id_hash {
     using is_transparent = void;
-    std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
+    std::size_t operator()(std::string_view s) const noexcept {
+      return std::hash<std::string_view>{}(s);
+    }
   };
   using device_map = std::unordered_map<std::string, device_entry, id_hash, std::equal_to<>>;
   using device_node = typename device_map::value_type;
@@ -380,7 +409,8 @@ class basic_hub {
   /// timers (and create their feedback records) in id order, not heap-address order.
   struct timer_order {
     bool operator()(const timer& a, const timer& b) const noexcept {
-      if (a.first != b.first) return a.first < b.first;
+      if (a.first != b.first)
+        return a.first < b.first;
       return a.second->first < b.second->first;
     }
   };
@@ -554,13 +584,15 @@ class basic_hub {
   }
 
   static error not_found(std::string_view device_id) {
-    return make_error(errc::device_not_found, "device '" + std::string(device_id) + "' is not registered");
+    return make_error(errc::device_not_found,
+                      "device '" + std::string(device_id) + "' is not registered");
   }
 
   static bool is_device_bound_address(std::string_view to, std::string_view device_id) {
     // SPEC 7.7: accept both `devicebound` and `deviceBound`
     const std::string prefix = "/devices/" + std::string(device_id) + "/messages/device";
-    if (!to.starts_with(prefix)) return false;
+    if (!to.starts_with(prefix))
+      return false;
     const auto rest = to.substr(prefix.size());
     return rest == "bound" || rest == "Bound";
   }
@@ -580,37 +612,44 @@ class basic_hub {
     flush_feedback(now);
     // the feedback queue's own lock and TTL expiries, so that next_deadline()
     // is always in the future after an operation (drivers wait on it)
-    if (feedback_.next_deadline() <= now) feedback_.apply_timers(now, batch_journal());
+    if (feedback_.next_deadline() <= now)
+      feedback_.apply_timers(now, batch_journal());
     return now;
   }
 
   void run_device_timers(device_node& node, time_point now) {
-    node.second.queue.apply_timers(now, rules_, [&](queued_message& m, message_state from, time_point at) {
-      const auto to = m.state();
-      const auto cause = from == message_state::invisible && to != message_state::dead_lettered
-                             ? transition_cause::lock_expired
-                         : (to == message_state::dead_lettered &&
-                            m.fields.reason == dead_letter_reason::delivery_count_exceeded)
-                             ? transition_cause::lock_expired
-                             : transition_cause::ttl_expired;
-      notify(node.first, m, cause, from, to, at);
-      if (is_terminal(to)) outcome(node, m, at);
-    });
+    node.second.queue.apply_timers(
+        now, rules_, [&](queued_message& m, message_state from, time_point at) {
+          const auto to = m.state();
+          const auto cause = from == message_state::invisible && to != message_state::dead_lettered
+                                 ? transition_cause::lock_expired
+                             : (to == message_state::dead_lettered &&
+                                m.fields.reason == dead_letter_reason::delivery_count_exceeded)
+                                 ? transition_cause::lock_expired
+                                 : transition_cause::ttl_expired;
+          notify(node.first, m, cause, from, to, at);
+          if (is_terminal(to))
+            outcome(node, m, at);
+        });
   }
 
   template <class Event>
-  result<void> apply(std::string_view device_id, const lock_token& token, time_point now, transition_cause cause) {
+  result<void> apply(std::string_view device_id, const lock_token& token, time_point now,
+                     transition_cause cause) {
     now = advance(now);
     auto it = devices_.find(device_id);
-    if (it == devices_.end()) return not_found(device_id);
+    if (it == devices_.end())
+      return not_found(device_id);
     auto& dev = it->second;
     auto* q = dev.queue.find_locked(token);
     if (!q)
-      return make_error(errc::device_message_lock_lost, "lock token " + token.to_string() +
-                                                            " is unknown, expired or already settled for device '" +
-                                                            std::string(device_id) + "' (SPEC 1.5)");
+      return make_error(errc::device_message_lock_lost,
+                        "lock token " + token.to_string() +
+                            " is unknown, expired or already settled for device '" +
+                            std::string(device_id) + "' (SPEC 1.5)");
     const auto from = q->state();
-    if (auto r = q->machine.process(Event{{&q->fields, &rules_, now}}); !r) return r.error();
+    if (auto r = q->machine.process(Event{{&q->fields, &rules_, now}}); !r)
+      return r.error();
     const auto to = q->state();
     notify(it->first, *q, cause, from, to, now);
     if (is_terminal(to)) {
@@ -643,21 +682,26 @@ class basic_hub {
         add_feedback(node.first, node.second, m, s, at);
         break;
       }
-      default: break;
+      default:
+        break;
     }
   }
 
-  /// SPEC 4.1: positive -> Success only; negative -> dead-letter outcomes (and Purged); full -> all.
+  /// SPEC 4.1: positive -> Success only; negative -> dead-letter outcomes (and Purged); full ->
+  /// all.
   void add_feedback(const std::string& device_id, const device_entry& dev, const queued_message& m,
                     feedback_status s, time_point at) {
     const bool positive_outcome = s == feedback_status::success;
-    const bool wanted = m.ack == ack_mode::full || (positive_outcome && m.ack == ack_mode::positive) ||
+    const bool wanted = m.ack == ack_mode::full ||
+                        (positive_outcome && m.ack == ack_mode::positive) ||
                         (!positive_outcome && m.ack == ack_mode::negative);
-    if (!wanted) return;
+    if (!wanted)
+      return;
     auto& p = pending_.emplace_back();
     p.id = next_record_id_++;
     feedback_record& r = p.record;
-    if (auto id = m.content.message_id()) r.original_message_id = std::string(*id);
+    if (auto id = m.content.message_id())
+      r.original_message_id = std::string(*id);
     r.enqueued_time_utc = at;
     r.status_code = s;
     r.description = std::string(to_string(s));
@@ -674,8 +718,10 @@ class basic_hub {
 
   /// SPEC 4.3: a batch goes out when it has 64 records, or 15 s after the last one.
   void flush_feedback(time_point now) {
-    while (pending_.size() >= config_.feedback_batch_size) emit_batch(config_.feedback_batch_size, now);
-    if (!pending_.empty() && now >= flush_due()) emit_batch(pending_.size(), now);
+    while (pending_.size() >= config_.feedback_batch_size)
+      emit_batch(config_.feedback_batch_size, now);
+    if (!pending_.empty() && now >= flush_due())
+      emit_batch(pending_.size(), now);
   }
 
   void emit_batch(std::size_t n, time_point now) {
@@ -694,11 +740,12 @@ class basic_hub {
     last_flush_ = now;
   }
 
-  void notify(std::string_view device_id, const queued_message& m, transition_cause cause, message_state from,
-              message_state to, time_point at) {
+  void notify(std::string_view device_id, const queued_message& m, transition_cause cause,
+              message_state from, message_state to, time_point at) {
     if (has_store()) [[unlikely]]
       journal_transition(m, cause);
-    if (!observer_) return;
+    if (!observer_)
+      return;
     transition t;
     t.device_id = device_id;
     t.sequence_number = m.sequence_number;
@@ -713,13 +760,15 @@ class basic_hub {
   }
 
   void unschedule(device_node& node) {
-    if (node.second.scheduled != time_point::max()) timers_.erase({node.second.scheduled, &node});
+    if (node.second.scheduled != time_point::max())
+      timers_.erase({node.second.scheduled, &node});
     node.second.scheduled = time_point::max();
   }
 
   void reschedule(device_node& node) {
     const auto next = node.second.queue.next_deadline();
-    if (next == node.second.scheduled) return;
+    if (next == node.second.scheduled)
+      return;
     unschedule(node);
     if (next != time_point::max()) {
       timers_.emplace(next, &node);
@@ -730,7 +779,8 @@ class basic_hub {
   result<lock_token> new_lock_token(const queue_type& q) {
     for (int i = 0; i < 16; ++i) {
       auto t = tokens_();
-      if (!t.is_nil() && !q.token_in_use(t)) return t;
+      if (!t.is_nil() && !q.token_in_use(t))
+        return t;
     }
     return make_error(errc::server_error, "token source keeps repeating lock tokens");
   }
@@ -739,7 +789,8 @@ class basic_hub {
     // 18 decimal digits, like IoT Hub's generation ids
     const auto t = tokens_();
     std::uint64_t v = 0;
-    for (int i = 0; i < 8; ++i) v = v << 8 | t.bytes[static_cast<std::size_t>(i)];
+    for (int i = 0; i < 8; ++i)
+      v = v << 8 | t.bytes[static_cast<std::size_t>(i)];
     std::string s = std::to_string(100000000000000000ull + v % 900000000000000000ull);
     return s;
   }

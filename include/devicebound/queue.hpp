@@ -36,11 +36,11 @@ class packed_message {
   packed_message() = default;
 
   static packed_message pack(const message& m) {
-    const std::optional<std::string>* strs[kStrings] = {&m.message_id, &m.correlation_id,
-                                                        &m.user_id, &m.content_type,
-                                                        &m.content_encoding};
+    const std::optional<std::string>* strs[kStrings] = {
+        &m.message_id, &m.correlation_id, &m.user_id, &m.content_type, &m.content_encoding};
     std::uint8_t present = 0;
-    std::size_t total = 1 + varint_size(m.body.size()) + m.body.size() + varint_size(m.app_properties.size());
+    std::size_t total =
+        1 + varint_size(m.body.size()) + m.body.size() + varint_size(m.app_properties.size());
     for (std::size_t i = 0; i < kStrings; ++i)
       if (*strs[i]) {
         present |= static_cast<std::uint8_t>(1u << i);
@@ -57,7 +57,8 @@ class packed_message {
     p.blob_ = std::make_unique_for_overwrite<char[]>(total);
     char* out = p.blob_.get();
     auto put = [&out](const void* src, std::size_t n) {
-      if (n) std::memcpy(out, src, n);
+      if (n)
+        std::memcpy(out, src, n);
       out += n;
     };
     auto put_u32 = [&out](std::size_t v) {
@@ -70,11 +71,13 @@ class packed_message {
     put(&present, 1);
     put_u32(m.body.size());
     for (std::size_t i = 0; i < kStrings; ++i)
-      if (*strs[i]) put_u32((*strs[i])->size());
+      if (*strs[i])
+        put_u32((*strs[i])->size());
     put_u32(m.app_properties.size());
     put(m.body.data(), m.body.size());
     for (std::size_t i = 0; i < kStrings; ++i)
-      if (*strs[i]) put((*strs[i])->data(), (*strs[i])->size());
+      if (*strs[i])
+        put((*strs[i])->data(), (*strs[i])->size());
     if (m.creation_time_utc) {
       const auto ms = static_cast<std::uint64_t>(m.creation_time_utc->time_since_epoch().count());
       for (int i = 0; i < 8; ++i)
@@ -194,9 +197,11 @@ class packed_message {
 
   /// The message id, if the sender set one (feedback needs it without unpacking).
   std::optional<std::string_view> message_id() const noexcept {
-    if (!blob_) return std::nullopt;
+    if (!blob_)
+      return std::nullopt;
     header h = read_header();
-    if (!(h.present & 1u)) return std::nullopt;
+    if (!(h.present & 1u))
+      return std::nullopt;
     return std::string_view(h.data + h.body_len, h.str_len[0]);
   }
 
@@ -227,7 +232,8 @@ class packed_message {
     for (int shift = 0;; shift += 7) {
       const auto b = static_cast<unsigned char>(*p++);
       v |= static_cast<std::uint32_t>(b & 0x7F) << shift;
-      if (!(b & 0x80)) return v;
+      if (!(b & 0x80))
+        return v;
     }
   }
 
@@ -244,7 +250,8 @@ class packed_message {
     h.present = static_cast<std::uint8_t>(*in++);
     h.body_len = read_u32(in);
     for (std::size_t i = 0; i < kStrings; ++i)
-      if (h.present & (1u << i)) h.str_len[i] = read_u32(in);
+      if (h.present & (1u << i))
+        h.str_len[i] = read_u32(in);
     h.n_props = read_u32(in);
     h.data = in;
     return h;
@@ -309,7 +316,8 @@ class basic_device_queue {
     if (entries_.size() == entries_.capacity()) {
       // grow in steps of a quarter (at least 4), never past the depth limit: a
       // queue is small and bounded, so slack matters more than reallocations
-      const std::size_t want = entries_.capacity() + std::max<std::size_t>(4, entries_.capacity() / 4);
+      const std::size_t want =
+          entries_.capacity() + std::max<std::size_t>(4, entries_.capacity() / 4);
       entries_.reserve(std::max(entries_.size() + 1, std::min(want, max_depth)));
     }
     entries_.push_back(std::move(m));
@@ -318,27 +326,31 @@ class basic_device_queue {
   /// The oldest Enqueued message (lowest sequence number), or null.
   queued_message* oldest_enqueued() noexcept {
     for (auto& e : entries_)
-      if (e.state() == message_state::enqueued) return &e;
+      if (e.state() == message_state::enqueued)
+        return &e;
     return nullptr;
   }
 
   /// The Invisible message holding `token`, or null.
   queued_message* find_locked(const lock_token& token) noexcept {
     for (auto& e : entries_)
-      if (e.state() == message_state::invisible && e.fields.token == token) return &e;
+      if (e.state() == message_state::invisible && e.fields.token == token)
+        return &e;
     return nullptr;
   }
 
   bool token_in_use(const lock_token& token) const noexcept {
     for (const auto& e : entries_)
-      if (e.state() == message_state::invisible && e.fields.token == token) return true;
+      if (e.state() == message_state::invisible && e.fields.token == token)
+        return true;
     return false;
   }
 
   /// Earliest timer of any pending message; `time_point::max()` if none.
   time_point next_deadline() const noexcept {
     time_point t = time_point::max();
-    for (const auto& e : entries_) t = std::min(t, e.next_deadline());
+    for (const auto& e : entries_)
+      t = std::min(t, e.next_deadline());
     return t;
   }
 
@@ -350,14 +362,17 @@ class basic_device_queue {
       auto& e = entries_[i];
       while (!is_terminal(e.state())) {
         const time_point due = e.next_deadline();
-        if (due > now) break;
+        if (due > now)
+          break;
         const auto from = e.state();
         if (from == message_state::invisible && e.fields.locked_until <= e.fields.expires_at &&
             e.fields.locked_until <= now) {
-          (void)e.machine.process(lifecycle_event::lock_expired{{&e.fields, &rules, e.fields.locked_until}});
+          (void)e.machine.process(
+              lifecycle_event::lock_expired{{&e.fields, &rules, e.fields.locked_until}});
           on_transition(e, from, e.fields.locked_until);
         } else {
-          (void)e.machine.process(lifecycle_event::ttl_expired{{&e.fields, &rules, e.fields.expires_at}});
+          (void)e.machine.process(
+              lifecycle_event::ttl_expired{{&e.fields, &rules, e.fields.expires_at}});
           on_transition(e, from, e.fields.expires_at);
         }
       }
@@ -374,7 +389,8 @@ class basic_device_queue {
   /// Removes every entry, calling `f(entry)` on each first (purge, device removal).
   template <class F>
   std::size_t clear(F&& f) {
-    for (auto& e : entries_) f(e);
+    for (auto& e : entries_)
+      f(e);
     const std::size_t n = entries_.size();
     entries_.clear();
     entries_.shrink_to_fit();
@@ -382,7 +398,9 @@ class basic_device_queue {
   }
 
  private:
-  void erase_at(std::size_t i) { entries_.erase(entries_.begin() + static_cast<std::ptrdiff_t>(i)); }
+  void erase_at(std::size_t i) {
+    entries_.erase(entries_.begin() + static_cast<std::ptrdiff_t>(i));
+  }
 
   std::vector<queued_message> entries_;
 };

@@ -127,12 +127,27 @@ async function startBroker(extraConfig = []) {
   }
 }
 
-/** devicebound-hub attached to the broker at `port`; resolves once it is subscribed. */
+/**
+ * devicebound-hub attached to the broker at `port`, its store in a fresh
+ * temporary directory; resolves once it is subscribed.
+ */
 async function startHub(port, args = []) {
-  const { child, log } = await startProcess(
-    [programs.hub, '--host', '127.0.0.1', '--port', String(port), ...args],
-    /connected to the broker/, 20000);
-  return { log, stop: () => stopProcess(child) };
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'devicebound-node-hub-'));
+  try {
+    const { child, log } = await startProcess(
+      [programs.hub, '--host', '127.0.0.1', '--port', String(port), '--store', path.join(dir, 'hub.db'), ...args],
+      /connected to the broker/, 20000);
+    return {
+      log,
+      stop: async () => {
+        await stopProcess(child);
+        fs.rmSync(dir, { recursive: true, force: true });
+      },
+    };
+  } catch (e) {
+    fs.rmSync(dir, { recursive: true, force: true });
+    throw e;
+  }
 }
 
 module.exports = { programs, startBroker, startHub };

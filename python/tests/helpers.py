@@ -149,7 +149,7 @@ class MqttHub:
         else:
             raise RuntimeError(f"mosquitto did not start: {self.log('mosquitto.log')}")
         args = [str(find_hub_exe()), "--port", str(self.port), "--client-id", f"devicebound-hub-{self.port}",
-                "--log-level", "warn", *self.hub_args]
+                "--store", str(self.workdir / "hub.db"), "--log-level", "warn", *self.hub_args]
         for d in self.devices:
             args += ["--device", d]
         log = open(self.workdir / "hub.log", "ab")

@@ -441,6 +441,44 @@ def test_authenticated_device_gets_events_and_acl(start_broker, clients, tmp_pat
     events.expect("delivered", "dev1")
 
 
+def test_authenticated_extended_device_uses_its_extension_topics(start_broker, clients, tmp_path):
+    """With auth_file, a device authenticated with its SAS token (device-style
+    username) speaks devicebound's extension topics in its own name only: it
+    subscribes to devicebound/device/{own}/# and the hub's status, reads the
+    hub's pushes to it, and publishes (and wills) devicebound/hub/device/{own}/..."""
+    dev_key, other_key, hub_key = new_key(), new_key(), new_key()
+    auth = write_auth_file(tmp_path / "keys", {"dev1": dev_key, "dev2": other_key}, {"hub": hub_key})
+    broker = start_broker(auth_file=auth)
+    hub = clients.add(MqttClient(broker.plain_port, "devicebound-hub", username="hub", password=hub_key))
+    assert hub.connect() == 0
+    assert hub.subscribe("devicebound/hub/#") == 1
+
+    will = "devicebound/hub/device/dev1/detach/%24.conn=c1"
+    dev = clients.add(MqttClient(broker.plain_port, "dev1", clean_session=False, username=device_username("dev1"),
+                                 password=sas_token(f"{HUB_HOSTNAME}/devices/dev1", dev_key)))
+    dev._c.will_set(will, b"", qos=1)  # as devicebound's transport: detach when the connection drops
+    assert dev.connect() == 0
+    assert dev.subscribe("devicebound/device/dev1/#") == 1
+    assert dev.subscribe("devicebound/status/hub") == 1
+    for refused in ("devicebound/device/dev2/#", "devicebound/device/+/#", "devicebound/hub/#"):
+        assert dev.subscribe(refused) == 0x80, refused
+
+    dev.publish("devicebound/hub/device/dev2/attach/%24.conn=x", b"")  # another device's name: refused
+    dev.publish("devicebound/hub/device/dev1/attach/%24.conn=c1&%24.rid=1", b"")
+    assert hub.expect().topic == "devicebound/hub/device/dev1/attach/%24.conn=c1&%24.rid=1"
+
+    hub.publish("devicebound/device/dev2/message/%24.mid=n", b"not for dev1")
+    hub.publish("devicebound/device/dev1/reply/%24.rid=1&%24.code=0", b"")
+    hub.publish("devicebound/device/dev1/message/%24.mid=m", b"for dev1")
+    hub.publish("devicebound/status/hub", b"online", retain=True)
+    assert dev.expect().topic == "devicebound/device/dev1/reply/%24.rid=1&%24.code=0"
+    assert dev.expect().payload == b"for dev1"
+    assert dev.expect().payload == b"online"
+
+    dev.drop()  # the will goes out in the device's name
+    assert hub.expect().topic == will
+
+
 def test_sighup_reloads_the_auth_file(start_broker, clients, tmp_path):
     old_key, new_key_ = new_key(), new_key()
     auth = write_auth_file(tmp_path / "keys", {"dev1": old_key}, {})

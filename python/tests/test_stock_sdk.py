@@ -262,6 +262,7 @@ def daemon_setup(start_broker, tmp_path):
     log = open(tmp_path / "devicebound-hub.log", "wb")
     proc = subprocess.Popen([str(exe), "--host", "127.0.0.1", "--port", str(broker.plain_port),
                              "--client-id", "devicebound-hub", "--username", "hub", "--password", hub_key,
+                             "--store", str(tmp_path / "devicebound-hub.db"),
                              "--device", device_id, "--log-level", "debug"],
                             stdout=log, stderr=subprocess.STDOUT)
     try:
