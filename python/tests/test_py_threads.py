@@ -113,16 +113,21 @@ def test_close_while_another_thread_waits():
     device = db.DeviceClient(hub, "d")
     outcome: list[object] = []
 
+    receiving = threading.Event()
+
     def wait() -> None:
         try:
+            receiving.set()
             outcome.append(device.receive(timeout=30))
         except db.DeviceboundError as e:
             outcome.append(e)
 
     t = threading.Thread(target=wait)
     t.start()
-    time.sleep(0.1)
-    device.close()  # wakes the waiting receive; the client stays valid until it returns
+    assert receiving.wait(WAIT)
+    # wakes the waiting receive (or refuses it, if it has not started): either way
+    # it returns at once and the client stays valid until it does
+    device.close()
     t.join(WAIT)
     assert not t.is_alive()
     assert len(outcome) == 1
