@@ -46,17 +46,6 @@ bool wait_until(const C& c, std::unique_lock<std::mutex>& lock, std::condition_v
   return true;
 }
 
-namespace detail {
-/// `t + d`, saturating at `time_point::max()` (a timeout of "forever" must not overflow).
-inline time_point saturating_add(time_point t, duration d) noexcept {
-  if (d <= duration::zero())
-    return t;
-  if (t.time_since_epoch() > duration::max() - d)
-    return time_point::max();
-  return t + d;
-}
-}  // namespace detail
-
 /// Real UTC time (`std::chrono::system_clock` at millisecond resolution) and real waits.
 class system_clock {
  public:
@@ -103,7 +92,7 @@ class manual_clock {
   /// Moves time forward by `d` (negative: ignored) and wakes the waiters that are due.
   void advance(duration d) {
     std::lock_guard<std::mutex> g(state_->mutex);
-    set_locked(detail::saturating_add(state_->now, d));
+    set_locked(saturating_add(state_->now, d));
   }
 
   /// Moves time forward to `t`; an earlier `t` is ignored (time never goes backwards).

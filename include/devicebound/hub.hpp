@@ -30,6 +30,7 @@
 #include "lifecycle.hpp"
 #include "message.hpp"
 #include "queue.hpp"
+#include "settlement.hpp"
 #include "store/store.hpp"
 #include "token_source.hpp"
 #include "validate.hpp"
@@ -97,26 +98,6 @@ struct transition {
   time_point at{};
 };
 
-/// Receipt of an accepted send.
-struct enqueue_receipt {
-  std::uint64_t sequence_number = 0;
-  time_point expiry_time_utc{};  ///< when the message expires (after any clamping)
-};
-
-/// Settlement a device sends for a locked message.
-enum class disposition : std::uint8_t { complete, reject, abandon };
-
-constexpr std::string_view to_string(disposition d) noexcept {
-  switch (d) {
-    case disposition::complete:
-      return "complete";
-    case disposition::reject:
-      return "reject";
-    case disposition::abandon:
-      return "abandon";
-  }
-  return "complete";
-}
 
 /// The hub engine, over a lifecycle machine type (`lifecycle` by default; the
 /// benchmark swaps in a hand-written switch with the same interface).

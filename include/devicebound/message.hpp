@@ -22,6 +22,15 @@ using duration = std::chrono::milliseconds;
 /// operation takes `now` of this type.
 using time_point = std::chrono::sys_time<duration>;
 
+/// `t + d`, saturating at `time_point::max()` (a timeout of "forever" must not overflow).
+constexpr time_point saturating_add(time_point t, duration d) noexcept {
+  if (d <= duration::zero())
+    return t;
+  if (t.time_since_epoch() > duration::max() - d)
+    return time_point::max();
+  return t + d;
+}
+
 /// Delivery acknowledgement requested by the sender (`iothub-ack`, SPEC 4.1).
 enum class ack_mode : std::uint8_t {
   none,      ///< no feedback (default)

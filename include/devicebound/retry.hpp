@@ -225,15 +225,6 @@ double draw(R& r) {
 template <class T, class... Ts>
 concept one_of = (std::same_as<T, Ts> || ...);
 
-/// `t + d`, saturating at `time_point::max()`.
-inline time_point add(time_point t, duration d) noexcept {
-  if (d <= duration::zero())
-    return t;
-  if (t.time_since_epoch() > duration::max() - d)
-    return time_point::max();
-  return t + d;
-}
-
 }  // namespace detail
 
 // ---------------------------------------------------------------------------------------------
@@ -875,11 +866,11 @@ struct machine_def : msmf::state_machine_def<machine_def<Policy, Random>> {
     if (!wait)
       return decision::stop(stop_reason::no_retry, e.now);
     const time_point base = o.wait_from == wait_origin::attempt_start ? attempt_start_ : e.now;
-    time_point at = std::max(e.now, add(base, *wait));
+    time_point at = std::max(e.now, saturating_add(base, *wait));
     // C# v1: a non-zero wait keeps attempt starts min_spacing apart, counting the failed
     // attempt's own duration (SPEC 8.4).
     if (*wait > duration::zero())
-      at = std::max(at, add(attempt_start_, o.min_spacing));
+      at = std::max(at, saturating_add(attempt_start_, o.min_spacing));
     if (const auto dl = deadline_for(e.now); dl && at >= *dl)
       return decision::stop(stop_reason::timeout, e.now);  // SPEC 8.1 step 4
     return at == e.now ? decision::attempt(e.now) : decision::wait_until(at);
@@ -893,7 +884,7 @@ struct machine_def : msmf::state_machine_def<machine_def<Policy, Random>> {
     const time_point origin = o.timeout_from == timeout_origin::first_retry
                                   ? first_failure_.value_or(failure_now)
                                   : operation_start_;
-    return add(origin, o.timeout);
+    return saturating_add(origin, o.timeout);
   }
 
   bool past_deadline(time_point now) const {

@@ -168,7 +168,7 @@ class service_client {
             "a feedback handler is set: receive_feedback() and the handler are exclusive");
     }
     const auto& c = runner_.clock();
-    const time_point deadline = detail::saturating_add(c.now(), timeout);
+    const time_point deadline = saturating_add(c.now(), timeout);
     const auto stop = runner_.closing_token();
     return runner_.run(
         [&] {

@@ -352,7 +352,7 @@ class transport {
     const auto v = faults_->on_call(o, c.now());
     if (v.delay > duration::zero()) {
       std::unique_lock<std::mutex> lock(state_->mutex);
-      const time_point until = detail::saturating_add(c.now(), v.delay);
+      const time_point until = saturating_add(c.now(), v.delay);
       devicebound::wait_until(c, lock, state_->cv, until, [] { return false; });
     }
     if (!v.fault)

@@ -100,7 +100,7 @@ class device_connection {
     auto& h = *host_;
     std::stop_callback wake(stop, [&h] { h.notify(); });
     std::unique_lock<std::mutex> lock(h.mutex_);
-    const time_point deadline = detail::saturating_add(h.clock_.now(), timeout);
+    const time_point deadline = saturating_add(h.clock_.now(), timeout);
     for (;;) {
       if (!open_)
         return not_connected();
@@ -232,7 +232,7 @@ class service_connection {
     auto& h = *host_;
     std::stop_callback wake(stop, [&h] { h.notify(); });
     std::unique_lock<std::mutex> lock(h.mutex_);
-    const time_point deadline = detail::saturating_add(h.clock_.now(), timeout);
+    const time_point deadline = saturating_add(h.clock_.now(), timeout);
     for (;;) {
       if (!open_)
         return not_connected();

@@ -1452,7 +1452,7 @@ class device_connection {
   result<std::optional<message>> receive(duration timeout, std::stop_token stop = {}) {
     auto& ep = *state_->endpoint;
     const system_clock c;
-    const time_point deadline = devicebound::detail::saturating_add(c.now(), timeout);
+    const time_point deadline = devicebound::saturating_add(c.now(), timeout);
     for (;;) {
       if constexpr (Mode == device_mode::extended) {
         if (auto a = ensure_attached(deadline, stop); !a) {
@@ -1697,7 +1697,7 @@ class service_connection {
                                                          std::stop_token stop = {}) {
     auto& ep = *state_->endpoint;
     const system_clock c;
-    const time_point deadline = devicebound::detail::saturating_add(c.now(), timeout);
+    const time_point deadline = devicebound::saturating_add(c.now(), timeout);
     const std::string head =
         protocol::push_head(protocol::party::service, state_->id, protocol::push_feedback);
     for (;;) {

@@ -1,0 +1,65 @@
+/// \file connection_status.hpp
+/// Vocabulary of a client's connection: whether it is up and why it changed
+/// (the C SDK's connection status callback, SPEC 8.1).
+#pragma once
+
+#include <cstdint>
+#include <string_view>
+
+#include "errors.hpp"
+
+namespace devicebound {
+
+/// Whether a client's connection is up (the C SDK's AUTHENTICATED / UNAUTHENTICATED).
+enum class connection_status : std::uint8_t { connected, disconnected };
+
+constexpr std::string_view to_string(connection_status s) noexcept {
+  return s == connection_status::connected ? "connected" : "disconnected";
+}
+
+/// Why the status changed (the C SDK's IOTHUB_CLIENT_CONNECTION_STATUS_REASON, SPEC 8.1).
+enum class connection_status_reason : std::uint8_t {
+  ok,                   ///< connected
+  client_closed,        ///< the application called disconnect()
+  no_network,           ///< the connection could not be opened (not_connected)
+  communication_error,  ///< the connection was lost, or a transient error while opening
+  bad_credential,       ///< credentials refused (401000): not retried
+  device_disabled,      ///< the device is unknown to the hub (404001): not retried
+  retry_expired,        ///< the retry policy gave up (timeout, max retries, no retry)
+};
+
+constexpr std::string_view to_string(connection_status_reason r) noexcept {
+  switch (r) {
+    case connection_status_reason::ok:
+      return "ok";
+    case connection_status_reason::client_closed:
+      return "client_closed";
+    case connection_status_reason::no_network:
+      return "no_network";
+    case connection_status_reason::communication_error:
+      return "communication_error";
+    case connection_status_reason::bad_credential:
+      return "bad_credential";
+    case connection_status_reason::device_disabled:
+      return "device_disabled";
+    case connection_status_reason::retry_expired:
+      return "retry_expired";
+  }
+  return "ok";
+}
+
+/// The reason reported when opening a connection fails with `e`.
+constexpr connection_status_reason status_reason_for(errc e) noexcept {
+  switch (e) {
+    case errc::not_connected:
+      return connection_status_reason::no_network;
+    case errc::unauthorized:
+      return connection_status_reason::bad_credential;
+    case errc::device_not_found:
+      return connection_status_reason::device_disabled;
+    default:
+      return connection_status_reason::communication_error;
+  }
+}
+
+}  // namespace devicebound
