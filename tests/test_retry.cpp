@@ -4,12 +4,15 @@
 #include <gtest/gtest.h>
 #include <rapidcheck/gtest.h>
 
+#include <array>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <devicebound/retry.hpp>
 #include <limits>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 using namespace devicebound;
@@ -719,6 +722,58 @@ TEST(Spec_8_9, ProfilesByNameAndConfigRoundTrip) {
   }
   EXPECT_EQ(pf::profile("cobol").code(), errc::argument_invalid);
   EXPECT_EQ(*pf::profile("c_sdk"), rt::policy(pf::c_sdk()));
+}
+
+TEST(Spec_8_7, EachProfileNameIsListedOnceBesideItsPolicy) {
+  ASSERT_EQ(pf::names.size(), pf::all.size());
+  for (std::size_t i = 0; i < pf::all.size(); ++i) {
+    EXPECT_EQ(pf::names[i], pf::all[i].name);
+    for (std::size_t j = i + 1; j < pf::all.size(); ++j)
+      EXPECT_NE(pf::all[i].name, pf::all[j].name);
+    EXPECT_EQ(*pf::profile(pf::all[i].name), pf::all[i].make()) << pf::all[i].name;
+  }
+  EXPECT_EQ(pf::all.front().name, "c_sdk");
+  EXPECT_EQ(pf::all.front().make(), rt::policy(pf::c_sdk()));
+}
+
+/// `parse(to_string(v)) == v` for every value, values are 0, 1, ... in order (the Python
+/// binding passes them as integers), and anything else parses to nullopt.
+template <class E, std::size_t N>
+void expect_strings_round_trip(const std::array<E, N>& values,
+                               std::optional<E> (*parse)(std::string_view)) {
+  for (std::size_t i = 0; i < N; ++i) {
+    EXPECT_EQ(static_cast<std::size_t>(values[i]), i) << to_string(values[i]);
+    EXPECT_EQ(parse(to_string(values[i])), values[i]) << to_string(values[i]);
+    for (std::size_t j = i + 1; j < N; ++j)
+      EXPECT_NE(to_string(values[i]), to_string(values[j]));
+  }
+  EXPECT_EQ(parse(""), std::nullopt);
+  EXPECT_EQ(parse("no such value"), std::nullopt);
+  EXPECT_EQ(parse(std::string(to_string(values[0])) + " "), std::nullopt);
+}
+
+TEST(RetryStrings, EveryEnumParsesItsOwnSpelling) {
+  expect_strings_round_trip(rt::error_class_values, rt::parse_error_class);
+  expect_strings_round_trip(rt::error_table_values, rt::parse_error_table);
+  expect_strings_round_trip(rt::jitter_shape_values, rt::parse_jitter_shape);
+  expect_strings_round_trip(rt::first_retry_values, rt::parse_first_retry);
+  expect_strings_round_trip(rt::timeout_origin_values, rt::parse_timeout_origin);
+  expect_strings_round_trip(rt::wait_origin_values, rt::parse_wait_origin);
+  expect_strings_round_trip(rt::verdict_values, rt::parse_verdict);
+  expect_strings_round_trip(rt::stop_reason_values, rt::parse_stop_reason);
+  expect_strings_round_trip(rt::state_values, rt::parse_state);
+  expect_strings_round_trip(rt::backoff_kind_values, rt::parse_backoff_kind);
+  static_assert(rt::parse_first_retry("fast") == rt::first_retry::fast);
+  static_assert(rt::parse_state("Exhausted") == rt::state::exhausted);
+  static_assert(!rt::parse_state("exhausted"), "states parse from their display names");
+}
+
+TEST(RetryStrings, ErrorCodesParseFromTheirNames) {
+  for (errc e : errc_values)
+    EXPECT_EQ(parse_errc(to_string(e)), e) << to_string(e);
+  EXPECT_EQ(parse_errc("Unknown"), std::nullopt);
+  EXPECT_EQ(parse_errc("404001"), std::nullopt);
+  static_assert(parse_errc("DeviceNotFound") == errc::device_not_found);
 }
 
 TEST(Spec_8_9, PolicyConfigRejectsBadValues) {

@@ -397,47 +397,6 @@ inline Napi::Value from_hub_stats(Napi::Env env, const hub_stats& s) {
 // Retry policies (retry.hpp's policy_config, field for field)
 // ---------------------------------------------------------------------------------------------
 
-namespace detail {
-inline constexpr std::array<retry::backoff_kind, 7> all_backoff_kinds = {
-    retry::backoff_kind::no_retry,
-    retry::backoff_kind::immediate,
-    retry::backoff_kind::interval,
-    retry::backoff_kind::linear_backoff,
-    retry::backoff_kind::exponential_backoff,
-    retry::backoff_kind::exponential_backoff_with_jitter,
-    retry::backoff_kind::random};
-inline constexpr std::array<retry::jitter_shape, 3> all_jitter_shapes = {
-    retry::jitter_shape::none, retry::jitter_shape::multiplicative, retry::jitter_shape::additive};
-inline constexpr std::array<retry::first_retry, 3> all_first_retries = {
-    retry::first_retry::backoff, retry::first_retry::immediate, retry::first_retry::fast};
-inline constexpr std::array<retry::timeout_origin, 2> all_timeout_origins = {
-    retry::timeout_origin::operation, retry::timeout_origin::first_retry};
-inline constexpr std::array<retry::wait_origin, 2> all_wait_origins = {
-    retry::wait_origin::failure, retry::wait_origin::attempt_start};
-inline constexpr std::array<retry::error_table, 7> all_error_tables = {
-    retry::error_table::consolidated, retry::error_table::c,         retry::error_table::node,
-    retry::error_table::python,       retry::error_table::csharp_v1, retry::error_table::csharp_v2,
-    retry::error_table::java};
-inline constexpr std::array<retry::error_class, 3> all_error_classes = {
-    retry::error_class::transient, retry::error_class::throttled, retry::error_class::fatal};
-inline constexpr std::array<errc, 17> all_errcs = {errc::argument_invalid,
-                                                   errc::iothub_quota_exceeded,
-                                                   errc::device_maximum_queue_depth_exceeded,
-                                                   errc::device_not_found,
-                                                   errc::device_already_exists,
-                                                   errc::precondition_failed,
-                                                   errc::device_message_lock_lost,
-                                                   errc::message_too_large,
-                                                   errc::throttling,
-                                                   errc::server_error,
-                                                   errc::server_busy,
-                                                   errc::not_connected,
-                                                   errc::timeout,
-                                                   errc::not_supported,
-                                                   errc::invalid_operation,
-                                                   errc::unauthorized,
-                                                   errc::malformed};
-
 inline retry::backoff_config to_backoff_config(Napi::Env env, const Napi::Value& v,
                                                const std::string& what) {
   retry::backoff_config c;
@@ -448,7 +407,7 @@ inline retry::backoff_config to_backoff_config(Napi::Env env, const Napi::Value&
     return o.Get(k);
   };
   if (!is_missing(get("kind")))
-    c.kind = to_enum(env, get("kind"), all_backoff_kinds, what + ".kind");
+    c.kind = to_enum(env, get("kind"), retry::backoff_kind_values, what + ".kind");
   if (!is_missing(get("initialMs")))
     c.initial = to_duration(env, get("initialMs"), what + ".initialMs");
   if (!is_missing(get("capMs")))
@@ -460,7 +419,8 @@ inline retry::backoff_config to_backoff_config(Napi::Env env, const Napi::Value&
       throw_invalid(env, what + ".jitter must be an object");
     auto jo = j.As<Napi::Object>();
     if (!is_missing(jo.Get("shape")))
-      c.jitter.shape = to_enum(env, jo.Get("shape"), all_jitter_shapes, what + ".jitter.shape");
+      c.jitter.shape =
+          to_enum(env, jo.Get("shape"), retry::jitter_shape_values, what + ".jitter.shape");
     if (!is_missing(jo.Get("low")))
       c.jitter.low = to_number(env, jo.Get("low"), what + ".jitter.low");
     if (!is_missing(jo.Get("high")))
@@ -488,7 +448,6 @@ inline Napi::Value from_backoff_config(Napi::Env env, const retry::backoff_confi
   o.Set("jitter", j);
   return o;
 }
-}  // namespace detail
 
 /// A retry policy from `{ backoff, throttled, firstRetry, ..., errors }`
 /// (missing fields: retry.hpp's defaults), checked by `retry::make_policy`.
@@ -504,12 +463,12 @@ inline retry::policy to_policy(Napi::Env env, const Napi::Value& v) {
     return !is_missing(o.Get(k));
   };
   if (has("backoff"))
-    c.backoff = detail::to_backoff_config(env, get("backoff"), "retryPolicy.backoff");
+    c.backoff = to_backoff_config(env, get("backoff"), "retryPolicy.backoff");
   if (has("throttled"))
-    c.throttled = detail::to_backoff_config(env, get("throttled"), "retryPolicy.throttled");
+    c.throttled = to_backoff_config(env, get("throttled"), "retryPolicy.throttled");
   if (has("firstRetry"))
     c.opts.first =
-        to_enum(env, get("firstRetry"), detail::all_first_retries, "retryPolicy.firstRetry");
+        to_enum(env, get("firstRetry"), retry::first_retry_values, "retryPolicy.firstRetry");
   if (has("firstRetryDelayMs"))
     c.opts.first_retry_delay =
         to_duration(env, get("firstRetryDelayMs"), "retryPolicy.firstRetryDelayMs");
@@ -517,7 +476,7 @@ inline retry::policy to_policy(Napi::Env env, const Napi::Value& v) {
     c.opts.timeout = to_duration(env, get("timeoutMs"), "retryPolicy.timeoutMs");
   if (has("timeoutFrom"))
     c.opts.timeout_from =
-        to_enum(env, get("timeoutFrom"), detail::all_timeout_origins, "retryPolicy.timeoutFrom");
+        to_enum(env, get("timeoutFrom"), retry::timeout_origin_values, "retryPolicy.timeoutFrom");
   if (has("maxRetries"))
     c.opts.max_retries = static_cast<std::uint32_t>(
         to_uint(env, get("maxRetries"), "retryPolicy.maxRetries", 0xFFFFFFFFu));
@@ -527,7 +486,7 @@ inline retry::policy to_policy(Napi::Env env, const Napi::Value& v) {
     c.opts.min_spacing = to_duration(env, get("minSpacingMs"), "retryPolicy.minSpacingMs");
   if (has("waitFrom"))
     c.opts.wait_from =
-        to_enum(env, get("waitFrom"), detail::all_wait_origins, "retryPolicy.waitFrom");
+        to_enum(env, get("waitFrom"), retry::wait_origin_values, "retryPolicy.waitFrom");
   if (has("wholeSeconds"))
     c.opts.whole_seconds = get("wholeSeconds").ToBoolean().Value();
   if (has("errors")) {
@@ -537,7 +496,7 @@ inline retry::policy to_policy(Napi::Env env, const Napi::Value& v) {
     auto eo = ev.As<Napi::Object>();
     if (!is_missing(eo.Get("table")))
       c.errors.table =
-          to_enum(env, eo.Get("table"), detail::all_error_tables, "retryPolicy.errors.table");
+          to_enum(env, eo.Get("table"), retry::error_table_values, "retryPolicy.errors.table");
     if (auto ov = eo.Get("overrides"); !is_missing(ov)) {
       if (!ov.IsObject() || ov.IsArray())
         throw_invalid(env, "retryPolicy.errors.overrides must be an object { code: class }");
@@ -545,13 +504,13 @@ inline retry::policy to_policy(Napi::Env env, const Napi::Value& v) {
       auto keys = oo.GetPropertyNames();
       for (std::uint32_t i = 0; i < keys.Length(); ++i) {
         const std::string key = keys.Get(i).ToString().Utf8Value();
-        std::optional<errc> code;
-        for (errc e : detail::all_errcs)
-          if (key == std::to_string(static_cast<std::uint32_t>(e)) || key == to_string(e))
+        std::optional<errc> code = parse_errc(key);
+        for (errc e : errc_values)
+          if (!code && key == std::to_string(static_cast<std::uint32_t>(e)))
             code = e;
         if (!code)
           throw_invalid(env, "retryPolicy.errors.overrides: unknown error code '" + key + "'");
-        c.errors.set(*code, to_enum(env, oo.Get(keys.Get(i)), detail::all_error_classes,
+        c.errors.set(*code, to_enum(env, oo.Get(keys.Get(i)), retry::error_class_values,
                                     "retryPolicy.errors.overrides['" + key + "']"));
       }
     }
@@ -569,8 +528,8 @@ inline Napi::Value from_policy(Napi::Env env, const retry::policy& p) {
     return Napi::Number::New(env, static_cast<double>(d.count()));
   };
   Napi::Object o = Napi::Object::New(env);
-  o.Set("backoff", detail::from_backoff_config(env, c.backoff));
-  o.Set("throttled", c.throttled ? detail::from_backoff_config(env, *c.throttled) : env.Null());
+  o.Set("backoff", from_backoff_config(env, c.backoff));
+  o.Set("throttled", c.throttled ? from_backoff_config(env, *c.throttled) : env.Null());
   o.Set("firstRetry", std::string(to_string(c.opts.first)));
   o.Set("firstRetryDelayMs", ms(c.opts.first_retry_delay));
   o.Set("timeoutMs", ms(c.opts.timeout));

@@ -3,7 +3,9 @@
 /// and `result<T>`, the return type of every fallible core operation.
 #pragma once
 
+#include <array>
 #include <cstdint>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -76,6 +78,33 @@ constexpr std::string_view to_string(errc e) noexcept {
       return "Malformed";
   }
   return "Unknown";
+}
+
+/// Every code, in declaration order.
+inline constexpr std::array<errc, 17> errc_values = {errc::argument_invalid,
+                                                     errc::iothub_quota_exceeded,
+                                                     errc::device_maximum_queue_depth_exceeded,
+                                                     errc::device_not_found,
+                                                     errc::device_already_exists,
+                                                     errc::precondition_failed,
+                                                     errc::device_message_lock_lost,
+                                                     errc::message_too_large,
+                                                     errc::throttling,
+                                                     errc::server_error,
+                                                     errc::server_busy,
+                                                     errc::not_connected,
+                                                     errc::timeout,
+                                                     errc::not_supported,
+                                                     errc::invalid_operation,
+                                                     errc::unauthorized,
+                                                     errc::malformed};
+
+/// Parses IoT Hub's name of a code (`to_string(errc)`: `"DeviceNotFound"`); nullopt otherwise.
+constexpr std::optional<errc> parse_errc(std::string_view s) noexcept {
+  for (auto e : errc_values)
+    if (s == to_string(e))
+      return e;
+  return std::nullopt;
 }
 
 namespace detail {
