@@ -258,8 +258,8 @@ class raw_rig {
   const std::string ack_topic_ = "bench/raw/ack";
   std::mutex m_;
   std::vector<std::unique_ptr<flow_slot>> slots_;
-  mqtt::detail::session responder_;
-  mqtt::detail::session requester_;
+  mqtt::session responder_;
+  mqtt::session requester_;
 };
 
 // --- 2. devicebound --------------------------------------------------------------------------

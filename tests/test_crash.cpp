@@ -44,7 +44,7 @@ namespace {
 using namespace devicebound;
 using namespace std::chrono_literals;
 namespace support = devicebound::test_support;
-namespace proto = devicebound::mqtt::protocol;
+namespace proto = devicebound::codec::protocol;
 
 constexpr int kills = 5;
 constexpr int senders = 3;
@@ -113,7 +113,7 @@ class crash_test : public ::testing::Test {
     // Follows the hub's retained status: a (re)started daemon is ready when it says `online`.
     mqtt::connection_options o;
     o.port = broker_->port();
-    status_ = std::make_unique<mqtt::detail::session>(
+    status_ = std::make_unique<mqtt::session>(
         o, "crash-status-watch",
         [this](std::string_view topic, std::string_view payload) {
           if (topic != proto::hub_status_topic || payload != "online")
@@ -208,7 +208,7 @@ class crash_test : public ::testing::Test {
   support::temp_dir dir_{"devicebound-crash-"};
   std::unique_ptr<support::mosquitto_broker> broker_;
   std::string store_, log_;
-  std::unique_ptr<mqtt::detail::session> status_;
+  std::unique_ptr<mqtt::session> status_;
   std::mutex status_m_;
   std::condition_variable status_cv_;
   std::uint64_t online_ = 0;

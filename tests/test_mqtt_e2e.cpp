@@ -39,7 +39,7 @@ namespace {
 using namespace devicebound;
 using namespace std::chrono_literals;
 namespace support = devicebound::test_support;
-namespace proto = devicebound::mqtt::protocol;
+namespace proto = devicebound::codec::protocol;
 
 using extended_device = device_client<mqtt::extended_device_connection>;
 using stock_device = device_client<mqtt::iothub_device_connection>;
@@ -170,7 +170,7 @@ class raw_client {
 
  private:
   event_log<received> log_;
-  mqtt::detail::session session_;
+  mqtt::session session_;
 };
 
 /// The `$.code` of a reply bag (0 = success), or -1.

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string_view>
 
 #include "errors.hpp"
@@ -61,5 +62,14 @@ constexpr connection_status_reason status_reason_for(errc e) noexcept {
       return connection_status_reason::communication_error;
   }
 }
+
+/// Called on every change of (status, reason), on the thread that saw it. It runs
+/// under the client's connection lock: it must not call connect(), disconnect() or
+/// operations of the same client.
+using connection_status_callback = std::function<void(connection_status, connection_status_reason)>;
+
+/// Errors the client cannot return to a caller (the handler thread's settlements,
+/// a receive that gave up) go here.
+using client_error_handler = std::function<void(const error&)>;
 
 }  // namespace devicebound

@@ -9,24 +9,26 @@
 /// are returned at once.
 #pragma once
 
-#include <atomic>
+#include <chrono>
+#include <cstddef>
 #include <cstdint>
-#include <exception>
 #include <functional>
 #include <mutex>
 #include <optional>
 #include <stop_token>
 #include <string>
 #include <string_view>
-#include <thread>
 #include <utility>
 
-#include "device_client.hpp"  // detail::connection_runner, connection_status
+#include "clock.hpp"
+#include "connection_status.hpp"
+#include "detail/connection_runner.hpp"
+#include "detail/handler_pump.hpp"
 #include "errors.hpp"
-#include "feedback.hpp"
-#include "hub.hpp"
+#include "feedback_batch.hpp"
 #include "message.hpp"
 #include "retry.hpp"
+#include "settlement.hpp"
 #include "token_source.hpp"
 #include "transport.hpp"
 
@@ -78,13 +80,28 @@ class service_client {
   explicit service_client(Transport transport, Policy policy = Policy{},
                           service_client_options options = {})
       : runner_(std::move(transport), std::move(policy), options.random_seed),
-        options_(std::move(options)) {}
+        options_(std::move(options)),
+        pump_(
+            "feedback handler",
+            [this](const std::stop_token& stop) {
+              return runner_.run(
+                  [&] {
+                    return runner_.transport().receive_feedback(options_.feedback_receive_timeout,
+                                                                stop);
+                  },
+                  stop);
+            },
+            // A throwing handler leaves the batch to be delivered again.
+            [this](const feedback_batch& b, std::optional<feedback_disposition> d,
+                   const std::stop_token& stop) {
+              return settle_with(b.lock_token, d.value_or(feedback_disposition::abandon), stop);
+            }) {}
 
   service_client(const service_client&) = delete;
   service_client& operator=(const service_client&) = delete;
 
   ~service_client() {
-    stop_pump();
+    pump_.stop();
     runner_.transport().close();
   }
 
@@ -95,25 +112,19 @@ class service_client {
   void set_connection_status_callback(connection_status_callback cb) {
     runner_.set_status_callback(std::move(cb));
   }
-  void set_error_handler(client_error_handler h) {
-    std::lock_guard<std::mutex> g(handler_mutex_);
-    error_handler_ = std::move(h);
-  }
+  void set_error_handler(client_error_handler h) { pump_.set_error_handler(std::move(h)); }
 
   /// Opens the connection under the retry policy (operations also open on demand).
   result<void> open() {
     auto r = runner_.connect();
-    if (r) {
-      std::lock_guard<std::mutex> g(handler_mutex_);
-      if (handler_ && pump_done_.load())
-        start_pump_locked();
-    }
+    if (r)
+      pump_.resume();
     return r;
   }
 
   /// Stops the feedback thread and closes the connection.
   void close() {
-    stop_pump();
+    pump_.stop();
     runner_.disconnect();
   }
 
@@ -149,34 +160,18 @@ class service_client {
 
   /// Sets the feedback handler and starts the client's thread that receives
   /// batches, calls it and settles them; `nullptr` stops that thread.
-  void set_feedback_handler(feedback_handler h) {
-    stop_pump();
-    std::lock_guard<std::mutex> g(handler_mutex_);
-    handler_ = std::move(h);
-    if (handler_)
-      start_pump_locked();
-  }
+  void set_feedback_handler(feedback_handler h) { pump_.set_handler(std::move(h)); }
 
   /// The next feedback batch, locked, waiting up to `timeout`; nullopt if none.
   /// Refused (409002) while a feedback handler is set.
   result<std::optional<feedback_batch>> receive_feedback(duration timeout) {
-    {
-      std::lock_guard<std::mutex> g(handler_mutex_);
-      if (handler_)
-        return make_error(
-            errc::invalid_operation,
-            "a feedback handler is set: receive_feedback() and the handler are exclusive");
-    }
-    const auto& c = runner_.clock();
-    const time_point deadline = saturating_add(c.now(), timeout);
-    const auto stop = runner_.closing_token();
-    return runner_.run(
-        [&] {
-          const time_point now = c.now();
-          return runner_.transport().receive_feedback(
-              deadline > now ? deadline - now : duration::zero(), stop);
-        },
-        stop, deadline);
+    if (pump_.has_handler())
+      return make_error(
+          errc::invalid_operation,
+          "a feedback handler is set: receive_feedback() and the handler are exclusive");
+    return runner_.run_for(timeout, [&](duration left, const std::stop_token& stop) {
+      return runner_.transport().receive_feedback(left, stop);
+    });
   }
 
   /// Completes a received batch: it leaves the feedback queue (SPEC 4.8).
@@ -204,75 +199,11 @@ class service_client {
         stop);
   }
 
-  void report_error(const error& e) {
-    client_error_handler h;
-    {
-      std::lock_guard<std::mutex> g(handler_mutex_);
-      h = error_handler_;
-    }
-    if (h)
-      h(e);
-  }
-
-  void start_pump_locked() {
-    if (pump_.joinable())
-      pump_.join();
-    pump_done_.store(false);
-    pump_ = std::jthread([this, h = handler_](std::stop_token stop) { pump(stop, h); });
-  }
-
-  void stop_pump() {
-    std::jthread t;
-    {
-      std::lock_guard<std::mutex> g(handler_mutex_);
-      t = std::move(pump_);
-    }
-    if (t.joinable()) {
-      t.request_stop();
-      t.join();
-    }
-  }
-
-  void pump(const std::stop_token& stop, const feedback_handler& handler) {
-    while (!stop.stop_requested()) {
-      auto r = runner_.run(
-          [&] {
-            return runner_.transport().receive_feedback(options_.feedback_receive_timeout, stop);
-          },
-          stop);
-      if (stop.stop_requested())
-        break;
-      if (!r) {
-        report_error(r.error());
-        break;
-      }
-      if (!*r)
-        continue;
-      const feedback_batch& b = **r;
-      feedback_disposition d = feedback_disposition::abandon;
-      try {
-        d = handler(b);
-      } catch (const std::exception& e) {
-        report_error(make_error(errc::invalid_operation,
-                                std::string("feedback handler threw: ") + e.what()));
-      } catch (...) {
-        report_error(make_error(errc::invalid_operation, "feedback handler threw"));
-      }
-      if (auto s = settle_with(b.lock_token, d, stop); !s)
-        report_error(s.error());
-    }
-    pump_done_.store(true);
-  }
-
   detail::connection_runner<Transport, Policy> runner_;
   service_client_options options_;
 
   std::mutex id_mutex_;
-  std::mutex handler_mutex_;
-  feedback_handler handler_;
-  client_error_handler error_handler_;
-  std::jthread pump_;
-  std::atomic<bool> pump_done_{true};
+  detail::handler_pump<feedback_batch, feedback_disposition> pump_;
 };
 
 }  // namespace devicebound

@@ -435,7 +435,7 @@ class hub_daemon {
     mqtt::connection_options o;
     o.port = options_.broker_port;
     o.connect_timeout = 2s;
-    mqtt::detail::session s(
+    mqtt::session s(
         o, id,
         [&](std::string_view, std::string_view) {
           {
