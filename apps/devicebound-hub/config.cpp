@@ -268,8 +268,8 @@ std::variant<daemon_config, int> load_config(int argc, char** argv) {
   app.add_flag("--in-memory", in_memory,
                "no store: keep the queues in memory only (lost when the daemon stops)");
   app.add_option("--store-sync", store_sync,
-                 "full (default: survives power loss) or normal (survives a crash of the "
-                 "daemon, not of the OS)");
+                 "normal (default: survives a crash of the daemon; an OS crash or power cut "
+                 "may lose the last ~100 ms) or full (fsync every commit: survives power loss)");
   app.add_option("-l,--log-level", log_level,
                  "trace, debug, info, warn, error, critical or off (default info)");
   try {
