@@ -15,9 +15,3 @@
 #include "mqtt/options.hpp"   // connection_options, tls_options
 #include "mqtt/service.hpp"   // service_connection
 #include "mqtt/session.hpp"   // session: one Paho connection
-
-namespace devicebound::mqtt::detail {
-/// Transitional: apps/devicebound-hub.cpp still names the session by its old
-/// internal name. Remove once the daemon uses `mqtt::session`.
-using session = mqtt::session;
-}  // namespace devicebound::mqtt::detail

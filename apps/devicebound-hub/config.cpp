@@ -1,0 +1,356 @@
+#include "config.hpp"
+
+#include <toml++/toml.h>
+
+#include <CLI/CLI.hpp>
+#include <charconv>
+#include <cstdio>
+#include <cstdlib>
+#include <devicebound/version.hpp>
+#include <filesystem>
+
+namespace devicebound::hubd {
+
+using namespace std::chrono_literals;
+
+// --- enum spellings: the one place (to become the `parse_<enum>`/`to_string` beside each enum) --
+
+template <class E>
+std::optional<E> parse_setting(std::string_view s) {
+  using pair = std::pair<std::string_view, E>;
+  const auto pick = [&](std::initializer_list<pair> names) -> std::optional<E> {
+    for (const auto& [name, value] : names)
+      if (s == name)
+        return value;
+    return std::nullopt;
+  };
+  if constexpr (std::is_same_v<E, delivery_count_rule>)
+    return pick({{"abandon_only", delivery_count_rule::abandon_only},
+                 {"every_delivery", delivery_count_rule::every_delivery}});
+  else if constexpr (std::is_same_v<E, expiry_cap_policy>)
+    return pick({{"clamp", expiry_cap_policy::clamp}, {"reject", expiry_cap_policy::reject}});
+  else if constexpr (std::is_same_v<E, purge_feedback>)
+    return pick({{"negative_acks", purge_feedback::negative_acks}, {"none", purge_feedback::none}});
+  else
+    return pick({{"full", sqlite_sync::full}, {"normal", sqlite_sync::normal}});
+}
+template std::optional<delivery_count_rule> parse_setting(std::string_view);
+template std::optional<expiry_cap_policy> parse_setting(std::string_view);
+template std::optional<purge_feedback> parse_setting(std::string_view);
+template std::optional<sqlite_sync> parse_setting(std::string_view);
+
+std::string_view setting_name(sqlite_sync s) {
+  return s == sqlite_sync::full ? "full" : s == sqlite_sync::normal ? "normal" : "off";
+}
+
+// --- files and flags -----------------------------------------------------------------------
+
+std::string default_store_path(const std::string& client_id) {
+  namespace fs = std::filesystem;
+  const auto absolute = [](const char* name) -> const char* {
+    const char* v = std::getenv(name);
+    return v && v[0] == '/' ? v : nullptr;  // relative values are ignored (XDG)
+  };
+  const std::string file = client_id + ".db";
+  if (const char* d = absolute("STATE_DIRECTORY")) {
+    const std::string_view dirs(d);  // may list several, separated by ':'
+    return (fs::path(dirs.substr(0, dirs.find(':'))) / file).string();
+  }
+  if (const char* x = absolute("XDG_STATE_HOME"))
+    return (fs::path(x) / "devicebound" / file).string();
+  if (const char* h = absolute("HOME"))
+    return (fs::path(h) / ".local" / "state" / "devicebound" / file).string();
+  return file;
+}
+
+std::optional<duration> parse_duration(std::string_view s) {
+  std::int64_t n = 0;
+  const auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), n);
+  if (ec != std::errc{} || p == s.data() || n < 0)
+    return std::nullopt;
+  const std::string_view unit(p, static_cast<std::size_t>(s.data() + s.size() - p));
+  if (unit == "ms")
+    return duration{n};
+  if (unit == "s")
+    return std::chrono::duration_cast<duration>(std::chrono::seconds{n});
+  if (unit == "min" || unit == "m")
+    return std::chrono::duration_cast<duration>(std::chrono::minutes{n});
+  if (unit == "h")
+    return std::chrono::duration_cast<duration>(std::chrono::hours{n});
+  if (unit == "d")
+    return std::chrono::duration_cast<duration>(std::chrono::hours{24 * n});
+  return std::nullopt;
+}
+
+namespace {
+
+/// A CLI11 validator/converter for durations.
+duration duration_arg(const std::string& s, const std::string& what) {
+  auto d = parse_duration(s);
+  if (!d)
+    throw CLI::ValidationError(what, "'" + s + "' is not a duration (e.g. 250ms, 2s, 5min, 1h)");
+  return *d;
+}
+
+}  // namespace
+
+/// Reads the TOML file into `c` (only the keys present; see docs/mqtt-quickstart.md).
+void load_toml(const std::string& path, daemon_config& c) {
+  toml::table t;
+  try {
+    t = toml::parse_file(path);
+  } catch (const toml::parse_error& e) {
+    throw config_error(path + ": " + std::string(e.description()));
+  }
+  const auto str = [&](toml::node_view<toml::node> n, std::string_view name, std::string& out) {
+    if (!n)
+      return;
+    auto v = n.value<std::string>();
+    if (!v)
+      throw config_error(path + ": " + std::string(name) + " must be a string");
+    out = *v;
+  };
+  const auto opt_str = [&](toml::node_view<toml::node> n, std::string_view name,
+                           std::optional<std::string>& out) {
+    if (!n)
+      return;
+    std::string s;
+    str(n, name, s);
+    out = s;
+  };
+  const auto dur = [&](toml::node_view<toml::node> n, std::string_view name, duration& out) {
+    if (!n)
+      return;
+    auto v = n.value<std::string>();
+    auto d = v ? parse_duration(*v) : std::nullopt;
+    if (!d)
+      throw config_error(path + ": " + std::string(name) +
+                         " must be a duration string such as \"2s\" or \"250ms\"");
+    out = *d;
+  };
+  const auto num = [&]<class T>(toml::node_view<toml::node> n, std::string_view name, T& out) {
+    if (!n)
+      return;
+    auto v = n.value<std::int64_t>();
+    if (!v || *v < 0)
+      throw config_error(path + ": " + std::string(name) + " must be a non-negative integer");
+    out = static_cast<T>(*v);
+  };
+  const auto setting = [&]<class E>(toml::node_view<toml::node> n, std::string_view name,
+                                    std::string_view choices, E& out) {
+    if (!n)
+      return;
+    std::string s;
+    str(n, name, s);
+    const auto v = parse_setting<E>(s);
+    if (!v)
+      throw config_error(path + ": " + std::string(name) + " must be " + std::string(choices));
+    out = *v;
+  };
+  const auto flag = [&](toml::node_view<toml::node> n, std::string_view name, bool& out) {
+    if (!n)
+      return;
+    auto v = n.value<bool>();
+    if (!v)
+      throw config_error(path + ": " + std::string(name) + " must be true or false");
+    out = *v;
+  };
+
+  auto b = t["broker"];
+  str(b["host"], "broker.host", c.broker.host);
+  num(b["port"], "broker.port", c.broker.port);
+  str(b["client_id"], "broker.client_id", c.broker.client_id);
+  opt_str(b["username"], "broker.username", c.broker.username);
+  opt_str(b["password"], "broker.password", c.broker.password);
+  dur(b["keep_alive"], "broker.keep_alive", c.broker.keep_alive);
+  dur(b["connect_timeout"], "broker.connect_timeout", c.broker.connect_timeout);
+  if (auto tls = b["tls"]; tls) {
+    mqtt::tls_options o;
+    str(tls["ca_file"], "broker.tls.ca_file", o.ca_file);
+    str(tls["ca_path"], "broker.tls.ca_path", o.ca_path);
+    str(tls["cert_file"], "broker.tls.cert_file", o.cert_file);
+    str(tls["key_file"], "broker.tls.key_file", o.key_file);
+    str(tls["key_password"], "broker.tls.key_password", o.key_password);
+    flag(tls["verify_server"], "broker.tls.verify_server", o.verify_server);
+    c.broker.tls = o;
+  }
+
+  auto h = t["hub"];
+  str(h["name"], "hub.name", c.hub.name);
+  dur(h["default_ttl"], "hub.default_ttl", c.hub.default_ttl);
+  dur(h["lock_duration"], "hub.lock_duration", c.hub.lock_duration);
+  num(h["max_delivery_count"], "hub.max_delivery_count", c.hub.max_delivery_count);
+  num(h["max_queue_depth"], "hub.max_queue_depth", c.hub.max_queue_depth);
+  num(h["max_message_size"], "hub.max_message_size", c.hub.max_message_size);
+  dur(h["feedback_ttl"], "hub.feedback_ttl", c.hub.feedback_ttl);
+  dur(h["feedback_lock_duration"], "hub.feedback_lock_duration", c.hub.feedback_lock_duration);
+  num(h["feedback_max_delivery_count"], "hub.feedback_max_delivery_count",
+      c.hub.feedback_max_delivery_count);
+  num(h["feedback_batch_size"], "hub.feedback_batch_size", c.hub.feedback_batch_size);
+  dur(h["feedback_batch_interval"], "hub.feedback_batch_interval", c.hub.feedback_batch_interval);
+  setting(h["delivery_count_rule"], "hub.delivery_count_rule", "abandon_only or every_delivery",
+          c.hub.delivery_count);
+  setting(h["expiry_over_cap"], "hub.expiry_over_cap", "clamp or reject", c.hub.expiry_over_cap);
+  setting(h["purge_feedback"], "hub.purge_feedback", "negative_acks or none",
+          c.hub.purge_feedback_for);
+
+  auto d = t["delivery"];
+  num(d["max_in_flight"], "delivery.max_in_flight", c.max_in_flight);
+  flag(d["auto_register"], "delivery.auto_register", c.auto_register);
+
+  if (auto devs = t["devices"]; devs) {
+    const toml::array* a = devs.as_array();
+    if (!a)
+      throw config_error(path + ": devices must be an array of device ids");
+    for (const auto& e : *a) {
+      auto v = e.value<std::string>();
+      if (!v)
+        throw config_error(path + ": devices must be an array of strings");
+      c.devices.push_back(*v);
+    }
+  }
+
+  auto r = t["reconnect"];
+  dur(r["initial"], "reconnect.initial", c.reconnect.initial);
+  dur(r["max"], "reconnect.max", c.reconnect.cap);
+
+  auto st = t["store"];
+  str(st["path"], "store.path", c.store.path);
+  flag(st["in_memory"], "store.in_memory", c.store.in_memory);
+  setting(st["sync"], "store.sync", "full or normal", c.store.sync);
+
+  str(t["log"]["level"], "log.level", c.log_level);
+}
+
+std::variant<daemon_config, int> load_config(int argc, char** argv) {
+  CLI::App app{"devicebound-hub: IoT Hub-style cloud-to-device messaging over an MQTT broker"};
+  app.set_version_flag("--version", std::string(devicebound::version));
+  std::string config_path;
+  app.add_option("-c,--config", config_path, "TOML configuration file")->check(CLI::ExistingFile);
+
+  // Flags override the file; so they are read into optionals first.
+  std::optional<std::string> host, client_id, username, password, tls_ca, tls_cert, tls_key,
+      tls_key_password, hub_name, log_level, lock, ttl, batch_interval, reconnect_initial,
+      reconnect_max, feedback_lock, store_path, store_sync;
+  std::optional<std::uint16_t> port;
+  std::optional<std::uint32_t> max_delivery, max_depth, max_in_flight;
+  std::vector<std::string> devices;
+  bool auto_register = false, tls = false, tls_insecure = false, in_memory = false;
+  app.add_option("--host", host, "broker host (default 127.0.0.1)");
+  app.add_option("-p,--port", port, "broker port (default 1883)");
+  app.add_option("--client-id", client_id, "MQTT client id (default devicebound-hub)");
+  app.add_option("-u,--username", username, "broker user name");
+  app.add_option("-P,--password", password, "broker password");
+  app.add_flag("--tls", tls, "connect with TLS (ssl://)");
+  app.add_option("--tls-ca", tls_ca, "PEM file of trusted CA certificates (implies --tls)");
+  app.add_option("--tls-cert", tls_cert, "PEM client certificate (implies --tls)");
+  app.add_option("--tls-key", tls_key, "PEM client private key (implies --tls)");
+  app.add_option("--tls-key-password", tls_key_password, "password of the private key");
+  app.add_flag("--tls-insecure", tls_insecure, "do not verify the broker's certificate");
+  app.add_option("-d,--device", devices, "register a device id (repeatable)");
+  app.add_flag("--auto-register", auto_register,
+               "register unknown devices on their first send, attach or subscribe");
+  app.add_option("--hub-name", hub_name, "the hub's name (userId of feedback)");
+  app.add_option("--lock-duration", lock, "lock (visibility) timeout, e.g. 60s (1s..5min)");
+  app.add_option("--default-ttl", ttl, "default message TTL, e.g. 1h (1min..2d)");
+  app.add_option("--max-delivery-count", max_delivery, "max delivery count (1..100)");
+  app.add_option("--max-queue-depth", max_depth, "pending messages per device (1..10000)");
+  app.add_option("--feedback-batch-interval", batch_interval,
+                 "feedback batching interval, e.g. 15s (0s..15s)");
+  app.add_option("--feedback-lock-duration", feedback_lock, "feedback lock duration (5s..300s)");
+  app.add_option("--max-in-flight", max_in_flight,
+                 "locked, unsettled pushes per device or back end (default 4)");
+  app.add_option("--reconnect-initial", reconnect_initial, "first reconnect wait (default 100ms)");
+  app.add_option("--reconnect-max", reconnect_max, "longest reconnect wait (default 10s)");
+  app.add_option("--store", store_path,
+                 "SQLite store file (default: $STATE_DIRECTORY, $XDG_STATE_HOME/devicebound or "
+                 "~/.local/state/devicebound, file {client-id}.db)");
+  app.add_flag("--in-memory", in_memory,
+               "no store: keep the queues in memory only (lost when the daemon stops)");
+  app.add_option("--store-sync", store_sync,
+                 "normal (default: survives a crash of the daemon; an OS crash or power cut "
+                 "may lose the last ~100 ms) or full (fsync every commit: survives power loss)");
+  app.add_option("-l,--log-level", log_level,
+                 "trace, debug, info, warn, error, critical or off (default info)");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+
+  daemon_config cfg;
+  try {
+    if (!config_path.empty())
+      load_toml(config_path, cfg);
+    if (host)
+      cfg.broker.host = *host;
+    if (port)
+      cfg.broker.port = *port;
+    if (client_id)
+      cfg.broker.client_id = *client_id;
+    if (username)
+      cfg.broker.username = *username;
+    if (password)
+      cfg.broker.password = *password;
+    if (tls || tls_ca || tls_cert || tls_key || tls_insecure) {
+      auto& t = cfg.broker.tls ? *cfg.broker.tls : cfg.broker.tls.emplace();
+      if (tls_ca)
+        t.ca_file = *tls_ca;
+      if (tls_cert)
+        t.cert_file = *tls_cert;
+      if (tls_key)
+        t.key_file = *tls_key;
+      if (tls_key_password)
+        t.key_password = *tls_key_password;
+      if (tls_insecure)
+        t.verify_server = false;
+    }
+    cfg.devices.insert(cfg.devices.end(), devices.begin(), devices.end());
+    if (auto_register)
+      cfg.auto_register = true;
+    if (hub_name)
+      cfg.hub.name = *hub_name;
+    if (lock)
+      cfg.hub.lock_duration = duration_arg(*lock, "--lock-duration");
+    if (ttl)
+      cfg.hub.default_ttl = duration_arg(*ttl, "--default-ttl");
+    if (batch_interval)
+      cfg.hub.feedback_batch_interval = duration_arg(*batch_interval, "--feedback-batch-interval");
+    if (feedback_lock)
+      cfg.hub.feedback_lock_duration = duration_arg(*feedback_lock, "--feedback-lock-duration");
+    if (max_delivery)
+      cfg.hub.max_delivery_count = *max_delivery;
+    if (max_depth)
+      cfg.hub.max_queue_depth = *max_depth;
+    if (max_in_flight)
+      cfg.max_in_flight = *max_in_flight;
+    if (reconnect_initial)
+      cfg.reconnect.initial = duration_arg(*reconnect_initial, "--reconnect-initial");
+    if (reconnect_max)
+      cfg.reconnect.cap = duration_arg(*reconnect_max, "--reconnect-max");
+    if (log_level)
+      cfg.log_level = *log_level;
+    if (store_path) {
+      cfg.store.path = *store_path;
+      cfg.store.in_memory = false;
+    }
+    if (in_memory)
+      cfg.store.in_memory = true;
+    if (store_sync) {
+      const auto sync = parse_setting<sqlite_sync>(*store_sync);
+      if (!sync)
+        throw CLI::ValidationError("--store-sync", "must be full or normal");
+      cfg.store.sync = *sync;
+    }
+    if (in_memory && store_path)
+      throw CLI::ValidationError("--in-memory", "excludes --store");
+  } catch (const config_error& e) {
+    std::fprintf(stderr, "devicebound-hub: %s\n", e.what());
+    return int{exit_config};
+  } catch (const CLI::Error& e) {
+    return app.exit(e);
+  }
+  return cfg;
+}
+
+}  // namespace devicebound::hubd

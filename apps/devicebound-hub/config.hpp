@@ -1,0 +1,84 @@
+// devicebound-hub's configuration: the TOML file, then the command-line flags
+// over it (docs/mqtt-quickstart.md lists both).
+#pragma once
+
+#include <cstdint>
+#include <devicebound/hub_config.hpp>
+#include <devicebound/store/sqlite.hpp>
+#include <devicebound/transport/mqtt.hpp>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+#include "mqtt_door.hpp"
+
+namespace devicebound::hubd {
+
+/// Exit codes (docs/mqtt-quickstart.md, "Exit codes").
+enum exit_code : int {
+  exit_ok = 0,            ///< stopped on SIGINT / SIGTERM
+  exit_broker = 1,        ///< gave up on the broker (refused credentials, ...)
+  exit_config = 2,        ///< bad command line or configuration
+  exit_store_open = 3,    ///< the store cannot be used: newer schema, not devicebound's,
+                          ///< damaged, in use by another hub, unreadable
+  exit_store_failed = 4,  ///< a commit to the store failed while running: restart the daemon
+};
+
+struct store_config {
+  bool in_memory = false;  ///< no store: the queues live (and die) with the process
+  std::string path;        ///< empty: `default_store_path`
+  /// `normal`: SQLite fsyncs at checkpoints and the daemon every 100 ms (a power
+  /// cut may lose the last ~100 ms); `full`: every commit is fsynced before its
+  /// acknowledgement. A crash of the daemon loses nothing acknowledged in both.
+  sqlite_sync sync = sqlite_sync::normal;
+};
+
+struct daemon_config {
+  mqtt::connection_options broker = [] {
+    mqtt::connection_options o;
+    o.client_id = "devicebound-hub";
+    return o;
+  }();
+  hub_config hub;
+  std::vector<std::string> devices;  ///< registered at start
+  bool auto_register = false;        ///< register unknown devices on send / presence
+  std::uint32_t max_in_flight = 4;   ///< locked, unsettled pushes per device or back end
+  reconnect_config reconnect;
+  store_config store;
+  std::string log_level = "info";
+};
+
+class config_error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+/// `250ms`, `2s`, `5min`, `1h`, `2d` (a whole number and a unit).
+std::optional<duration> parse_duration(std::string_view s);
+
+/// Reads the TOML file into `c` (only the keys present). Throws `config_error`.
+void load_toml(const std::string& path, daemon_config& c);
+
+/// The configuration from the command line (and the file it names), or the
+/// exit code when the process should stop now (help, version, bad flags: the
+/// message is already printed).
+std::variant<daemon_config, int> load_config(int argc, char** argv);
+
+/// Where the store lives unless configured: `$STATE_DIRECTORY` (systemd's
+/// StateDirectory=), else `$XDG_STATE_HOME/devicebound`, else
+/// `~/.local/state/devicebound`, else the working directory; the file is named
+/// after the MQTT client id, so hubs with different client ids (partitions)
+/// never share a file.
+std::string default_store_path(const std::string& client_id);
+
+/// How the configuration spells the enums of `hub_config` and the store
+/// (`abandon_only`, `clamp`, `negative_acks`, `full`, ...). The one place the
+/// daemon reads or writes these names.
+template <class E>
+std::optional<E> parse_setting(std::string_view s);
+std::string_view setting_name(sqlite_sync s);
+
+}  // namespace devicebound::hubd

@@ -1,0 +1,269 @@
+// devicebound-hub: the hub as a process behind its front doors (today MQTT,
+// through a broker and its plugin).
+//
+// One thread owns the sans-I/O engine (`devicebound::hub`) and the router. The
+// doors' own threads only decode what arrives into typed requests and queue
+// them; the engine loop takes everything queued at once with `now` from the
+// real clock, applies it, ticks the hub at `hub.next_deadline()`, and hands each
+// door its replies and pushes to encode.
+//
+// The hub's state lives in a SQLite store (include/devicebound/store/sqlite.hpp;
+// `--in-memory` keeps it in this process only), so neither a broker restart nor
+// a restart of the daemon loses what the hub has accepted. The operations of one
+// batch share one store transaction (grouped commits); everything the batch
+// produces (replies, deliveries, feedback) is held until that transaction
+// committed, so an acknowledgement always follows the commit. A failed commit
+// ends the daemon (exit code 4) for its supervisor to restart it from the store.
+// The topics are described in docs/protocol.md; running it in
+// docs/mqtt-quickstart.md; durability in docs/architecture.md.
+#include <fcntl.h>
+#include <pthread.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <condition_variable>
+#include <csignal>
+#include <cstdio>
+#include <devicebound/hub.hpp>
+#include <devicebound/store/sqlite.hpp>
+#include <devicebound/validate.hpp>
+#include <devicebound/version.hpp>
+#include <filesystem>
+#include <memory>
+#include <mutex>
+#include <stop_token>
+#include <thread>
+
+#include "config.hpp"
+#include "engine_loop.hpp"
+#include "mqtt_door.hpp"
+#include "router.hpp"
+
+namespace {
+
+using namespace devicebound;
+using namespace devicebound::hubd;
+
+std::optional<spdlog::level::level_enum> parse_level(const std::string& s) {
+  const auto l = spdlog::level::from_str(s);
+  if (l == spdlog::level::off && s != "off")
+    return std::nullopt;
+  return l;
+}
+
+spdlog::level::level_enum spdlog_level(log_level l) {
+  switch (l) {
+    case log_level::trace:
+      return spdlog::level::trace;
+    case log_level::debug:
+      return spdlog::level::debug;
+    case log_level::info:
+      return spdlog::level::info;
+    case log_level::warn:
+      return spdlog::level::warn;
+    case log_level::error:
+      return spdlog::level::err;
+  }
+  return spdlog::level::info;
+}
+
+void log_stats(const hub& h) {
+  const auto& s = h.stats();
+  spdlog::info(
+      "stats: accepted {}, completed {}, rejected {}, expired {}, delivery count exceeded {}, "
+      "purged {}, feedback records {}, feedback batches {}",
+      s.accepted, s.completed, s.rejected, s.expired, s.delivery_count_exceeded, s.purged,
+      s.feedback_records, s.feedback_batches);
+}
+
+/// Under `--store-sync normal` (the default) SQLite writes every commit to the
+/// WAL before the commit returns, but fsyncs the WAL only at checkpoints. This
+/// thread fdatasyncs the WAL every `interval`, so that a power cut or an OS
+/// crash loses at most the operations of about the last interval; a crash of
+/// the daemon alone (kill -9) loses nothing acknowledged, as the OS has the
+/// bytes. See docs/architecture.md, "Durability".
+class wal_flusher {
+ public:
+  wal_flusher(std::string wal_path, duration interval)
+      : thread_([this, path = std::move(wal_path), interval](std::stop_token stop) {
+          int fd = -1;
+          std::mutex m;
+          std::unique_lock<std::mutex> g(m);
+          std::condition_variable_any cv;
+          for (;;) {
+            (void)cv.wait_for(g, stop, interval, [] { return false; });
+            if (stop.stop_requested())
+              break;
+            if (fd < 0)
+              fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);  // appears with the first write
+            if (fd >= 0 && ::fdatasync(fd) != 0)
+              spdlog::warn("fdatasync of the store's WAL {} failed", path);
+          }
+          if (fd >= 0)
+            ::close(fd);
+        }) {}
+
+ private:
+  std::jthread thread_;
+};
+
+/// Opens the store and the hub on it (or an in-memory hub); an exit code on failure.
+int open_hub(daemon_config& cfg, std::unique_ptr<sqlite_store>& store, hub& h) {
+  if (cfg.store.in_memory) {
+    h = hub(cfg.hub);
+    return exit_ok;
+  }
+  // The store: opened (created, with its schema, when new) before anything else
+  // runs. A store this build cannot use is never replaced by an empty one.
+  if (cfg.store.path.empty()) {
+    cfg.store.path = default_store_path(cfg.broker.client_id);
+    std::error_code ec;
+    const auto dir = std::filesystem::path(cfg.store.path).parent_path();
+    if (!dir.empty())
+      std::filesystem::create_directories(dir, ec);
+    if (ec) {
+      spdlog::critical("cannot create the store's directory {}: {} (choose a file with --store)",
+                       dir.string(), ec.message());
+      return exit_store_open;
+    }
+  }
+  sqlite_options so;
+  so.sync = cfg.store.sync;
+  auto s = sqlite_store::open(cfg.store.path, so);
+  if (!s) {
+    spdlog::critical("cannot open the store: {} [{}]; refusing to start (exit code {})",
+                     s.error().message, s.error().numeric(), static_cast<int>(exit_store_open));
+    return exit_store_open;
+  }
+  store = std::make_unique<sqlite_store>(std::move(*s));
+  auto opened = hub::open(cfg.hub, *store, system_token_source());
+  if (!opened) {
+    spdlog::critical(
+        "cannot open the hub from the store '{}': {} [{}]; refusing to start (exit "
+        "code {})",
+        cfg.store.path, opened.error().message, opened.error().numeric(),
+        static_cast<int>(exit_store_open));
+    return exit_store_open;
+  }
+  h = std::move(*opened);
+  return exit_ok;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Signals go to one thread (below), never to the doors' threads or the engine loop.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  auto loaded = load_config(argc, argv);
+  if (const int* code = std::get_if<int>(&loaded))
+    return *code;
+  daemon_config cfg = std::move(std::get<daemon_config>(loaded));
+
+  const auto level = parse_level(cfg.log_level);
+  if (!level) {
+    std::fprintf(stderr, "devicebound-hub: unknown log level '%s'\n", cfg.log_level.c_str());
+    return exit_config;
+  }
+  spdlog::set_level(*level);
+  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%-5l%$ %v");
+  if (auto v = cfg.hub.validate(); !v) {
+    spdlog::critical("bad configuration: {}", v.error().message);
+    return exit_config;
+  }
+  if (auto v = validate_device_id(cfg.broker.client_id); !v) {
+    spdlog::critical("bad client id: {}", v.error().message);
+    return exit_config;
+  }
+  if (cfg.max_in_flight < 1) {
+    spdlog::critical("bad configuration: max_in_flight must be at least 1");
+    return exit_config;
+  }
+
+  std::unique_ptr<sqlite_store> store;  // before the hub: the hub commits to it
+  hub h;
+  if (const int code = open_hub(cfg, store, h); code != exit_ok)
+    return code;
+
+  router_options ro;
+  ro.max_in_flight = cfg.max_in_flight;
+  ro.auto_register = cfg.auto_register;
+  ro.log = [](log_level l, std::string_view line) {
+    spdlog::log(spdlog_level(l), "{}", line);
+  };
+  ro.log_enabled = [](log_level l) {
+    return spdlog::should_log(spdlog_level(l));
+  };
+  commit_group group;
+  if (store) {
+    group.begin = [s = store.get()] {
+      return s->begin_group();
+    };
+    group.commit = [s = store.get()] {
+      return s->commit_group();
+    };
+  }
+  router rt(h, std::move(ro), std::move(group));
+  std::optional<wal_flusher> flusher;
+  if (store && cfg.store.sync == sqlite_sync::normal)
+    flusher.emplace(store->path() + "-wal", std::chrono::milliseconds(100));
+  mqtt_door mqtt(cfg.broker, cfg.reconnect);
+  engine_loop loop(rt, {&mqtt});
+
+  spdlog::info(
+      "devicebound-hub {} '{}': broker {}://{}:{}, client id '{}', lock {} ms, default TTL {} "
+      "ms, max delivery count {}, queue depth {}, {} in flight per device, auto-register {}",
+      devicebound::version, cfg.hub.name, cfg.broker.tls ? "ssl" : "tcp", cfg.broker.host,
+      cfg.broker.port, cfg.broker.client_id, cfg.hub.lock_duration.count(),
+      cfg.hub.default_ttl.count(), cfg.hub.max_delivery_count, cfg.hub.max_queue_depth,
+      cfg.max_in_flight, cfg.auto_register ? "on" : "off");
+  if (store)
+    spdlog::info(
+        "store '{}' (SQLite, synchronous {}): {} device(s), {} feedback batch(es) queued, {} "
+        "message(s) accepted so far",
+        store->path(), setting_name(cfg.store.sync), h.device_count(), h.feedback_queue_depth(),
+        h.stats().accepted);
+  else
+    spdlog::warn("no store (--in-memory): the queues are lost when the daemon stops");
+
+  std::thread signal_thread([&] {
+    int sig = 0;
+    if (sigwait(&signals, &sig) == 0) {
+      spdlog::info("received {}", sig == SIGINT ? "SIGINT" : "SIGTERM");
+      loop.stop();
+    }
+  });
+  const loop_end end = loop.run(cfg.devices);
+  int code = exit_ok;
+  switch (end.why) {
+    case loop_end::cause::stopped:
+      spdlog::info("stopping");
+      break;
+    case loop_end::cause::door_failed:
+      code = exit_broker;
+      break;
+    case loop_end::cause::store_failed:
+      // The hub's memory may be ahead of its file. Stop serving (nothing more is
+      // published) and exit for the supervisor to restart the daemon, which
+      // reopens the hub from the store (every acknowledged operation is there).
+      spdlog::critical(
+          "the store failed: {}; stopping (exit code {}): restart devicebound-hub to reopen the "
+          "hub from its store, which holds every acknowledged operation",
+          end.detail ? end.detail->message : std::string("unknown error"),
+          static_cast<int>(exit_store_failed));
+      code = exit_store_failed;
+      break;
+  }
+  mqtt.stop();
+  if (end.why != loop_end::cause::door_failed)
+    log_stats(h);
+  // Wake the signal thread if run() ended for another reason.
+  loop.stop();
+  pthread_kill(signal_thread.native_handle(), SIGTERM);
+  signal_thread.join();
+  return code;
+}
