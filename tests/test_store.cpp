@@ -237,7 +237,7 @@ TEST(memory_store, a_hub_without_a_store_journals_nothing) {
 
 // --- restore refuses what a hub cannot have written -----------------------------------
 
-store::snapshot good_snapshot() {
+journal::snapshot good_snapshot() {
   memory_store store;
   auto h = hub::open(small_config(), store, seeded_token_source(1)).value();
   run_workload(h);
@@ -372,7 +372,7 @@ TEST(sqlite_store, creates_a_versioned_wal_database) {
 TEST(sqlite_store, reopened_file_gives_the_same_hub) {
   temp_dir dir;
   const auto path = dir.file("hub.db");
-  store::snapshot before;
+  journal::snapshot before;
   workload_result w;
   {
     auto s = sqlite_store::open(path, test_options()).value();

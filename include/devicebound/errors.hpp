@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -76,6 +77,19 @@ constexpr std::string_view to_string(errc e) noexcept {
       return "Malformed";
   }
   return "Unknown";
+}
+
+/// Parses IoT Hub's name of a code (`"DeviceNotFound"`, exact spelling); nullopt otherwise.
+constexpr std::optional<errc> parse_errc(std::string_view s) noexcept {
+  for (auto v : {errc::argument_invalid, errc::iothub_quota_exceeded,
+                 errc::device_maximum_queue_depth_exceeded, errc::device_not_found,
+                 errc::device_already_exists, errc::precondition_failed,
+                 errc::device_message_lock_lost, errc::message_too_large, errc::throttling,
+                 errc::server_error, errc::server_busy, errc::not_connected, errc::timeout,
+                 errc::not_supported, errc::invalid_operation, errc::unauthorized, errc::malformed})
+    if (s == to_string(v))
+      return v;
+  return std::nullopt;
 }
 
 namespace detail {

@@ -795,11 +795,12 @@ struct durability {
   /// after each crash (the store holds whatever the dropped hub committed).
   std::function<result<hub>(const hub_config&, token_source)> open;
   /// What the store holds now, checked against `hub::snapshot()` after every operation.
-  std::function<result<store::snapshot>()> load;
+  std::function<result<journal::snapshot>()> load;
 };
 
 /// The first difference between what a store holds and a hub's own state, or "".
-inline std::string snapshot_difference(const store::snapshot& stored, const store::snapshot& live) {
+inline std::string snapshot_difference(const journal::snapshot& stored,
+                                       const journal::snapshot& live) {
   if (stored == live)
     return {};
   if (stored.config != live.config)
