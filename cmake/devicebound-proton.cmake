@@ -7,8 +7,7 @@
 # Debian's libqpid-proton-cpp.pc Requires libqpid-proton-core.pc and
 # libqpid-proton-proactor.pc, which Debian does not ship, so pkg-config cannot
 # resolve the C++ library. We find it with find_library() instead and take
-# the C library (core + proactor in one libqpid-proton.so) from its own,
-# working libqpid-proton.pc when pkg-config is there.
+# the C library (core + proactor in one libqpid-proton.so) the same way.
 
 if(TARGET devicebound::proton)
   return()
@@ -17,20 +16,15 @@ endif()
 find_path(DEVICEBOUND_PROTON_INCLUDE_DIR proton/message.hpp)
 find_library(DEVICEBOUND_PROTON_CPP_LIBRARY NAMES qpid-proton-cpp)
 
-set(devicebound_proton_c_library "")
+# The C library: pkg-config's libqpid-proton.pc only as a hint. Debian's copy
+# computes its prefix from ${pcfiledir} one level too shallow (-I/usr/lib/include),
+# so its paths are not used as they are.
 find_package(PkgConfig QUIET)
 if(PkgConfig_FOUND)
-  pkg_check_modules(DEVICEBOUND_PROTON_C QUIET IMPORTED_TARGET GLOBAL libqpid-proton)
-  if(DEVICEBOUND_PROTON_C_FOUND)
-    set(devicebound_proton_c_library PkgConfig::DEVICEBOUND_PROTON_C)
-  endif()
+  pkg_check_modules(DEVICEBOUND_PROTON_C QUIET libqpid-proton)
 endif()
-if(NOT devicebound_proton_c_library)
-  find_library(DEVICEBOUND_PROTON_C_LIBRARY NAMES qpid-proton)
-  if(DEVICEBOUND_PROTON_C_LIBRARY)
-    set(devicebound_proton_c_library "${DEVICEBOUND_PROTON_C_LIBRARY}")
-  endif()
-endif()
+find_library(DEVICEBOUND_PROTON_C_LIBRARY NAMES qpid-proton HINTS ${DEVICEBOUND_PROTON_C_LIBRARY_DIRS})
+set(devicebound_proton_c_library "${DEVICEBOUND_PROTON_C_LIBRARY}")
 
 set(devicebound_proton_found OFF)
 if(DEVICEBOUND_PROTON_INCLUDE_DIR AND DEVICEBOUND_PROTON_CPP_LIBRARY AND devicebound_proton_c_library)

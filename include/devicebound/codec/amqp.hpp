@@ -13,12 +13,6 @@
 #include <cstdint>
 #include <map>
 #include <optional>
-#include <span>
-#include <string>
-#include <string_view>
-#include <system_error>
-#include <utility>
-
 #include <proton/annotation_key.hpp>
 #include <proton/binary.hpp>
 #include <proton/codec/map.hpp>
@@ -32,6 +26,11 @@
 #include <proton/types.hpp>
 #include <proton/uuid.hpp>
 #include <proton/value.hpp>
+#include <span>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <utility>
 
 #include "../errors.hpp"
 #include "../feedback_batch.hpp"
@@ -50,9 +49,9 @@ namespace devicebound::codec::amqp {
 /// Application property carrying the ack mode (SPEC 3.1, 10.9.4).
 inline constexpr std::string_view property_ack = "iothub-ack";
 /// Message annotations of a delivered C2D message; C# reads them type-exact (SPEC 10.14.3).
-inline constexpr std::string_view annotation_lock_token = "x-opt-lock-token";          // string
+inline constexpr std::string_view annotation_lock_token = "x-opt-lock-token";            // string
 inline constexpr std::string_view annotation_sequence_number = "x-opt-sequence-number";  // ulong
-inline constexpr std::string_view annotation_enqueued_time = "iothub-enqueuedtime";  // timestamp
+inline constexpr std::string_view annotation_enqueued_time = "iothub-enqueuedtime";    // timestamp
 inline constexpr std::string_view annotation_delivery_count = "iothub-deliverycount";  // ubyte
 
 // ---------------------------------------------------------------------------
@@ -284,14 +283,14 @@ inline std::string c2d_to(std::string_view device_id,
 /// reports everywhere else (`x-opt-lock-token`, HTTPS ETag, MQTT).
 constexpr std::array<std::uint8_t, 16> delivery_tag_bytes(const lock_token& token) noexcept {
   const auto& b = token.bytes;
-  return {b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6],
+  return {b[3], b[2], b[1],  b[0],  b[5],  b[4],  b[7],  b[6],
           b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]};
 }
 
 /// Inverse of `delivery_tag_bytes` (the permutation is its own inverse).
 constexpr lock_token lock_token_from_tag_bytes(const std::array<std::uint8_t, 16>& tag) noexcept {
   lock_token t;
-  t.bytes = {tag[3], tag[2], tag[1], tag[0], tag[5], tag[4], tag[7], tag[6],
+  t.bytes = {tag[3], tag[2], tag[1],  tag[0],  tag[5],  tag[4],  tag[7],  tag[6],
              tag[8], tag[9], tag[10], tag[11], tag[12], tag[13], tag[14], tag[15]};
   return t;
 }
@@ -388,7 +387,7 @@ inline std::optional<std::uint64_t> parse_canonical_ulong(std::string_view text)
 /// is, a uuid as lowercase `8-4-4-4-12`, a ulong in decimal, a binary as its
 /// bytes. nullopt for an absent (null) id; `argument_invalid` for any other type.
 inline result<std::optional<std::pair<std::string, id_type>>> id_text(const proton::message_id& id,
-                                                                       std::string_view field) {
+                                                                      std::string_view field) {
   using value_type = std::optional<std::pair<std::string, id_type>>;
   switch (id.type()) {
     case proton::NULL_TYPE:
@@ -398,8 +397,7 @@ inline result<std::optional<std::pair<std::string, id_type>>> id_text(const prot
     case proton::UUID:
       return value_type{std::pair{detail::uuid_text(proton::get<proton::uuid>(id)), id_type::uuid}};
     case proton::ULONG:
-      return value_type{
-          std::pair{std::to_string(proton::get<std::uint64_t>(id)), id_type::ulong}};
+      return value_type{std::pair{std::to_string(proton::get<std::uint64_t>(id)), id_type::ulong}};
     case proton::BINARY: {
       const auto b = proton::get<proton::binary>(id);
       return value_type{std::pair{std::string(b.begin(), b.end()), id_type::binary}};
@@ -695,10 +693,10 @@ inline result<std::string> property_text(const proton::scalar& v, std::string_vi
       return s;
     }
     default:
-      return make_error(errc::argument_invalid, "application property " +
-                                                    detail::quote_for_message(name) + " has AMQP type " +
-                                                    proton::type_name(v.type()) +
-                                                    "; expected a string, number or boolean");
+      return make_error(errc::argument_invalid,
+                        "application property " + detail::quote_for_message(name) +
+                            " has AMQP type " + proton::type_name(v.type()) +
+                            "; expected a string, number or boolean");
   }
 }
 
@@ -819,8 +817,9 @@ inline result<std::string> decode_body(const proton::message& in, std::span<cons
   if (!in.inferred() && type == proton::STRING)
     return proton::get<std::string>(body);
   return make_error(errc::argument_invalid,
-                    std::string("body is ") + (in.inferred() ? "an amqp-sequence" : "an amqp-value") +
-                        " of type " + proton::type_name(type) +
+                    std::string("body is ") +
+                        (in.inferred() ? "an amqp-sequence" : "an amqp-value") + " of type " +
+                        proton::type_name(type) +
                         "; a C2D body is one or more data sections (SPEC 10.9.3, 10.14.1)");
 }
 
@@ -842,7 +841,7 @@ inline std::optional<proton::value> annotation(const proton::message& in, std::s
 }
 
 inline result<std::optional<std::uint64_t>> unsigned_annotation(const proton::message& in,
-                                                                 std::string_view key) {
+                                                                std::string_view key) {
   const auto v = annotation(in, key);
   if (!v)
     return std::optional<std::uint64_t>{};
@@ -853,10 +852,9 @@ inline result<std::optional<std::uint64_t>> unsigned_annotation(const proton::me
     case proton::ULONG:
       return std::optional<std::uint64_t>{proton::coerce<std::uint64_t>(*v)};
     default:
-      return make_error(errc::argument_invalid, "annotation " + std::string(key) +
-                                                    " has AMQP type " +
-                                                    proton::type_name(v->type()) +
-                                                    "; expected an unsigned integer");
+      return make_error(errc::argument_invalid,
+                        "annotation " + std::string(key) + " has AMQP type " +
+                            proton::type_name(v->type()) + "; expected an unsigned integer");
   }
 }
 
@@ -866,8 +864,8 @@ inline result<std::optional<time_point>> time_annotation(const proton::message& 
   if (!v)
     return std::optional<time_point>{};
   if (v->type() != proton::TIMESTAMP)
-    return make_error(errc::argument_invalid, "annotation " + std::string(key) +
-                                                  " has AMQP type " + proton::type_name(v->type()) +
+    return make_error(errc::argument_invalid, "annotation " + std::string(key) + " has AMQP type " +
+                                                  proton::type_name(v->type()) +
                                                   "; expected timestamp (SPEC 10.11.2)");
   return std::optional<time_point>{to_time_point(proton::get<proton::timestamp>(*v))};
 }
@@ -915,9 +913,10 @@ inline result<c2d_send> decode_c2d_send(const proton::message& in,
           return make_error(errc::argument_invalid, "'to' " + detail::quote_for_message(to) + ": " +
                                                         address.error().message);
         if (address->kind != link_kind::device_c2d)
-          return make_error(errc::argument_invalid,
-                            "'to' is " + detail::quote_for_message(to) +
-                                "; expected /devices/{deviceId}/messages/devicebound (SPEC 10.9.1)");
+          return make_error(
+              errc::argument_invalid,
+              "'to' is " + detail::quote_for_message(to) +
+                  "; expected /devices/{deviceId}/messages/devicebound (SPEC 10.9.1)");
         c2d_send out;
         out.device_id = std::move(address->device_id);
         out.module_id = std::move(address->module_id);
@@ -1033,8 +1032,9 @@ inline result<message> decode_c2d_delivery(const proton::message& in, const prot
                               "annotation x-opt-lock-token is not a GUID string");
           out.lock_token = *t;
         } else {
-          return make_error(errc::argument_invalid,
-                            "delivery has neither a 16-byte tag nor x-opt-lock-token (SPEC 10.14.4)");
+          return make_error(
+              errc::argument_invalid,
+              "delivery has neither a 16-byte tag nor x-opt-lock-token (SPEC 10.14.4)");
         }
         auto seq = detail::unsigned_annotation(in, annotation_sequence_number);
         if (!seq)
@@ -1089,9 +1089,9 @@ inline result<feedback_batch> decode_feedback(const proton::message& in, const p
       [&]() -> result<feedback_batch> {
         if (!detail::iequals(in.content_type(), feedback_content_type))
           return make_error(errc::argument_invalid,
-                            "feedback content-type is " + detail::quote_for_message(in.content_type()) +
-                                "; expected " + std::string(feedback_content_type) +
-                                " (SPEC 10.11.2)");
+                            "feedback content-type is " +
+                                detail::quote_for_message(in.content_type()) + "; expected " +
+                                std::string(feedback_content_type) + " (SPEC 10.11.2)");
         auto body = detail::decode_body(in, encoded);
         if (!body)
           return body.error();

@@ -18,15 +18,17 @@ namespace devicebound::codec::amqp {
 
 /// One row of the error-condition table.
 struct error_condition_row {
-  errc code;                    ///< devicebound's code
-  std::string_view condition;   ///< AMQP `error.condition` symbol the hub sends
-  std::string_view description; ///< default `error.description` when the error has none
+  errc code;                     ///< devicebound's code
+  std::string_view condition;    ///< AMQP `error.condition` symbol the hub sends
+  std::string_view description;  ///< default `error.description` when the error has none
 };
 
 // clang-format off
-/// `errc` → AMQP condition. Each `errc` appears exactly once, in `errc_values`
-/// order; each condition in this table maps back to the first `errc` listed for
-/// it (`errc_from_condition`). Sources: SPEC 10.10.2 (send rejections and the
+/// `errc` → AMQP condition. Each `errc` appears exactly once; a condition
+/// maps back to the first `errc` listed with it (`errc_from_condition`), so
+/// `com.microsoft:timeout` reads back as `timeout` (C#: TimeoutException), not
+/// `server_busy`, which sends it because Node turns it into the retryable
+/// ServiceUnavailableError that a 503 means. Sources: SPEC 10.10.2 (send rejections and the
 /// SDK classes they become), SPEC 2.5 (quota, throttling), SPEC 1.5 and 10.15.1
 /// (lock lost), the Node device SDK's translateError table (precondition
 /// failed, device already exists, not implemented).
@@ -41,9 +43,9 @@ inline constexpr std::array<error_condition_row, 17> error_conditions = {{
   {errc::message_too_large,                   "amqp:link:message-size-exceeded",          "The message is larger than 64 KB"},
   {errc::throttling,                          "com.microsoft:device-container-throttled", "The request was throttled"},
   {errc::server_error,                        "amqp:internal-error",                      "The hub failed internally"},
-  {errc::server_busy,                         "com.microsoft:timeout",                    "The hub is busy; try again later"},
   {errc::not_connected,                       "amqp:connection:forced",                   "The connection was closed"},
   {errc::timeout,                             "com.microsoft:timeout",                    "The operation timed out"},
+  {errc::server_busy,                         "com.microsoft:timeout",                    "The hub is busy; try again later"},
   {errc::not_supported,                       "amqp:not-implemented",                     "The operation is not supported"},
   {errc::invalid_operation,                   "amqp:not-allowed",                         "The operation is not allowed in the current state"},
   {errc::unauthorized,                        "amqp:unauthorized-access",                 "The credentials were refused"},
@@ -102,9 +104,9 @@ inline error error_from_condition(std::string_view c, std::string_view descripti
   if (const auto code = errc_from_condition(c))
     return make_error(*code, description.empty() ? std::string(default_description(*code))
                                                  : std::string(description));
-  return make_error(errc::server_error, "AMQP error " + std::string(c) +
-                                            (description.empty() ? std::string()
-                                                                 : ": " + std::string(description)));
+  return make_error(errc::server_error,
+                    "AMQP error " + std::string(c) +
+                        (description.empty() ? std::string() : ": " + std::string(description)));
 }
 
 /// CBS put-token `status-code` of success. Node and Java accept nothing else
