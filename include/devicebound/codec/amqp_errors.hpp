@@ -28,10 +28,10 @@ struct error_condition_row {
 /// maps back to the first `errc` listed with it (`errc_from_condition`), so
 /// `com.microsoft:timeout` reads back as `timeout` (C#: TimeoutException), not
 /// `server_busy`, which sends it because Node turns it into the retryable
-/// ServiceUnavailableError that a 503 means. Sources: SPEC 10.10.2 (send rejections and the
-/// SDK classes they become), SPEC 2.5 (quota, throttling), SPEC 1.5 and 10.15.1
-/// (lock lost), the Node device SDK's translateError table (precondition
-/// failed, device already exists, not implemented).
+/// ServiceUnavailableError that a 503 means. Sources: SPEC 10.10.2 (send
+/// rejections and the SDK classes they become), SPEC 2.5 (quota, throttling),
+/// SPEC 1.5 and 10.15.1 (lock lost), the Node device SDK's translateError
+/// table (precondition failed, device already exists, not implemented).
 inline constexpr std::array<error_condition_row, 17> error_conditions = {{
   {errc::argument_invalid,                    "com.microsoft:argument-error",             "The request has an invalid argument"},
   {errc::iothub_quota_exceeded,               "com.microsoft:quota-exceeded",             "The IoT hub's daily message quota is exceeded"},
