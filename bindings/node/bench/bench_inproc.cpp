@@ -129,20 +129,17 @@ Napi::Value bench_inproc(const Napi::CallbackInfo& info) {
   return p;
 }
 
-Napi::Object init(Napi::Env env, Napi::Object exports) {
-  // throw_invalid() reads the environment's addon_data; without setup() its
-  // errors are plain Errors with a `code`.
-  env.SetInstanceData<addon_data>(new addon_data());
-  exports.Set("benchInproc", Napi::Function::New<bench_inproc>(env, "benchInproc"));
-  return exports;
-}
-
 }  // namespace
 }  // namespace devicebound::node
 
 namespace {
 Napi::Object init_devicebound_bench(Napi::Env env, Napi::Object exports) {
-  return devicebound::node::init(env, exports);
+  // throw_invalid() reads the environment's addon_data; without the main
+  // addon's setup() its errors are plain Errors with a `code`.
+  env.SetInstanceData<devicebound::node::addon_data>(new devicebound::node::addon_data());
+  exports.Set("benchInproc",
+              Napi::Function::New<devicebound::node::bench_inproc>(env, "benchInproc"));
+  return exports;
 }
 }  // namespace
 
