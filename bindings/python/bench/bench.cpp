@@ -52,7 +52,7 @@ PYBIND11_MODULE(_bench, m) {
   m.doc() = "python/bench.py's C++ loop (development builds only).";
   // Errors raised here are devicebound's own exception classes, as from _native.
   dbp::error_factory() =
-      py::module_::import("devicebound.errors").attr("_from_native").release().ptr();
+      py::object(py::module_::import("devicebound.errors").attr("_from_native")).release().ptr();
   m.def(
       "bench_inproc_round_trips",
       [](std::uint64_t n, std::size_t body_size, bool driver) {
