@@ -13,6 +13,7 @@
 #include <devicebound/hub_config.hpp>
 #include <devicebound/lifecycle.hpp>
 #include <devicebound/message.hpp>
+#include <devicebound/service_client.hpp>
 #include <devicebound/settlement.hpp>
 #include <devicebound/transport/faulty.hpp>
 #include <devicebound/transport/inproc.hpp>
@@ -142,6 +143,16 @@ TEST(enum_strings, configuration_keeps_its_documented_spellings) {
   EXPECT_EQ(to_string(delivery_count_rule::every_delivery), "every_delivery");
   EXPECT_EQ(to_string(purge_feedback::negative_acks), "negative_acks");
   EXPECT_EQ(to_string(purge_feedback::none), "none");
+}
+
+TEST(enum_strings, clients) {
+  const auto assignments = {message_id_assignment::never, message_id_assignment::when_unset};
+  expect_all_of(assignments, message_id_assignment::when_unset);
+  expect_round_trips(assignments, parse_message_id_assignment);
+
+  const auto feedback = {feedback_disposition::complete, feedback_disposition::abandon};
+  expect_all_of(feedback, feedback_disposition::abandon);
+  expect_round_trips(feedback, parse_feedback_disposition);
 }
 
 TEST(enum_strings, transports) {

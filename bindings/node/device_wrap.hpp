@@ -46,18 +46,18 @@ class device_wrap final : public client_wrap<device_wrap, device_api> {
 
     if (transport == "inproc") {
       auto host = host_of(env, spec.Get("hub"));
-      std::string settlement = "full";
+      std::string name(inproc::to_string(inproc::settlement::full));
       if (auto s = spec.Get("settlement"); !is_missing(s))
-        settlement = to_string_arg(env, s, "settlement");
-      if (settlement == "full")
+        name = to_string_arg(env, s, "settlement");
+      const auto settlement = inproc::parse_settlement(name);
+      if (settlement == inproc::settlement::full)
         api_ = std::make_unique<device_impl<host_type::device_connection_type>>(
             host, host->device(id), std::move(policy), options);
-      else if (settlement == "complete_only")
+      else if (settlement == inproc::settlement::complete_only)
         api_ = std::make_unique<device_impl<host_type::complete_only_device_connection_type>>(
             host, host->complete_only_device(id), std::move(policy), options);
       else
-        throw_invalid(env,
-                      "settlement must be 'full' or 'complete_only', not '" + settlement + "'");
+        throw_invalid(env, "settlement must be 'full' or 'complete_only', not '" + name + "'");
     } else if (transport == "mqtt") {
       api_ = make_mqtt_device(env, std::move(id), spec.Get("mqtt"), std::move(policy), options);
     } else {

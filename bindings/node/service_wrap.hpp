@@ -44,12 +44,10 @@ class service_wrap final : public client_wrap<service_wrap, service_api> {
       options.random_seed = to_uint(env, seed, "randomSeed", std::uint64_t{1} << 53);
     if (auto a = spec.Get("assignMessageId"); !is_missing(a)) {
       const std::string s = to_string_arg(env, a, "assignMessageId");
-      if (s == "never")
-        options.assign_message_id = message_id_assignment::never;
-      else if (s == "when_unset")
-        options.assign_message_id = message_id_assignment::when_unset;
-      else
+      const auto assignment = parse_message_id_assignment(s);
+      if (!assignment)
         throw_invalid(env, "assignMessageId must be 'never' or 'when_unset', not '" + s + "'");
+      options.assign_message_id = *assignment;
     }
 
     if (transport == "inproc") {
@@ -106,10 +104,10 @@ class service_wrap final : public client_wrap<service_wrap, service_api> {
     Napi::Env env = info.Env();
     const lock_token token = to_lock_token(env, info[0]);
     const std::string how = to_string_arg(env, info[1], "disposition");
-    if (how != "complete" && how != "abandon")
+    const auto parsed = parse_feedback_disposition(how);
+    if (!parsed)
       throw_invalid(env, "feedback disposition must be 'complete' or 'abandon', not '" + how + "'");
-    const auto d =
-        how == "complete" ? feedback_disposition::complete : feedback_disposition::abandon;
+    const feedback_disposition d = *parsed;
     return async_call(
         env, [api = api_.get(), token, d] { return api->settle_feedback(token, d); },
         to_undefined{});
