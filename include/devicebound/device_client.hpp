@@ -16,6 +16,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <stop_token>
 #include <string>
@@ -81,6 +82,22 @@ class device_client {
 
   device_client(const device_client&) = delete;
   device_client& operator=(const device_client&) = delete;
+
+  /// A client over a transport built from an IoT Hub device connection string
+  /// (`HostName=…;DeviceId=…;SharedAccessKey=…`), for transports that offer
+  /// `Transport::from_connection_string` (AMQP). Errors: the string's (400004).
+  template <class T = Transport>
+  requires requires(std::string_view cs, typename T::options_type o) {
+    { T::from_connection_string(cs, std::move(o)) } -> std::same_as<result<T>>;
+  }
+  static result<std::unique_ptr<device_client>> from_connection_string(
+      std::string_view connection_string, typename T::options_type transport_options = {},
+      Policy policy = Policy{}, device_client_options options = {}) {
+    auto t = T::from_connection_string(connection_string, std::move(transport_options));
+    if (!t)
+      return t.error();
+    return std::make_unique<device_client>(std::move(*t), std::move(policy), options);
+  }
 
   /// Stops the handler thread and closes the connection.
   ~device_client() {

@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <stop_token>
@@ -127,6 +128,22 @@ class service_client {
 
   service_client(const service_client&) = delete;
   service_client& operator=(const service_client&) = delete;
+
+  /// A client over a transport built from an IoT Hub service connection string
+  /// (`HostName=…;SharedAccessKeyName=…;SharedAccessKey=…`), for transports that
+  /// offer `Transport::from_connection_string` (AMQP). Errors: the string's (400004).
+  template <class T = Transport>
+  requires requires(std::string_view cs, typename T::options_type o) {
+    { T::from_connection_string(cs, std::move(o)) } -> std::same_as<result<T>>;
+  }
+  static result<std::unique_ptr<service_client>> from_connection_string(
+      std::string_view connection_string, typename T::options_type transport_options = {},
+      Policy policy = Policy{}, service_client_options options = {}) {
+    auto t = T::from_connection_string(connection_string, std::move(transport_options));
+    if (!t)
+      return t.error();
+    return std::make_unique<service_client>(std::move(*t), std::move(policy), std::move(options));
+  }
 
   ~service_client() {
     pump_.stop();
