@@ -421,11 +421,17 @@ class connection {
   /// Handles one event; false when the connection is gone and the thread may end.
   bool io_handle(pn_event_t* e) {
     switch (pn_event_type(e)) {
+      // Work done outside a connection's own batch is written out only when the
+      // connection is processed next: wake it.
       case PN_PROACTOR_INTERRUPT:
         io_run_tasks();
+        if (io_.connection)
+          pn_connection_wake(io_.connection);
         break;
       case PN_PROACTOR_TIMEOUT:
         io_timer();
+        if (io_.connection)
+          pn_connection_wake(io_.connection);
         break;
       case PN_CONNECTION_REMOTE_CLOSE: {
         pn_connection_t* c = pn_event_connection(e);
