@@ -133,6 +133,9 @@ retry::policy policy_from(py::handle config) {
 #ifndef DEVICEBOUND_PYTHON_WITH_MQTT
 void init_mqtt(py::module_&) {}  // built without Paho: the package reports MQTT as unavailable
 #endif
+#ifndef DEVICEBOUND_PYTHON_WITH_AMQP
+void init_amqp(py::module_&) {}  // built without Proton: the package reports AMQP as unavailable
+#endif
 
 }  // namespace devicebound::python
 
@@ -147,6 +150,11 @@ PYBIND11_MODULE(_native, m) {
   m.attr("has_mqtt") = true;
 #else
   m.attr("has_mqtt") = false;
+#endif
+#ifdef DEVICEBOUND_PYTHON_WITH_AMQP
+  m.attr("has_amqp") = true;
+#else
+  m.attr("has_amqp") = false;
 #endif
 
   m.def(
@@ -255,4 +263,5 @@ PYBIND11_MODULE(_native, m) {
 
   dbp::init_inproc(m);
   dbp::init_mqtt(m);
+  dbp::init_amqp(m);
 }

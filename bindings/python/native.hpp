@@ -668,6 +668,7 @@ void bind_device_methods(py::class_<client_handle<Client>>& cls) {
 template <class Client>
 void bind_service_methods(py::class_<client_handle<Client>>& cls) {
   using handle = client_handle<Client>;
+  using traits = transport_traits<typename Client::transport_type>;
   cls.def_property_readonly("closed", [](const handle& h) { return !h.box; });
   cls.def("status", [](const handle& h) { return static_cast<int>(h.get()->client->status()); });
   cls.def("open", [](const handle& h) {
@@ -692,15 +693,24 @@ void bind_service_methods(py::class_<client_handle<Client>>& cls) {
     auto r = take(without_gil([&] { return b->client->send(id, std::move(m)); }));
     return py::make_tuple(r.sequence_number, to_ms(r.expiry_time_utc));
   });
-  cls.def("purge", [](const handle& h, py::handle device_id) {
+  // A transport that cannot purge or read a depth (AMQP: IoT Hub offers them over
+  // HTTPS only) refuses at compile time in C++; Python gets NotSupportedError.
+  cls.def_property_readonly("can_purge", [](const handle&) { return traits::can_purge; });
+  cls.def("purge", [](const handle& h, py::handle device_id) -> std::size_t {
     auto b = h.get();
     std::string id = utf8(device_id, "device_id");
-    return take(without_gil([&] { return b->client->purge(id); }));
+    if constexpr (traits::can_purge)
+      return take(without_gil([&] { return b->client->purge(id); }));
+    else
+      raise(errc::not_supported, "this transport cannot purge a device queue (IoT Hub: HTTPS only)");
   });
-  cls.def("queue_depth", [](const handle& h, py::handle device_id) {
+  cls.def("queue_depth", [](const handle& h, py::handle device_id) -> std::size_t {
     auto b = h.get();
     std::string id = utf8(device_id, "device_id");
-    return take(without_gil([&] { return b->client->queue_depth(id); }));
+    if constexpr (traits::can_query_queue_depth)
+      return take(without_gil([&] { return b->client->queue_depth(id); }));
+    else
+      raise(errc::not_supported, "this transport cannot read a queue depth (IoT Hub: HTTPS only)");
   });
   cls.def("receive_feedback", [](const handle& h, std::int64_t timeout_ms) -> py::object {
     auto b = h.get();
@@ -766,5 +776,6 @@ inline device_client_options device_options(std::optional<std::uint64_t> seed,
 // Defined in their translation units, called from module.cpp.
 void init_inproc(py::module_& m);
 void init_mqtt(py::module_& m);
+void init_amqp(py::module_& m);
 
 }  // namespace devicebound::python

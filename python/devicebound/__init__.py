@@ -76,6 +76,7 @@ from .message import (  # noqa: E402
     FeedbackStatus,
     Message,
 )
+from .amqp import HAS_AMQP, AmqpOptions  # noqa: E402
 from .mqtt import HAS_MQTT, DeviceMode, Mqtt, MqttTls  # noqa: E402
 from .retry import PROFILES, Backoff, ErrorClass, ErrorTable, Jitter, RetryPolicy, classify  # noqa: E402
 
@@ -101,6 +102,8 @@ __all__ = [
     "MqttTls",
     "DeviceMode",
     "HAS_MQTT",
+    "AmqpOptions",
+    "HAS_AMQP",
     # messages
     "Message",
     "Ack",

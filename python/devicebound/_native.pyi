@@ -9,6 +9,7 @@ from typing import Any, Callable, Optional
 
 version: str
 has_mqtt: bool
+has_amqp: bool
 
 # (body, properties, message_id, correlation_id, user_id, to, expiry_ms, ack,
 #  content_type, content_encoding, creation_ms, sequence_number, enqueued_ms,
@@ -101,6 +102,8 @@ class _ServiceHandle:
         content_encoding: Optional[str],
         creation_ms: Optional[int],
     ) -> tuple[int, int]: ...
+    @property
+    def can_purge(self) -> bool: ...
     def purge(self, device_id: str) -> int: ...
     def queue_depth(self, device_id: str) -> int: ...
     def receive_feedback(self, timeout_ms: int) -> Optional[BatchTuple]: ...
@@ -137,5 +140,18 @@ class MqttIotHubDevice(_DeviceHandle):
 class MqttService(_ServiceHandle):
     def __init__(
         self, options: ConfigDict, retry: RetryArg = None, assign_message_id: bool = False,
+        seed: Optional[int] = None, feedback_receive_timeout_ms: int = 60000,
+    ) -> None: ...
+
+# Present only when has_amqp is True. The identity comes from the connection string.
+class AmqpDevice(_DeviceHandle):
+    def __init__(
+        self, options: ConfigDict, connection_string: str, retry: RetryArg = None, seed: Optional[int] = None,
+        receive_timeout_ms: int = 60000,
+    ) -> None: ...
+
+class AmqpService(_ServiceHandle):
+    def __init__(
+        self, options: ConfigDict, connection_string: str, retry: RetryArg = None, assign_message_id: bool = False,
         seed: Optional[int] = None, feedback_receive_timeout_ms: int = 60000,
     ) -> None: ...

@@ -59,6 +59,7 @@ from .message import (
     _from_ms,
     _to_ms,
 )
+from .amqp import HAS_AMQP, AmqpOptions
 from .mqtt import HAS_MQTT, DeviceMode, Mqtt
 from .retry import ErrorClass, RetrySpec, _retry_to_native, classify
 
@@ -384,6 +385,22 @@ def _require_mqtt() -> None:
         )
 
 
+def _require_amqp() -> None:
+    if not HAS_AMQP:
+        raise NotSupportedError(
+            "this build of devicebound has no AMQP transport: Qpid Proton C++ "
+            "(libqpid-proton-cpp12-dev) was not found when it was built"
+        )
+
+
+def _amqp_options(ca_file: str | None, options: AmqpOptions | None) -> dict[str, Any]:
+    o = options if options is not None else AmqpOptions()
+    native = o._to_native()
+    if ca_file is not None:
+        native["ca_file"] = str(ca_file)
+    return native
+
+
 class DeviceClient(_Client):
     """A device's C2D client: receive with a handler or by pulling, and complete, reject or abandon.
 
@@ -410,7 +427,8 @@ class DeviceClient(_Client):
         receive_timeout: Duration = 60,
         random_seed: int | None = None,
     ) -> None:
-        self.transport = transport
+        self.transport: Hub | Mqtt | AmqpOptions = transport
+        """Where the hub is: the Hub, the Mqtt, or the AmqpOptions of from_connection_string."""
         policy = _retry_to_native(retry)
         timeout_ms = _ms(receive_timeout, "receive_timeout")
         if isinstance(transport, Hub):
@@ -421,11 +439,53 @@ class DeviceClient(_Client):
             self._native = cls(transport._to_native(), device_id, policy, random_seed, timeout_ms)
         else:
             raise TypeError(f"transport must be a Hub or an Mqtt, not {type(transport).__name__}")
+        self._setup(device_id)
+
+    def _setup(self, device_id: str) -> None:
         self.device_id = device_id
         self.can_reject: bool = self._native.can_reject
         """Whether :meth:`reject` works (not over MQTT in IoT Hub mode)."""
         self.can_abandon: bool = self._native.can_abandon
         super().__init__()
+
+    @classmethod
+    def from_connection_string(
+        cls,
+        connection_string: str,
+        transport: str = "amqp",
+        *,
+        ca_file: str | None = None,
+        options: AmqpOptions | None = None,
+        retry: RetrySpec = None,
+        receive_timeout: Duration = 60,
+        random_seed: int | None = None,
+    ) -> DeviceClient:
+        """A device client from an IoT Hub device connection string,
+        ``HostName=...;DeviceId=...;SharedAccessKey=...[;GatewayHostName=...]``.
+
+        ``transport`` is ``"amqp"`` (TLS to port 5671, or ``host:port`` in ``HostName``),
+        which reaches ``devicebound-hub``'s AMQP door or an IoT hub; over AMQP a device can
+        complete, reject and abandon. ``ca_file`` is a PEM file of CA certificates to trust
+        (default: the system's). MQTT clients are built with :class:`~devicebound.Mqtt`.
+        Errors: :class:`~devicebound.ArgumentInvalidError` for a malformed string.
+        """
+        if transport != "amqp":
+            raise NotSupportedError(
+                f"from_connection_string supports transport 'amqp', not {transport!r}; "
+                "over MQTT use DeviceClient(Mqtt(...), device_id)"
+            )
+        _require_amqp()
+        self = cls.__new__(cls)
+        self.transport = options if options is not None else AmqpOptions()
+        self._native = _native.AmqpDevice(
+            _amqp_options(ca_file, options),
+            connection_string,
+            _retry_to_native(retry),
+            random_seed,
+            _ms(receive_timeout, "receive_timeout"),
+        )
+        self._setup(self._native.device_id)
+        return self
 
     def __repr__(self) -> str:
         return f"<DeviceClient {self.device_id!r}{' closed' if self._closed else ''}>"
@@ -561,7 +621,8 @@ class ServiceClient(_Client):
         feedback_receive_timeout: Duration = 60,
         random_seed: int | None = None,
     ) -> None:
-        self.transport = transport
+        self.transport: Hub | Mqtt | AmqpOptions = transport
+        """Where the hub is: the Hub, the Mqtt, or the AmqpOptions of from_connection_string."""
         policy = _retry_to_native(retry)
         timeout_ms = _ms(feedback_receive_timeout, "feedback_receive_timeout")
         if isinstance(transport, Hub):
@@ -573,6 +634,41 @@ class ServiceClient(_Client):
         else:
             raise TypeError(f"transport must be a Hub or an Mqtt, not {type(transport).__name__}")
         super().__init__()
+
+    @classmethod
+    def from_connection_string(
+        cls,
+        connection_string: str,
+        *,
+        ca_file: str | None = None,
+        options: AmqpOptions | None = None,
+        retry: RetrySpec = None,
+        assign_message_id: bool = False,
+        feedback_receive_timeout: Duration = 60,
+        random_seed: int | None = None,
+    ) -> ServiceClient:
+        """A service client over AMQP from an IoT Hub service connection string,
+        ``HostName=...;SharedAccessKeyName=...;SharedAccessKey=...``.
+
+        It reaches ``devicebound-hub``'s AMQP door or an IoT hub (TLS to port 5671, or
+        ``host:port`` in ``HostName``); ``ca_file`` is a PEM file of CA certificates to
+        trust (default: the system's). IoT Hub has no AMQP surface for :meth:`purge` and
+        :meth:`queue_depth`: they raise :class:`~devicebound.NotSupportedError` here.
+        Errors: :class:`~devicebound.ArgumentInvalidError` for a malformed string.
+        """
+        _require_amqp()
+        self = cls.__new__(cls)
+        self.transport = options if options is not None else AmqpOptions()
+        self._native = _native.AmqpService(
+            _amqp_options(ca_file, options),
+            connection_string,
+            _retry_to_native(retry),
+            assign_message_id,
+            random_seed,
+            _ms(feedback_receive_timeout, "feedback_receive_timeout"),
+        )
+        _Client.__init__(self)
+        return self
 
     def __repr__(self) -> str:
         return f"<ServiceClient{' closed' if self._closed else ''}>"
@@ -644,11 +740,13 @@ class ServiceClient(_Client):
         return SendReceipt(seq, expiry_ms)
 
     def purge(self, device_id: str) -> int:
-        """Removes every pending message of a device; returns how many."""
+        """Removes every pending message of a device; returns how many.
+        :class:`~devicebound.NotSupportedError` over AMQP (IoT Hub: HTTPS only)."""
         return self._native.purge(device_id)
 
     def queue_depth(self, device_id: str) -> int:
-        """Messages pending for a device: Enqueued plus Invisible."""
+        """Messages pending for a device: Enqueued plus Invisible.
+        :class:`~devicebound.NotSupportedError` over AMQP (IoT Hub: HTTPS only)."""
         return self._native.queue_depth(device_id)
 
     # --- feedback ------------------------------------------------------------------------
