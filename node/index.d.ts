@@ -423,6 +423,29 @@ export interface MqttDeviceOptions extends MqttOptions {
   mode?: 'extended' | 'iothub';
 }
 
+/**
+ * The AMQP transport's knobs; the identity and its key come from the connection
+ * string (`fromConnectionString`). TLS to port 5671, or `host:port` in HostName.
+ */
+export interface AmqpOptions {
+  /** PEM file of CA certificates to trust; default: the system's trust store. */
+  caFile?: string;
+  /** Check the hub's certificate and host name (default true). */
+  verifyServer?: boolean;
+  /** false: plain AMQP, which only a local devicebound-hub on loopback accepts. */
+  tls?: boolean;
+  /** Lifetime of each SAS token put on $cbs (default 1 h). */
+  tokenTtlMs?: number;
+  /** When to put a fresh token, as a fraction of its lifetime (default 0.8). */
+  tokenRenewAt?: number;
+  connectTimeoutMs?: number;
+  /** How long a send or settlement waits for the hub's outcome (408001 after). */
+  requestTimeoutMs?: number;
+  idleTimeoutMs?: number;
+  /** Credit of the receiving link: locked messages (batches) the hub may push at once. */
+  prefetch?: number;
+}
+
 interface ClientOptionsBase {
   /** Default: 'node', the Azure IoT Node SDK's policy. */
   retryPolicy?: RetryPolicyOption;
@@ -456,6 +479,15 @@ export interface DeviceClientEvents {
  */
 export declare class DeviceClient extends EventEmitter {
   constructor(deviceId: string, options: DeviceClientOptions);
+  /**
+   * A device client from `HostName=...;DeviceId=...;SharedAccessKey=...`, over AMQP
+   * (complete, reject and abandon). Throws ArgumentInvalidError for a malformed string.
+   */
+  static fromConnectionString(
+    connectionString: string,
+    transport?: 'amqp',
+    options?: AmqpOptions & ClientOptionsBase,
+  ): DeviceClient;
   readonly deviceId: string;
   readonly status: ConnectionStatus;
   /** False over MQTT to IoT Hub (mode 'iothub') and settlement 'complete_only'. */
@@ -518,15 +550,23 @@ export interface ServiceClientEvents {
  */
 export declare class ServiceClient extends EventEmitter {
   constructor(options: ServiceClientOptions);
+  /**
+   * A service client over AMQP from `HostName=...;SharedAccessKeyName=...;SharedAccessKey=...`.
+   * purge() and queueDepth() reject with NotSupportedError over AMQP (IoT Hub: HTTPS only).
+   */
+  static fromConnectionString(
+    connectionString: string,
+    options?: AmqpOptions & ClientOptionsBase & { assignMessageId?: 'never' | 'when_unset' },
+  ): ServiceClient;
   readonly status: ConnectionStatus;
   open(): Promise<void>;
   /** Stops feedback (iterators end), lets earlier calls finish, disconnects. */
   close(): Promise<void>;
   /** Rejects with DeviceNotFoundError, DeviceMaximumQueueDepthExceededError, MessageTooLargeError, ... */
   send(deviceId: string, message: Message | Body): Promise<SendReceipt>;
-  /** Removes every pending message of a device; resolves with how many. */
+  /** Removes every pending message of a device; resolves with how many. NotSupportedError over AMQP. */
   purge(deviceId: string): Promise<number>;
-  /** Messages pending for a device (Enqueued plus Invisible). */
+  /** Messages pending for a device (Enqueued plus Invisible). NotSupportedError over AMQP. */
   queueDepth(deviceId: string): Promise<number>;
   getFeedbackReceiver(): FeedbackReceiver;
 
@@ -538,5 +578,7 @@ export declare class ServiceClient extends EventEmitter {
 
 /** Whether this build has the MQTT transport (Paho MQTT C was found when it was built). */
 export declare const withMqtt: boolean;
+/** Whether this build has the AMQP transport (Qpid Proton C++ was found when it was built). */
+export declare const withAmqp: boolean;
 /** devicebound's version. */
 export declare const version: string;

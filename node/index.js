@@ -44,6 +44,8 @@ module.exports = {
   ...errors,
   /** Whether this build has the MQTT transport (Paho MQTT C was found). */
   withMqtt: native.withMqtt,
+  /** Whether this build has the AMQP transport (Qpid Proton C++ was found). */
+  withAmqp: native.withAmqp,
   /** devicebound's version. */
   version: native.version,
 };

@@ -7,6 +7,7 @@
 //   retryProfile(name)               a retry.hpp profile as a policy object
 //   retryProfileNames                the names retryProfile accepts
 //   withMqtt                         whether the MQTT transport was built in
+//   withAmqp                         whether the AMQP transport was built in
 //   version                          devicebound's version
 //
 // node/bench.js's C++ loop is another addon, bench/ (a checkout's build only).
@@ -14,6 +15,7 @@
 
 #include <devicebound/version.hpp>
 
+#include "amqp_options.hpp"
 #include "convert.hpp"
 #include "device_wrap.hpp"
 #include "hub_wrap.hpp"
@@ -64,6 +66,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
     names.Set(static_cast<std::uint32_t>(i), std::string(retry::profiles::names[i]));
   exports.Set("retryProfileNames", names);
   exports.Set("withMqtt", Napi::Boolean::New(env, with_mqtt));
+  exports.Set("withAmqp", Napi::Boolean::New(env, with_amqp));
   exports.Set("version", Napi::String::New(env, std::string(devicebound::version)));
   return exports;
 }

@@ -1,8 +1,8 @@
 /// \file client_api.hpp
 /// The C++ clients behind one runtime interface each, so that one JS class
 /// serves every transport: `device_client<T>` for the in-process (full or
-/// complete-only) and MQTT (extended or IoT Hub) device connections,
-/// `service_client<T>` for the in-process and MQTT service connections.
+/// complete-only), MQTT (extended or IoT Hub) and AMQP device connections,
+/// `service_client<T>` for the in-process, MQTT and AMQP service connections.
 #pragma once
 
 #include <devicebound/device_client.hpp>
@@ -102,11 +102,21 @@ class service_impl final : public client_impl<service_api, service_client<Transp
   result<enqueue_receipt> send(std::string_view device_id, message m) override {
     return this->client_.send(device_id, std::move(m));
   }
+  // AMQP has neither (IoT Hub offers them over HTTPS only): C++ refuses them at
+  // compile time, JS gets 405001 NotSupported.
   result<std::size_t> purge(std::string_view device_id) override {
-    return this->client_.purge(device_id);
+    if constexpr (transport_traits<Transport>::can_purge)
+      return this->client_.purge(device_id);
+    else
+      return make_error(errc::not_supported,
+                        "this transport cannot purge a device queue (IoT Hub: HTTPS only)");
   }
   result<std::size_t> queue_depth(std::string_view device_id) override {
-    return this->client_.queue_depth(device_id);
+    if constexpr (transport_traits<Transport>::can_query_queue_depth)
+      return this->client_.queue_depth(device_id);
+    else
+      return make_error(errc::not_supported,
+                        "this transport cannot read a queue depth (IoT Hub: HTTPS only)");
   }
   result<std::optional<feedback_batch>> receive_feedback(duration timeout) override {
     return this->client_.receive_feedback(timeout);

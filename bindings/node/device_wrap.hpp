@@ -1,6 +1,6 @@
 /// \file device_wrap.hpp
-/// `NativeDeviceClient`: a `device_client` over the in-process or the MQTT
-/// transport. Calls settle Promises from the object's call queue; the receive thread
+/// `NativeDeviceClient`: a `device_client` over the in-process, the MQTT or the
+/// AMQP transport. Calls settle Promises from the object's call queue; the receive thread
 /// hands each C2D message to JS, which emits it and settles it when it likes.
 #pragma once
 
@@ -11,6 +11,7 @@
 #include <string>
 #include <utility>
 
+#include "amqp_options.hpp"
 #include "client_api.hpp"
 #include "client_wrap.hpp"
 #include "convert.hpp"
@@ -32,13 +33,15 @@ class device_wrap final : public client_wrap<device_wrap, device_api> {
 
   /// `new NativeDeviceClient(onEvent, spec)`; spec is
   /// `{ transport: 'inproc', hub, deviceId, settlement, retryPolicy, randomSeed }` or
-  /// `{ transport: 'mqtt', deviceId, mqtt, retryPolicy, randomSeed }`.
+  /// `{ transport: 'mqtt', deviceId, mqtt, retryPolicy, randomSeed }` or
+  /// `{ transport: 'amqp', connectionString, amqp, retryPolicy, randomSeed }`.
   explicit device_wrap(const Napi::CallbackInfo& info)
       : client_wrap(info, "NativeDeviceClient", "device client") {
     Napi::Env env = info.Env();
     auto spec = info[1].As<Napi::Object>();
     const std::string transport = to_string_arg(env, spec.Get("transport"), "transport");
-    std::string id = to_string_arg(env, spec.Get("deviceId"), "deviceId");
+    std::string id =
+        transport == "amqp" ? std::string() : to_string_arg(env, spec.Get("deviceId"), "deviceId");
     retry::policy policy = to_client_policy(env, spec.Get("retryPolicy"));
     device_client_options options;
     if (auto seed = spec.Get("randomSeed"); !is_missing(seed))
@@ -60,8 +63,11 @@ class device_wrap final : public client_wrap<device_wrap, device_api> {
         throw_invalid(env, "settlement must be 'full' or 'complete_only', not '" + name + "'");
     } else if (transport == "mqtt") {
       api_ = make_mqtt_device(env, std::move(id), spec.Get("mqtt"), std::move(policy), options);
+    } else if (transport == "amqp") {
+      const std::string cs = to_string_arg(env, spec.Get("connectionString"), "connectionString");
+      api_ = make_amqp_device(env, cs, spec.Get("amqp"), std::move(policy), options);
     } else {
-      throw_invalid(env, "transport must be 'inproc' or 'mqtt', not '" + transport + "'");
+      throw_invalid(env, "transport must be 'inproc', 'mqtt' or 'amqp', not '" + transport + "'");
     }
     report_status();
   }

@@ -1,6 +1,6 @@
 /// \file service_wrap.hpp
-/// `NativeServiceClient`: a `service_client` over the in-process or the MQTT
-/// transport. Sends, purges and depth reads settle Promises from the object's
+/// `NativeServiceClient`: a `service_client` over the in-process, the MQTT or the
+/// AMQP transport. Sends, purges and depth reads settle Promises from the object's
 /// call queue; the receive thread hands each feedback batch to JS.
 #pragma once
 
@@ -11,6 +11,7 @@
 #include <string>
 #include <utility>
 
+#include "amqp_options.hpp"
 #include "client_api.hpp"
 #include "client_wrap.hpp"
 #include "convert.hpp"
@@ -32,7 +33,8 @@ class service_wrap final : public client_wrap<service_wrap, service_api> {
 
   /// `new NativeServiceClient(onEvent, spec)`; spec is
   /// `{ transport: 'inproc', hub, retryPolicy, assignMessageId, randomSeed }` or
-  /// `{ transport: 'mqtt', mqtt, retryPolicy, assignMessageId, randomSeed }`.
+  /// `{ transport: 'mqtt', mqtt, retryPolicy, assignMessageId, randomSeed }` or
+  /// `{ transport: 'amqp', connectionString, amqp, retryPolicy, assignMessageId, randomSeed }`.
   explicit service_wrap(const Napi::CallbackInfo& info)
       : client_wrap(info, "NativeServiceClient", "service client") {
     Napi::Env env = info.Env();
@@ -56,8 +58,11 @@ class service_wrap final : public client_wrap<service_wrap, service_api> {
           host, host->service(), std::move(policy), std::move(options));
     } else if (transport == "mqtt") {
       api_ = make_mqtt_service(env, spec.Get("mqtt"), std::move(policy), std::move(options));
+    } else if (transport == "amqp") {
+      const std::string cs = to_string_arg(env, spec.Get("connectionString"), "connectionString");
+      api_ = make_amqp_service(env, cs, spec.Get("amqp"), std::move(policy), std::move(options));
     } else {
-      throw_invalid(env, "transport must be 'inproc' or 'mqtt', not '" + transport + "'");
+      throw_invalid(env, "transport must be 'inproc', 'mqtt' or 'amqp', not '" + transport + "'");
     }
     report_status();
   }

@@ -63,22 +63,21 @@ void init_amqp(py::module_& m) {
 
   using service_handle = client_handle<amqp_service>;
   py::class_<service_handle> service(m, "AmqpService");
-  service.def(
-      py::init([](py::handle options, py::handle connection_string, py::handle retry,
-                  bool assign_message_id, std::optional<std::uint64_t> seed,
-                  std::int64_t feedback_receive_timeout_ms) {
-        amqp::connection_options o = options_from(options);
-        const std::string cs = utf8(connection_string, "connection_string");
-        auto policy = policy_from(retry);
-        auto t = take(amqp::service_connection::from_connection_string(cs, std::move(o)));
-        auto client = std::make_unique<amqp_service>(
-            std::move(t), std::move(policy),
-            service_options(assign_message_id, seed, feedback_receive_timeout_ms));
-        return service_handle{make_box(std::move(client))};
-      }),
-      py::arg("options"), py::arg("connection_string"), py::arg("retry") = py::none(),
-      py::arg("assign_message_id") = false, py::arg("seed") = py::none(),
-      py::arg("feedback_receive_timeout_ms") = 60000);
+  service.def(py::init([](py::handle options, py::handle connection_string, py::handle retry,
+                          bool assign_message_id, std::optional<std::uint64_t> seed,
+                          std::int64_t feedback_receive_timeout_ms) {
+                amqp::connection_options o = options_from(options);
+                const std::string cs = utf8(connection_string, "connection_string");
+                auto policy = policy_from(retry);
+                auto t = take(amqp::service_connection::from_connection_string(cs, std::move(o)));
+                auto client = std::make_unique<amqp_service>(
+                    std::move(t), std::move(policy),
+                    service_options(assign_message_id, seed, feedback_receive_timeout_ms));
+                return service_handle{make_box(std::move(client))};
+              }),
+              py::arg("options"), py::arg("connection_string"), py::arg("retry") = py::none(),
+              py::arg("assign_message_id") = false, py::arg("seed") = py::none(),
+              py::arg("feedback_receive_timeout_ms") = 60000);
   bind_service_methods(service);
 }
 

@@ -702,7 +702,8 @@ void bind_service_methods(py::class_<client_handle<Client>>& cls) {
     if constexpr (traits::can_purge)
       return take(without_gil([&] { return b->client->purge(id); }));
     else
-      raise(errc::not_supported, "this transport cannot purge a device queue (IoT Hub: HTTPS only)");
+      raise(errc::not_supported,
+            "this transport cannot purge a device queue (IoT Hub: HTTPS only)");
   });
   cls.def("queue_depth", [](const handle& h, py::handle device_id) -> std::size_t {
     auto b = h.get();

@@ -5,9 +5,11 @@ const native = require('./native');
 const call = require('./call');
 const transportSpec = require('./transport-spec');
 const { Disposition } = require('./message');
+const { makeError, ErrorCode } = require('./errors');
 
 /**
- * A device's C2D client over the embedded hub (`{ hub }`) or MQTT (`{ mqtt }`).
+ * A device's C2D client over the embedded hub (`{ hub }`), MQTT (`{ mqtt }`) or
+ * AMQP (`DeviceClient.fromConnectionString`).
  *
  * Events: 'message' (Message), 'connected' (reason), 'disconnected' (reason),
  * 'error' (DeviceboundError: receiving stopped because the retry policy gave
@@ -38,6 +40,31 @@ class DeviceClient extends EventEmitter {
       // Messages that came while nobody listened go to the new listener, once it is added.
       if (this._unclaimed.length > 0) process.nextTick(() => this._flushUnclaimed());
     });
+  }
+
+  /**
+   * A device client from an IoT Hub device connection string,
+   * `HostName=...;DeviceId=...;SharedAccessKey=...[;GatewayHostName=...]`.
+   * `transport` is 'amqp' (TLS to port 5671, or `host:port` in HostName): it
+   * reaches devicebound-hub's AMQP door or an IoT hub, and can complete, reject
+   * and abandon. MQTT clients are made with `new DeviceClient(id, { mqtt })`.
+   * @param {string} connectionString
+   * @param {'amqp'} [transport]
+   * @param {object} [options] caFile (PEM CA certificates to trust; default: the
+   *   system's), verifyServer, tokenTtlMs, tokenRenewAt, connectTimeoutMs,
+   *   requestTimeoutMs, idleTimeoutMs, prefetch, retryPolicy, randomSeed
+   * @returns {DeviceClient}
+   */
+  static fromConnectionString(connectionString, transport = 'amqp', options = {}) {
+    if (transport !== 'amqp') {
+      throw makeError(ErrorCode.NotSupported,
+        `fromConnectionString supports transport 'amqp', not '${transport}'; over MQTT use new DeviceClient(id, { mqtt })`);
+    }
+    if (typeof connectionString !== 'string') {
+      throw makeError(ErrorCode.ArgumentInvalid, 'connectionString must be a string');
+    }
+    const { retryPolicy, randomSeed, ...amqp } = options ?? {};
+    return new DeviceClient(undefined, { amqp: { ...amqp, connectionString }, retryPolicy, randomSeed });
   }
 
   /** The device id. */

@@ -6,6 +6,7 @@ const native = require('./native');
 const call = require('./call');
 const transportSpec = require('./transport-spec');
 const { asMessage } = require('./message');
+const { makeError, ErrorCode } = require('./errors');
 
 /**
  * A feedback message: a batch of records, locked for this back end until it
@@ -157,6 +158,26 @@ class ServiceClient extends EventEmitter {
     Object.defineProperty(this, '_hub', { value: options.hub });
     this._receiver = null;
     this._closing = null;
+  }
+
+  /**
+   * A service client over AMQP from an IoT Hub service connection string,
+   * `HostName=...;SharedAccessKeyName=...;SharedAccessKey=...`: it reaches
+   * devicebound-hub's AMQP door or an IoT hub (TLS to port 5671, or `host:port`
+   * in HostName). IoT Hub has no AMQP purge or queue depth: over AMQP `purge()`
+   * and `queueDepth()` reject with NotSupportedError.
+   * @param {string} connectionString
+   * @param {object} [options] caFile (PEM CA certificates to trust; default: the
+   *   system's), verifyServer, tokenTtlMs, tokenRenewAt, connectTimeoutMs,
+   *   requestTimeoutMs, idleTimeoutMs, prefetch, retryPolicy, assignMessageId, randomSeed
+   * @returns {ServiceClient}
+   */
+  static fromConnectionString(connectionString, options = {}) {
+    if (typeof connectionString !== 'string') {
+      throw makeError(ErrorCode.ArgumentInvalid, 'connectionString must be a string');
+    }
+    const { retryPolicy, randomSeed, assignMessageId, ...amqp } = options ?? {};
+    return new ServiceClient({ amqp: { ...amqp, connectionString }, retryPolicy, randomSeed, assignMessageId });
   }
 
   /** 'connected' or 'disconnected'. */

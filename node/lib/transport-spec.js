@@ -7,7 +7,8 @@ const { resolvePolicy } = require('./retry');
 const invalid = (text) => makeError(ErrorCode.ArgumentInvalid, text);
 
 /**
- * `{ hub }` or `{ mqtt }` plus the common options, as the addon's spec.
+ * `{ hub }`, `{ mqtt }` or `{ amqp: { connectionString, ... } }` plus the common
+ * options, as the addon's spec.
  * @param {object} options
  * @param {string} who 'DeviceClient' or 'ServiceClient'
  */
@@ -15,11 +16,18 @@ module.exports = function transportSpec(options, who) {
   if (options === null || typeof options !== 'object') {
     throw invalid(`${who} options must be an object with { hub } or { mqtt }`);
   }
-  const { hub, mqtt, retryPolicy, randomSeed } = options;
+  const { hub, mqtt, amqp, retryPolicy, randomSeed } = options;
   // The Azure IoT Node SDK's policy unless told otherwise (the C++ clients default to the C SDK's).
   const common = { retryPolicy: resolvePolicy(retryPolicy ?? 'node'), randomSeed };
-  if (hub !== undefined && mqtt !== undefined) {
-    throw invalid(`${who}: give { hub } (in-process) or { mqtt } (a broker), not both`);
+  if ([hub, mqtt, amqp].filter((t) => t !== undefined).length > 1) {
+    throw invalid(`${who}: give one of { hub } (in-process), { mqtt } (a broker) or { amqp } (a connection string)`);
+  }
+  if (amqp !== undefined) {
+    if (amqp === null || typeof amqp !== 'object' || typeof amqp.connectionString !== 'string') {
+      throw invalid(`${who}: options.amqp must be an object with a connectionString`);
+    }
+    const { connectionString, ...knobs } = amqp;
+    return { transport: 'amqp', connectionString, amqp: knobs, ...common };
   }
   if (hub !== undefined) {
     if (!(hub instanceof Hub)) throw invalid(`${who}: options.hub must be a Hub`);

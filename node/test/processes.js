@@ -131,11 +131,11 @@ async function startBroker(extraConfig = []) {
  * devicebound-hub attached to the broker at `port`, its store in a fresh
  * temporary directory; resolves once it is subscribed.
  */
-async function startHub(port, args = []) {
+async function startHub(port, args = [], executable = programs.hub) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'devicebound-node-hub-'));
   try {
     const { child, log } = await startProcess(
-      [programs.hub, '--host', '127.0.0.1', '--port', String(port), '--store', path.join(dir, 'hub.db'), ...args],
+      [executable, '--host', '127.0.0.1', '--port', String(port), '--store', path.join(dir, 'hub.db'), ...args],
       /connected to the broker/, 20000);
     return {
       log,

@@ -136,7 +136,7 @@ def test_round_trip_from_connection_strings(amqp_hub: AmqpHub) -> None:
             batch = service.receive_feedback(timeout=WAIT)
             assert batch is not None
             for r in batch.records:
-                statuses[r.original_message_id] = r.status_code
+                statuses[r.original_message_id] = r.status
             service.complete_feedback(batch)
         assert statuses == {"a": db.FeedbackStatus.SUCCESS, "b": db.FeedbackStatus.REJECTED,
                             "c": db.FeedbackStatus.SUCCESS}

@@ -16,6 +16,7 @@ import {
   SendReceipt,
   ServiceClient,
   retry,
+  withAmqp,
   withMqtt,
 } from '../..';
 
@@ -63,7 +64,16 @@ async function howTo(): Promise<void> {
   const custom = hub.deviceClient('d', { retryPolicy: { ...p, maxRetries: 3 } });
   const mqtt = new DeviceClient('d', { mqtt: { host: '127.0.0.1', port: 1883, mode: 'iothub' } });
   const mqttService = new ServiceClient({ mqtt: { port: 1883, requestTimeoutMs: 5000 } });
+  const cs = 'HostName=localhost:5671;DeviceId=d;SharedAccessKey=AAAA';
+  const amqpDevice: DeviceClient = DeviceClient.fromConnectionString(cs, 'amqp', { caFile: 'ca.pem' });
+  const amqpDefault: DeviceClient = DeviceClient.fromConnectionString(cs);
+  const amqpService: ServiceClient = ServiceClient.fromConnectionString(
+    'HostName=localhost:5671;SharedAccessKeyName=service;SharedAccessKey=AAAA',
+    { caFile: 'ca.pem', tokenTtlMs: 3_600_000, tokenRenewAt: 0.8, retryPolicy: 'node', assignMessageId: 'when_unset' },
+  );
+  const canReject: boolean = amqpDevice.canReject;
   void [generation, expires, depth, purged, custom, mqtt, mqttService, withMqtt, hub.stats().completed];
+  void [amqpDevice, amqpDefault, amqpService, canReject, withAmqp];
   void (NotSupportedError.prototype instanceof DeviceboundError);
   await Promise.all([device.close(), service.close()]);
   hub.close();
@@ -78,6 +88,10 @@ function refused(hub: Hub): void {
   new Message('x', { ack: 'sometimes' });
   // @ts-expect-error unknown profile
   hub.deviceClient('d', { retryPolicy: 'aggressive' });
+  // @ts-expect-error fromConnectionString speaks AMQP only
+  DeviceClient.fromConnectionString('HostName=h;DeviceId=d;SharedAccessKey=AAAA', 'mqtt');
+  // @ts-expect-error caFile is a path
+  ServiceClient.fromConnectionString('HostName=h;SharedAccessKeyName=s;SharedAccessKey=AAAA', { caFile: 1 });
   // @ts-expect-error the status reasons are known
   const r: ConnectionStatusReason = 'whatever';
   void r;
