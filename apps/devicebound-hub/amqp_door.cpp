@@ -559,7 +559,8 @@ struct amqp_door::impl {
       return refuse(pl, "amqp:unauthorized-access", why);
     }
     l.id = c.next_link++;
-    if (l.kind == link_kind::feedback) {
+    if (l.kind == link_kind::feedback || l.kind == link_kind::c2d_send) {
+      // The back end's name in logs and in the router (one feedback attach per link).
       std::string who = "anonymous";
       for (const auto& g : c.grants)
         if (g.who.policy && auth::authorize(g.who, l.needs))
