@@ -784,11 +784,9 @@ int main() {
             "cross-check: hubs agree on %llu transitions (%s, seed %llu: completed %llu, rejected "
             "%llu, "
             "expired %llu, dce %llu, purged %llu, feedback batches %llu, dropped %llu)\n",
-            u(r.transitions),
-            rule == db::delivery_count_rule::abandon_only ? "abandon_only" : "every_delivery",
-            u(seed), u(r.stats.completed), u(r.stats.rejected), u(r.stats.expired),
-            u(r.stats.delivery_count_exceeded), u(r.stats.purged), u(r.stats.feedback_batches),
-            u(r.feedback_batches_dropped));
+            u(r.transitions), std::string(to_string(rule)).c_str(), u(seed), u(r.stats.completed),
+            u(r.stats.rejected), u(r.stats.expired), u(r.stats.delivery_count_exceeded),
+            u(r.stats.purged), u(r.stats.feedback_batches), u(r.feedback_batches_dropped));
       });
 
   // --- 1: throughput --------------------------------------------------------------

@@ -28,6 +28,8 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "../tests/support/required.hpp"
+
 #if DEVICEBOUND_WITH_MQTT
 
 #include <sys/resource.h>
@@ -360,7 +362,7 @@ int main() {
   if (!support::mosquitto_broker::available() || !support::hub_daemon::available()) {
     std::printf("mqtt_throughput: skipped (no mosquitto at %s or no devicebound-hub at %s)\n",
                 support::default_mosquitto, support::default_hub);
-    return 0;
+    return support::all_parts_required() ? 1 : 0;  // DEVICEBOUND_REQUIRE_ALL=1: a failure
   }
   try {
     support::mosquitto_broker broker;
@@ -475,7 +477,7 @@ int main() {
 
 int main() {
   std::printf("mqtt_throughput: skipped (built without DEVICEBOUND_BUILD_APPS)\n");
-  return 0;
+  return devicebound::test_support::all_parts_required() ? 1 : 0;  // DEVICEBOUND_REQUIRE_ALL=1
 }
 
 #endif

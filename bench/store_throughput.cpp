@@ -242,7 +242,7 @@ int main() {
     auto sqlite_run = [&](db::sqlite_sync sync, std::size_t rounds, std::size_t grouped,
                           std::uint32_t checkpoint_pages = 1000) {
       const std::string path = dir.file("hub-" + std::to_string(file_no++) + ".db");
-      db::store::snapshot state;
+      db::journal::snapshot state;
       run_result r;
       {
         db::sqlite_options o;

@@ -1,12 +1,32 @@
 'use strict';
 // In-process send -> receive -> complete, messages per second, from Node and,
-// in the same run, from C++ alone doing the same work (the addon's
-// benchInproc: a sender with at most `window` messages outstanding and a
-// device that receives and completes each one). Prints both and the ratio.
+// in the same run, from C++ alone doing the same work (benchInproc: a sender
+// with at most `window` messages outstanding and a device that receives and
+// completes each one). Prints both and the ratio.
 //
 //   node bench.js [messages=50000] [window=1000] [bodyBytes=32]
+//
+// The C++ loop is a second addon, build/<config>/devicebound_bench.node, that
+// `npm ci` / `npx cmake-js compile` builds in a checkout; the npm package does
+// not carry it.
+const path = require('node:path');
 const { Hub, Message } = require('./');
-const native = require('./lib/native');
+
+const loadBench = () => {
+  const tried = [];
+  for (const config of ['Release', 'Debug', 'RelWithDebInfo', 'MinSizeRel']) {
+    const file = path.join(__dirname, 'build', config, 'devicebound_bench.node');
+    try {
+      return require(file);
+    } catch (e) {
+      if (e.code !== 'MODULE_NOT_FOUND') throw e;
+      tried.push(file);
+    }
+  }
+  throw new Error(`bench.js: the benchmark addon is not built (looked for ${tried.join(', ')}); ` +
+    'run `npx cmake-js compile` here, in the checkout');
+};
+const native = loadBench();
 
 const n = Number(process.argv[2] ?? 50000);
 const window = Number(process.argv[3] ?? 1000);

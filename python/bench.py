@@ -10,6 +10,11 @@ one message at a time), and the ratio of the two.
 Two configurations: the hub as devicebound.Hub runs it by default (with its timer thread,
 whose wake-ups dominate a round trip), and without that thread, where the cost is the
 hub and the clients themselves, so the binding's own overhead shows.
+
+The C++ loop is the module devicebound._bench, which the wheel users install does not
+carry: install the package from the checkout with it first,
+
+    pip install -C cmake.define.DEVICEBOUND_PYTHON_BENCH=ON .
 """
 
 from __future__ import annotations
@@ -25,6 +30,12 @@ _here = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
 
 import devicebound as db  # noqa: E402
+
+try:
+    from devicebound import _bench  # type: ignore[attr-defined]  # noqa: E402
+except ImportError:
+    sys.exit("bench.py: devicebound._bench is not installed (a development module, not in the wheel); "
+             "run `pip install -C cmake.define.DEVICEBOUND_PYTHON_BENCH=ON .` in the repository")
 
 
 def python_seconds(n: int, size: int, driver: bool) -> float:
@@ -43,7 +54,7 @@ def python_seconds(n: int, size: int, driver: bool) -> float:
 
 
 def cpp_seconds(n: int, size: int, driver: bool) -> float:
-    return db._native.bench_inproc_round_trips(n, size, driver)
+    return _bench.bench_inproc_round_trips(n, size, driver)
 
 
 def main() -> int:

@@ -10,6 +10,10 @@
 #   (f) node     npm ci + node --test in node/, npm pack -> install elsewhere
 # Build directories default to build/, build-asan/ and build-fuzz/; set
 # DEVICEBOUND_BUILD_PREFIX=<dir> to use <dir>, <dir>-asan and <dir>-fuzz instead.
+# DEVICEBOUND_REQUIRE_ALL=1 (exported here unless set): CI installs every part the
+# tests use (mosquitto, devicebound-hub, the broker plugin, the stock device SDK,
+# typescript), so a C++, Python or Node test that would skip itself for a missing
+# part fails instead, naming the part.
 # Every stage runs even if an earlier one failed; the last line is a summary and
 # the exit status is non-zero if any stage failed.
 set -uo pipefail
@@ -17,6 +21,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$(pwd)
 
 jobs=2
+export DEVICEBOUND_REQUIRE_ALL=${DEVICEBOUND_REQUIRE_ALL:-1}
 build=${DEVICEBOUND_BUILD_PREFIX:-build}
 [[ "$build" == /* ]] || build="$root/$build"
 ctest_args=(--output-on-failure -j "$jobs" --timeout 600 --no-tests=error)

@@ -13,7 +13,9 @@
 # The MQTT tests need the devicebound-hub daemon: $DEVICEBOUND_HUB, else
 # <build>/apps/devicebound-hub (<build> is $DEVICEBOUND_BUILD_PREFIX or build/,
 # as in scripts/test.sh), else it is built here in build-node-hub/ when the
-# C++ dependencies are installed (scripts/setup.sh).
+# C++ dependencies are installed (scripts/setup.sh). Without it, mosquitto or
+# the broker plugin the MQTT suites skip, or fail with DEVICEBOUND_REQUIRE_ALL=1
+# (scripts/test.sh sets it).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$(pwd)
@@ -41,7 +43,8 @@ if [[ -z "${DEVICEBOUND_HUB:-}" ]]; then
       cmake --build build-node-hub --target devicebound-hub >>build-node-hub.log 2>&1; then
       DEVICEBOUND_HUB="$root/build-node-hub/apps/devicebound-hub"
     else
-      echo "test_node: could not build devicebound-hub (see build-node-hub.log): MQTT tests will skip"
+      echo "test_node: could not build devicebound-hub (see build-node-hub.log): MQTT tests will skip" \
+        "(and fail under DEVICEBOUND_REQUIRE_ALL=1)"
     fi
     rm -f build-node-hub.log
   fi
@@ -70,7 +73,8 @@ for needed in package.json index.js index.d.ts CMakeLists.txt lib/native.js nati
   native/bindings/node/CMakeLists.txt native/bindings/node/addon.cpp; do
   grep -qx "$needed" "$work/files" || { echo "test_node: the tarball lacks $needed" >&2; exit 1; }
 done
-if grep -E '^(test|examples|node_modules|build|scripts)/|^bench\.js$|^native/(tests|apps|python|bindings/python)' \
+# No benchmark code either: bench.js and its addon (bindings/node/bench/) stay in the checkout.
+if grep -E '^(test|examples|node_modules|build|scripts)/|^bench\.js$|^native/(tests|apps|python|bindings/python|bench)|bench' \
   "$work/files"; then
   echo "test_node: the tarball carries files the package does not need (above)" >&2
   exit 1
@@ -96,6 +100,11 @@ const db = require('devicebound');
   if (m.toString() !== 'hello from a tarball' || (await service.queueDepth('d')) !== 0) {
     throw new Error('round trip failed');
   }
+  // The installed addon has no benchmark code: no export, no second addon.
+  const native = require(require('node:path').join(
+    require('node:path').dirname(require.resolve('devicebound/package.json')), 'lib', 'native.js'));
+  const benchExports = Object.keys(native).filter((k) => /bench/i.test(k));
+  if (benchExports.length > 0) throw new Error(`the installed addon exports ${benchExports}`);
   await Promise.all([device.close(), service.close()]);
   console.log(`installed package ${db.version}: send -> receive -> complete ok`);
 })().catch((e) => {
@@ -104,4 +113,8 @@ const db = require('devicebound');
 });
 EOF
 timeout 60 node check.js
+if find node_modules/devicebound -name '*bench*' | grep . || grep -rl --include='*.node' benchInproc node_modules/devicebound; then
+  echo "test_node: the installed package holds benchmark files (above)" >&2
+  exit 1
+fi
 step "OK"

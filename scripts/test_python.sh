@@ -12,12 +12,16 @@
 #    The build tree build-py/ is reused between runs, so rebuilds are incremental.
 # 3. The MQTT tests need mosquitto and devicebound-hub: $DEVICEBOUND_HUB_EXE, else
 #    build/apps/devicebound-hub, else it is built into build-python-hub/. They are
-#    required (DEVICEBOUND_REQUIRE_MQTT=1) unless DEVICEBOUND_REQUIRE_MQTT=0.
+#    required (DEVICEBOUND_REQUIRE_MQTT=1) unless DEVICEBOUND_REQUIRE_MQTT=0. With
+#    DEVICEBOUND_REQUIRE_ALL=1 (scripts/test.sh) no test may skip for a missing part.
 # 4. pytest python/tests (the package tests, test_py_*.py). The broker-plugin and
 #    stock-SDK tests have their own runner (python/tests/run_broker_tests.sh) and
 #    are left out unless DEVICEBOUND_PY_BROKER_TESTS=1. "No tests ran" is a failure.
 # 5. With DEVICEBOUND_PY_SDIST=1, also builds an sdist and installs it into a second
 #    fresh venv, and runs the tests against that install.
+# 6. The benchmark: python/bench.py needs devicebound._bench, which the wheel does not
+#    carry (4. checks that): reinstalls into the venv of 2. with
+#    DEVICEBOUND_PYTHON_BENCH=ON, a development install, and runs a short bench.
 #
 # Needs (Debian 12): python3-venv (for a system python3), python3-dev, cmake,
 # ninja-build, g++, libboost1.81-dev, nlohmann-json3-dev, libpaho-mqtt-dev,
@@ -90,7 +94,8 @@ if [[ "${DEVICEBOUND_PY_SDIST:-0}" == 1 ]]; then
   "$venv/bin/python" -m build --sdist --outdir "$work/dist" "$root"
   sdist=$(ls "$work/dist"/devicebound-*.tar.gz)
   tar -tzf "$sdist" | sed 's|^[^/]*/||' | sort > "$work/sdist-files"
-  if grep -Ev '^(|PKG-INFO|pyproject.toml|README.md|CMakeLists.txt|cmake/.*|include/.*|bindings/python/.*|python/devicebound/.*)$' \
+  # bindings/python/ without its bench/ folder: the benchmark module is for development only.
+  if grep -Ev '^(|PKG-INFO|pyproject.toml|README.md|CMakeLists.txt|cmake/.*|include/.*|bindings/python/[^/]+|python/devicebound/.*)$' \
       "$work/sdist-files"; then
     echo "test_python: FAILED: the sdist holds files it should not (above)" >&2
     exit 1
@@ -100,5 +105,15 @@ if [[ "${DEVICEBOUND_PY_SDIST:-0}" == 1 ]]; then
     -C build-dir="$work/build-sdist" "$sdist"
   run_pytest "$work/venv-sdist" "$@"
 fi
+
+step "python/bench.py on a development install (DEVICEBOUND_PYTHON_BENCH=ON)"
+CMAKE_BUILD_PARALLEL_LEVEL=$jobs "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+  --force-reinstall --no-deps -C cmake.define.DEVICEBOUND_WERROR=ON \
+  -C cmake.define.DEVICEBOUND_PYTHON_BENCH=ON "$root"
+bench_out=$(cd "$work" && "$venv/bin/python" "$root/python/bench.py" --n 500 --repeat 1)
+echo "$bench_out"
+for word in "C++" "Python" "ratio"; do
+  grep -qF "$word" <<<"$bench_out" || { echo "test_python: FAILED: bench.py printed no '$word'" >&2; exit 1; }
+done
 
 step "OK"

@@ -13,6 +13,8 @@
 // DEVICEBOUND_CRASH_SEED=<n> replays a run with another seed.
 #include <gtest/gtest.h>
 
+#include "support/required.hpp"
+
 #if DEVICEBOUND_WITH_MQTT
 
 #include <signal.h>
@@ -104,9 +106,9 @@ class crash_test : public ::testing::Test {
  protected:
   void SetUp() override {
     if (!support::mosquitto_broker::available())
-      GTEST_SKIP() << "mosquitto not found at " << support::default_mosquitto;
+      DEVICEBOUND_MISSING_PART("mosquitto not found at " << support::default_mosquitto);
     if (!support::hub_daemon::available())
-      GTEST_SKIP() << "devicebound-hub not found at " << support::default_hub;
+      DEVICEBOUND_MISSING_PART("devicebound-hub not found at " << support::default_hub);
     broker_ = std::make_unique<support::mosquitto_broker>();
     store_ = dir_.file("hub.db");
     log_ = dir_.file("devicebound-hub.log");
@@ -682,7 +684,8 @@ TEST_F(crash_test, failed_commit_exits_4_and_the_restart_has_every_acknowledged_
 #else
 
 TEST(crash_test, Skipped) {
-  GTEST_SKIP() << "built without DEVICEBOUND_BUILD_APPS (no Paho MQTT C / devicebound-hub)";
+  DEVICEBOUND_MISSING_PART(
+      "built without DEVICEBOUND_BUILD_APPS (no Paho MQTT C / devicebound-hub)");
 }
 
 #endif

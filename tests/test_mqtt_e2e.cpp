@@ -8,6 +8,8 @@
 // events. Tests wait on events with bounded timeouts, never on sleeps.
 #include <gtest/gtest.h>
 
+#include "support/required.hpp"
+
 #if DEVICEBOUND_WITH_MQTT
 
 #include <netinet/tcp.h>
@@ -202,9 +204,9 @@ class mqtt_e2e : public ::testing::Test {
  protected:
   void SetUp() override {
     if (!support::mosquitto_broker::available())
-      GTEST_SKIP() << "mosquitto not found at " << support::default_mosquitto;
+      DEVICEBOUND_MISSING_PART("mosquitto not found at " << support::default_mosquitto);
     if (!support::hub_daemon::available())
-      GTEST_SKIP() << "devicebound-hub not found at " << support::default_hub;
+      DEVICEBOUND_MISSING_PART("devicebound-hub not found at " << support::default_hub);
     broker_ = std::make_unique<support::mosquitto_broker>(broker_options());
   }
 
@@ -1023,7 +1025,8 @@ TEST_F(mqtt_e2e_plugin, StockDeviceWithTheRealBrokerPlugin) {
 #else  // built without the MQTT transport
 
 TEST(mqtt_e2e, Skipped) {
-  GTEST_SKIP() << "built without DEVICEBOUND_BUILD_APPS (no Paho MQTT C / devicebound-hub)";
+  DEVICEBOUND_MISSING_PART(
+      "built without DEVICEBOUND_BUILD_APPS (no Paho MQTT C / devicebound-hub)");
 }
 
 #endif

@@ -23,8 +23,8 @@ struct grouped_store {
   bool fail_commit = false;
   int commits = 0;
   bool open = false;
-  result<void> apply(const store::change_set& c) { return inner.apply(c); }
-  result<store::snapshot> load() { return inner.load(); }
+  result<void> apply(const journal::change_set& c) { return inner.apply(c); }
+  result<journal::snapshot> load() { return inner.load(); }
   commit_group group() {
     return {[this]() -> result<void> {
               open = true;

@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <devicebound/store/sqlite.hpp>
+#include <devicebound/store/store.hpp>
 #include <filesystem>
 #include <optional>
 #include <string>
@@ -95,7 +96,7 @@ class crashing_sqlite {
     opened_ = true;
     return hub::open(c, *store_, std::move(t));
   }
-  result<store::snapshot> load() { return store_->load(); }
+  result<journal::snapshot> load() { return store_->load(); }
 
  private:
   static sqlite_options options() {

@@ -7,13 +7,13 @@
 //   retryProfile(name)               a retry.hpp profile as a policy object
 //   retryProfileNames                the names retryProfile accepts
 //   withMqtt                         whether the MQTT transport was built in
-//   benchInproc(n, window, bodySize) the C++ figure for node/bench.js
 //   version                          devicebound's version
+//
+// node/bench.js's C++ loop is another addon, bench/ (a checkout's build only).
 #include <napi.h>
 
 #include <devicebound/version.hpp>
 
-#include "bench_inproc.hpp"
 #include "convert.hpp"
 #include "device_wrap.hpp"
 #include "hub_wrap.hpp"
@@ -64,7 +64,6 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
     names.Set(static_cast<std::uint32_t>(i), std::string(retry::profiles::names[i]));
   exports.Set("retryProfileNames", names);
   exports.Set("withMqtt", Napi::Boolean::New(env, with_mqtt));
-  exports.Set("benchInproc", Napi::Function::New<bench_inproc>(env, "benchInproc"));
   exports.Set("version", Napi::String::New(env, std::string(devicebound::version)));
   return exports;
 }

@@ -1,15 +1,15 @@
 /// \file client_wrap.hpp
-/// What the device and the service client objects share: the JS event
-/// callback, open/close with their effect on the process lifetime, and a
-/// receive thread (C2D messages for a device, feedback batches for a service)
-/// that waits under the client's retry policy, like the C++ clients' handler
-/// threads, and hands each item to JS through the channel.
+/// What the device and the service client objects share: the client behind its
+/// interface (`Api`, client_api.hpp), the JS event callback, the JS methods
+/// open(), close(), status() and the one that starts receiving, with their
+/// effect on the process lifetime, the end of a collected or torn-down client,
+/// and a receive thread (C2D messages for a device, feedback batches for a
+/// service) that waits under the client's retry policy, like the C++ clients'
+/// handler threads, and hands each item to JS through the channel.
 ///
-/// `Derived` provides:
-///   result<void> open_connection();          // call queue thread
-///   void close_connection();                 // closer thread
-///   void set_status_callback(connection_status_callback);
+/// `Derived` sets `api_` in its constructor, then calls report_status(), and provides
 ///   result<bool> receive_one();              // receive thread: false = nothing came
+/// (receive_and_post() does the work of one).
 #pragma once
 
 #include <napi.h>
@@ -21,13 +21,19 @@
 #include <string>
 #include <thread>
 #include <utility>
+#include <vector>
 
 #include "async_object.hpp"
+#include "client_api.hpp"
 #include "convert.hpp"
 
 namespace devicebound::node {
 
-template <class Derived>
+/// How long one receive of the receive thread waits: it returns when an item
+/// comes, when the policy gives up, or at once when close() interrupts it.
+inline constexpr duration receive_thread_wait = std::chrono::hours(24);
+
+template <class Derived, class Api>
 class client_wrap : public async_object<Derived> {
   using base = async_object<Derived>;
 
@@ -38,19 +44,67 @@ class client_wrap : public async_object<Derived> {
     return recv_running_;
   }
 
+  /// Collected: closing the connection may wait for a broker, so a thread does it.
+  ~client_wrap() override {
+    if (!api_)
+      return;
+    stop_threads(false);
+    data_of(this->env_).reap([api = std::shared_ptr<Api>(std::move(api_))] { api->close(); });
+  }
+
+  /// The environment goes: every thread stops, the connection closes now.
+  void teardown() override {
+    if (!api_)
+      return;
+    stop_threads(true);
+    api_.reset();
+  }
+
  protected:
-  client_wrap(const Napi::CallbackInfo& info, const char* name) : base(info, name) {
+  using method_list = std::vector<Napi::ClassPropertyDescriptor<Derived>>;
+
+  /// `Derived`'s JS methods: open(), close(), status(), `start_name`() (which
+  /// starts emitting received items) and then `own`.
+  static method_list methods(const char* start_name, method_list own) {
+    using method = Napi::Value (Derived::*)(const Napi::CallbackInfo&);
+    method_list all{base::InstanceMethod("open", static_cast<method>(&client_wrap::open)),
+                    base::InstanceMethod("close", static_cast<method>(&client_wrap::close)),
+                    base::InstanceMethod("status", static_cast<method>(&client_wrap::status)),
+                    base::InstanceMethod(start_name, static_cast<method>(&client_wrap::start))};
+    all.insert(all.end(), own.begin(), own.end());
+    return all;
+  }
+
+  /// `new <name>(onEvent, spec)`: `info[0]` is the JS event callback, `info[1]`
+  /// the spec object (`what` names it in the error when it is not an object).
+  client_wrap(const Napi::CallbackInfo& info, const char* name, const char* what)
+      : base(info, name) {
     if (!info[0].IsFunction())
       throw_invalid(info.Env(), std::string(name) + " needs an event callback");
+    if (!info[1].IsObject())
+      throw_invalid(info.Env(), std::string(what) + " options must be an object");
     // A property of this object, not a persistent reference: the callback
     // refers to the JS client that refers to this object, and that cycle must
     // stay collectable once the client is closed and dropped.
     info.This().As<Napi::Object>().Set("onEvent", info[0]);
   }
 
+  /// Receives one item with `receive(wait)` (a `result<std::optional<Item>>`)
+  /// and emits it as `(kind, to_js(env, item))`; false when nothing came.
+  template <class Receive, class ToJs>
+  result<bool> receive_and_post(const char* kind, Receive receive, ToJs to_js) {
+    auto r = receive(receive_thread_wait);
+    if (!r)
+      return r.error();
+    if (!*r)
+      return false;
+    post_item(kind, std::move(**r), to_js);
+    return true;
+  }
+
   /// Reports connection status changes as `('status', status, reason)` events.
   void report_status() {
-    self().set_status_callback([this](connection_status s, connection_status_reason r) {
+    api_->set_status_callback([this](connection_status s, connection_status_reason r) {
       this->post([this, s, r](Napi::Env e) {
         call_on_event(
             e, {Napi::String::New(e, "status"), Napi::String::New(e, std::string(to_string(s))),
@@ -71,16 +125,20 @@ class client_wrap : public async_object<Derived> {
       torn_down_ = true;
       recv_closed_ = true;
     }
-    self().set_status_callback(nullptr);
+    api_->set_status_callback(nullptr);
     if (close_now)
-      self().close_connection();
+      api_->close();
     join_receiver();
     this->calls_.drain();
   }
 
+  std::unique_ptr<Api> api_;
+
+ private:
   /// `open(): Promise<void>`: connects under the retry policy, then (re)starts
   /// the receive thread if items are wanted.
-  Napi::Value open_call(Napi::Env env) {
+  Napi::Value open(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
     {
       std::lock_guard<std::mutex> g(recv_mutex_);
       recv_closed_ = false;
@@ -88,7 +146,7 @@ class client_wrap : public async_object<Derived> {
     accepting_ = true;
     set_opened(env, true);
     return this->async_call(
-        env, [this] { return self().open_connection(); }, typename base::to_undefined{},
+        env, [api = api_.get()] { return api->open(); }, typename base::to_undefined{},
         [this](Napi::Env e, bool ok) {
           if (!ok)
             set_opened(e, false);
@@ -102,7 +160,8 @@ class client_wrap : public async_object<Derived> {
   /// before run to their end; then the connection closes (the client reports
   /// disconnected/client_closed) and the receive thread stops. Calls made
   /// after fail with 409002 until open().
-  Napi::Value close_call(Napi::Env env) {
+  Napi::Value close(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
     {
       std::lock_guard<std::mutex> g(recv_mutex_);
       recv_closed_ = true;
@@ -111,21 +170,28 @@ class client_wrap : public async_object<Derived> {
     return this->async_call(
         env,
         [this] {
-          self().close_connection();
+          api_->close();
           join_receiver();
           return result<void>{};
         },
         typename base::to_undefined{}, [this](Napi::Env e, bool) { set_opened(e, false); });
   }
 
-  /// From now on, items are received and emitted (until close()).
-  void start_receiving(Napi::Env env) {
+  /// `startReceiving()` / `startFeedback()`: from now on, items are received
+  /// and emitted (until close()).
+  Napi::Value start(const Napi::CallbackInfo& info) {
     {
       std::lock_guard<std::mutex> g(recv_mutex_);
       recv_wanted_ = true;
     }
     maybe_start_receiver();
-    this->update_liveness(env);
+    this->update_liveness(info.Env());
+    return info.Env().Undefined();
+  }
+
+  /// `status(): string`: the connection status.
+  Napi::Value status(const Napi::CallbackInfo& info) {
+    return Napi::String::New(info.Env(), std::string(to_string(api_->status())));
   }
 
   /// Calls the JS event callback with `(kind, value)` (JS thread).
@@ -142,7 +208,6 @@ class client_wrap : public async_object<Derived> {
     });
   }
 
- private:
   Derived& self() { return static_cast<Derived&>(*this); }
 
   void call_on_event(Napi::Env, const std::initializer_list<napi_value>& args) {
@@ -225,9 +290,5 @@ class client_wrap : public async_object<Derived> {
   bool torn_down_ = false;
   std::thread recv_thread_;
 };
-
-/// How long one receive of the receive thread waits: it returns when an item
-/// comes, when the policy gives up, or at once when close() interrupts it.
-inline constexpr duration receive_thread_wait = std::chrono::hours(24);
 
 }  // namespace devicebound::node

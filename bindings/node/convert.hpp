@@ -127,31 +127,16 @@ inline Napi::Value from_opt_time(Napi::Env env, const std::optional<time_point>&
   return t ? from_time_point(env, *t) : env.Undefined();
 }
 
-/// The wire spelling of an enumeration: its `to_string`, or ours for the hub
-/// configuration's enumerations, which have none in the library.
-template <class E>
-std::string_view enum_name(E e) noexcept {
-  return to_string(e);
-}
-inline std::string_view enum_name(expiry_cap_policy p) noexcept {
-  return p == expiry_cap_policy::clamp ? "clamp" : "reject";
-}
-inline std::string_view enum_name(delivery_count_rule r) noexcept {
-  return r == delivery_count_rule::abandon_only ? "abandon_only" : "every_delivery";
-}
-inline std::string_view enum_name(purge_feedback p) noexcept {
-  return p == purge_feedback::negative_acks ? "negative_acks" : "none";
-}
-
-/// Parses an enumeration from its `to_string` spelling.
+/// Parses an enumeration from its `to_string` spelling (the library's, beside
+/// the enumeration), naming every accepted spelling when `v` is none of them.
 template <class E, std::size_t N>
 E to_enum(Napi::Env env, const Napi::Value& v, const std::array<E, N>& all, std::string_view what) {
   const std::string s = to_string_arg(env, v, what);
   std::string expected;
   for (E e : all) {
-    if (s == enum_name(e))
+    if (s == to_string(e))
       return e;
-    expected += (expected.empty() ? "'" : ", '") + std::string(enum_name(e)) + "'";
+    expected += (expected.empty() ? "'" : ", '") + std::string(to_string(e)) + "'";
   }
   throw_invalid(env, std::string(what) + " must be one of " + expected + ", not '" + s + "'");
 }
@@ -360,9 +345,9 @@ inline Napi::Value from_hub_config(Napi::Env env, const hub_config& c) {
   };
   o.Set("name", c.name);
   ms("defaultTtlMs", c.default_ttl);
-  o.Set("expiryOverCap", std::string(enum_name(c.expiry_over_cap)));
+  o.Set("expiryOverCap", std::string(to_string(c.expiry_over_cap)));
   o.Set("maxDeliveryCount", Napi::Number::New(env, c.max_delivery_count));
-  o.Set("deliveryCountRule", std::string(enum_name(c.delivery_count)));
+  o.Set("deliveryCountRule", std::string(to_string(c.delivery_count)));
   ms("lockDurationMs", c.lock_duration);
   o.Set("maxQueueDepth", Napi::Number::New(env, c.max_queue_depth));
   o.Set("maxMessageSize", Napi::Number::New(env, static_cast<double>(c.max_message_size)));
@@ -371,7 +356,7 @@ inline Napi::Value from_hub_config(Napi::Env env, const hub_config& c) {
   ms("feedbackLockDurationMs", c.feedback_lock_duration);
   o.Set("feedbackBatchSize", Napi::Number::New(env, c.feedback_batch_size));
   ms("feedbackBatchIntervalMs", c.feedback_batch_interval);
-  o.Set("purgeFeedbackFor", std::string(enum_name(c.purge_feedback_for)));
+  o.Set("purgeFeedbackFor", std::string(to_string(c.purge_feedback_for)));
   return o;
 }
 

@@ -19,27 +19,23 @@
 
 namespace devicebound::node {
 
-class device_wrap final : public client_wrap<device_wrap> {
+class device_wrap final : public client_wrap<device_wrap, device_api> {
  public:
   static Napi::Function define(Napi::Env env) {
     return DefineClass(
         env, "NativeDeviceClient",
-        {InstanceMethod<&device_wrap::open>("open"), InstanceMethod<&device_wrap::close>("close"),
-         InstanceMethod<&device_wrap::start>("startReceiving"),
-         InstanceMethod<&device_wrap::settle>("settle"),
-         InstanceMethod<&device_wrap::status>("status"),
-         InstanceMethod<&device_wrap::device_id>("deviceId"),
-         InstanceMethod<&device_wrap::can_reject>("canReject"),
-         InstanceMethod<&device_wrap::can_abandon>("canAbandon")});
+        methods("startReceiving", {InstanceMethod<&device_wrap::settle>("settle"),
+                                   InstanceMethod<&device_wrap::device_id>("deviceId"),
+                                   InstanceMethod<&device_wrap::can_reject>("canReject"),
+                                   InstanceMethod<&device_wrap::can_abandon>("canAbandon")}));
   }
 
   /// `new NativeDeviceClient(onEvent, spec)`; spec is
   /// `{ transport: 'inproc', hub, deviceId, settlement, retryPolicy, randomSeed }` or
   /// `{ transport: 'mqtt', deviceId, mqtt, retryPolicy, randomSeed }`.
-  explicit device_wrap(const Napi::CallbackInfo& info) : client_wrap(info, "NativeDeviceClient") {
+  explicit device_wrap(const Napi::CallbackInfo& info)
+      : client_wrap(info, "NativeDeviceClient", "device client") {
     Napi::Env env = info.Env();
-    if (!info[1].IsObject())
-      throw_invalid(env, "device client options must be an object");
     auto spec = info[1].As<Napi::Object>();
     const std::string transport = to_string_arg(env, spec.Get("transport"), "transport");
     std::string id = to_string_arg(env, spec.Get("deviceId"), "deviceId");
@@ -50,18 +46,18 @@ class device_wrap final : public client_wrap<device_wrap> {
 
     if (transport == "inproc") {
       auto host = host_of(env, spec.Get("hub"));
-      std::string settlement = "full";
+      std::string name(inproc::to_string(inproc::settlement::full));
       if (auto s = spec.Get("settlement"); !is_missing(s))
-        settlement = to_string_arg(env, s, "settlement");
-      if (settlement == "full")
+        name = to_string_arg(env, s, "settlement");
+      const auto settlement = inproc::parse_settlement(name);
+      if (settlement == inproc::settlement::full)
         api_ = std::make_unique<device_impl<host_type::device_connection_type>>(
             host, host->device(id), std::move(policy), options);
-      else if (settlement == "complete_only")
+      else if (settlement == inproc::settlement::complete_only)
         api_ = std::make_unique<device_impl<host_type::complete_only_device_connection_type>>(
             host, host->complete_only_device(id), std::move(policy), options);
       else
-        throw_invalid(env,
-                      "settlement must be 'full' or 'complete_only', not '" + settlement + "'");
+        throw_invalid(env, "settlement must be 'full' or 'complete_only', not '" + name + "'");
     } else if (transport == "mqtt") {
       api_ = make_mqtt_device(env, std::move(id), spec.Get("mqtt"), std::move(policy), options);
     } else {
@@ -70,45 +66,13 @@ class device_wrap final : public client_wrap<device_wrap> {
     report_status();
   }
 
-  /// Collected: closing the connection may wait for a broker, so a thread does it.
-  ~device_wrap() override {
-    if (!api_)
-      return;
-    stop_threads(false);
-    data_of(env_).reap([api = std::shared_ptr<device_api>(std::move(api_))] { api->disconnect(); });
-  }
-
-  void teardown() override {
-    if (!api_)
-      return;
-    stop_threads(true);
-    api_.reset();
-  }
-
-  // --- what client_wrap needs ---------------------------------------------------------
-  result<void> open_connection() { return api_->connect(); }
-  void close_connection() { api_->disconnect(); }
-  void set_status_callback(connection_status_callback cb) {
-    api_->set_status_callback(std::move(cb));
-  }
+  /// One C2D message, emitted as a 'message' event (the receive thread).
   result<bool> receive_one() {
-    auto r = api_->receive(receive_thread_wait);
-    if (!r)
-      return r.error();
-    if (!*r)
-      return false;
-    post_item("message", std::move(**r), from_message);
-    return true;
+    return receive_and_post(
+        "message", [api = api_.get()](duration wait) { return api->receive(wait); }, from_message);
   }
 
  private:
-  Napi::Value open(const Napi::CallbackInfo& info) { return open_call(info.Env()); }
-  Napi::Value close(const Napi::CallbackInfo& info) { return close_call(info.Env()); }
-  Napi::Value start(const Napi::CallbackInfo& info) {
-    start_receiving(info.Env());
-    return info.Env().Undefined();
-  }
-
   /// `settle(lockToken, 'complete' | 'reject' | 'abandon'): Promise<void>`.
   Napi::Value settle(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
@@ -120,9 +84,6 @@ class device_wrap final : public client_wrap<device_wrap> {
         env, [api = api_.get(), token, d] { return api->settle(token, d); }, to_undefined{});
   }
 
-  Napi::Value status(const Napi::CallbackInfo& info) {
-    return Napi::String::New(info.Env(), std::string(to_string(api_->status())));
-  }
   Napi::Value device_id(const Napi::CallbackInfo& info) {
     return Napi::String::New(info.Env(), api_->device_id());
   }
@@ -132,8 +93,6 @@ class device_wrap final : public client_wrap<device_wrap> {
   Napi::Value can_abandon(const Napi::CallbackInfo& info) {
     return Napi::Boolean::New(info.Env(), api_->can_abandon());
   }
-
-  std::unique_ptr<device_api> api_;
 };
 
 }  // namespace devicebound::node

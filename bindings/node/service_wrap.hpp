@@ -19,26 +19,23 @@
 
 namespace devicebound::node {
 
-class service_wrap final : public client_wrap<service_wrap> {
+class service_wrap final : public client_wrap<service_wrap, service_api> {
  public:
   static Napi::Function define(Napi::Env env) {
-    return DefineClass(
-        env, "NativeServiceClient",
-        {InstanceMethod<&service_wrap::open>("open"), InstanceMethod<&service_wrap::close>("close"),
-         InstanceMethod<&service_wrap::send>("send"), InstanceMethod<&service_wrap::purge>("purge"),
-         InstanceMethod<&service_wrap::queue_depth>("queueDepth"),
-         InstanceMethod<&service_wrap::start>("startFeedback"),
-         InstanceMethod<&service_wrap::settle_feedback>("settleFeedback"),
-         InstanceMethod<&service_wrap::status>("status")});
+    return DefineClass(env, "NativeServiceClient",
+                       methods("startFeedback",
+                               {InstanceMethod<&service_wrap::send>("send"),
+                                InstanceMethod<&service_wrap::purge>("purge"),
+                                InstanceMethod<&service_wrap::queue_depth>("queueDepth"),
+                                InstanceMethod<&service_wrap::settle_feedback>("settleFeedback")}));
   }
 
   /// `new NativeServiceClient(onEvent, spec)`; spec is
   /// `{ transport: 'inproc', hub, retryPolicy, assignMessageId, randomSeed }` or
   /// `{ transport: 'mqtt', mqtt, retryPolicy, assignMessageId, randomSeed }`.
-  explicit service_wrap(const Napi::CallbackInfo& info) : client_wrap(info, "NativeServiceClient") {
+  explicit service_wrap(const Napi::CallbackInfo& info)
+      : client_wrap(info, "NativeServiceClient", "service client") {
     Napi::Env env = info.Env();
-    if (!info[1].IsObject())
-      throw_invalid(env, "service client options must be an object");
     auto spec = info[1].As<Napi::Object>();
     const std::string transport = to_string_arg(env, spec.Get("transport"), "transport");
     retry::policy policy = to_client_policy(env, spec.Get("retryPolicy"));
@@ -47,12 +44,10 @@ class service_wrap final : public client_wrap<service_wrap> {
       options.random_seed = to_uint(env, seed, "randomSeed", std::uint64_t{1} << 53);
     if (auto a = spec.Get("assignMessageId"); !is_missing(a)) {
       const std::string s = to_string_arg(env, a, "assignMessageId");
-      if (s == "never")
-        options.assign_message_id = message_id_assignment::never;
-      else if (s == "when_unset")
-        options.assign_message_id = message_id_assignment::when_unset;
-      else
+      const auto assignment = parse_message_id_assignment(s);
+      if (!assignment)
         throw_invalid(env, "assignMessageId must be 'never' or 'when_unset', not '" + s + "'");
+      options.assign_message_id = *assignment;
     }
 
     if (transport == "inproc") {
@@ -67,45 +62,14 @@ class service_wrap final : public client_wrap<service_wrap> {
     report_status();
   }
 
-  /// Collected: closing the connection may wait for a broker, so a thread does it.
-  ~service_wrap() override {
-    if (!api_)
-      return;
-    stop_threads(false);
-    data_of(env_).reap([api = std::shared_ptr<service_api>(std::move(api_))] { api->close(); });
-  }
-
-  void teardown() override {
-    if (!api_)
-      return;
-    stop_threads(true);
-    api_.reset();
-  }
-
-  // --- what client_wrap needs ---------------------------------------------------------
-  result<void> open_connection() { return api_->open(); }
-  void close_connection() { api_->close(); }
-  void set_status_callback(connection_status_callback cb) {
-    api_->set_status_callback(std::move(cb));
-  }
+  /// One feedback batch, emitted as a 'feedback' event (the receive thread).
   result<bool> receive_one() {
-    auto r = api_->receive_feedback(receive_thread_wait);
-    if (!r)
-      return r.error();
-    if (!*r)
-      return false;
-    post_item("feedback", std::move(**r), from_feedback_batch);
-    return true;
+    return receive_and_post(
+        "feedback", [api = api_.get()](duration wait) { return api->receive_feedback(wait); },
+        from_feedback_batch);
   }
 
  private:
-  Napi::Value open(const Napi::CallbackInfo& info) { return open_call(info.Env()); }
-  Napi::Value close(const Napi::CallbackInfo& info) { return close_call(info.Env()); }
-  Napi::Value start(const Napi::CallbackInfo& info) {
-    start_receiving(info.Env());
-    return info.Env().Undefined();
-  }
-
   /// `send(deviceId, message): Promise<{ sequenceNumber, expiryTimeUtc }>`.
   Napi::Value send(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
@@ -140,20 +104,14 @@ class service_wrap final : public client_wrap<service_wrap> {
     Napi::Env env = info.Env();
     const lock_token token = to_lock_token(env, info[0]);
     const std::string how = to_string_arg(env, info[1], "disposition");
-    if (how != "complete" && how != "abandon")
+    const auto parsed = parse_feedback_disposition(how);
+    if (!parsed)
       throw_invalid(env, "feedback disposition must be 'complete' or 'abandon', not '" + how + "'");
-    const auto d =
-        how == "complete" ? feedback_disposition::complete : feedback_disposition::abandon;
+    const feedback_disposition d = *parsed;
     return async_call(
         env, [api = api_.get(), token, d] { return api->settle_feedback(token, d); },
         to_undefined{});
   }
-
-  Napi::Value status(const Napi::CallbackInfo& info) {
-    return Napi::String::New(info.Env(), std::string(to_string(api_->status())));
-  }
-
-  std::unique_ptr<service_api> api_;
 };
 
 }  // namespace devicebound::node

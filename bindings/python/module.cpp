@@ -1,5 +1,6 @@
 // devicebound._native: the module, errors, the manual clock and retry policies.
-// Clients and the hub are in inproc.cpp and mqtt.cpp, the benchmark loop in bench.cpp.
+// Clients and the hub are in inproc.cpp and mqtt.cpp. The benchmark loop is not here: it is
+// devicebound._bench (bench/bench.cpp), built only for development (DEVICEBOUND_PYTHON_BENCH).
 
 #include <pybind11/stl.h>
 
@@ -254,5 +255,4 @@ PYBIND11_MODULE(_native, m) {
 
   dbp::init_inproc(m);
   dbp::init_mqtt(m);
-  dbp::init_bench(m);
 }

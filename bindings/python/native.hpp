@@ -766,6 +766,5 @@ inline device_client_options device_options(std::optional<std::uint64_t> seed,
 // Defined in their translation units, called from module.cpp.
 void init_inproc(py::module_& m);
 void init_mqtt(py::module_& m);
-void init_bench(py::module_& m);
 
 }  // namespace devicebound::python

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string_view>
 
 #include "errors.hpp"
@@ -16,6 +17,14 @@ enum class connection_status : std::uint8_t { connected, disconnected };
 
 constexpr std::string_view to_string(connection_status s) noexcept {
   return s == connection_status::connected ? "connected" : "disconnected";
+}
+
+/// Parses `connected` or `disconnected` (exact spelling); nullopt otherwise.
+constexpr std::optional<connection_status> parse_connection_status(std::string_view s) noexcept {
+  for (auto v : {connection_status::connected, connection_status::disconnected})
+    if (s == to_string(v))
+      return v;
+  return std::nullopt;
 }
 
 /// Why the status changed (the C SDK's IOTHUB_CLIENT_CONNECTION_STATUS_REASON, SPEC 8.1).
@@ -47,6 +56,19 @@ constexpr std::string_view to_string(connection_status_reason r) noexcept {
       return "retry_expired";
   }
   return "ok";
+}
+
+/// Parses a reason's `to_string` spelling exactly (`retry_expired`); nullopt otherwise.
+constexpr std::optional<connection_status_reason> parse_connection_status_reason(
+    std::string_view s) noexcept {
+  for (auto v :
+       {connection_status_reason::ok, connection_status_reason::client_closed,
+        connection_status_reason::no_network, connection_status_reason::communication_error,
+        connection_status_reason::bad_credential, connection_status_reason::device_disabled,
+        connection_status_reason::retry_expired})
+    if (s == to_string(v))
+      return v;
+  return std::nullopt;
 }
 
 /// The reason reported when opening a connection fails with `e`.

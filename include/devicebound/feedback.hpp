@@ -26,7 +26,7 @@ struct feedback_queue_rules {
 
 /// One batch of the feedback queue changed state or lock: what the queue
 /// reports to an optional callback, so the hub can journal it for its store
-/// (store/store.hpp). A terminal `state` means the batch left the queue.
+/// (journal.hpp). A terminal `state` means the batch left the queue.
 struct feedback_batch_update {
   std::uint64_t id = 0;  ///< the batch's id in this queue (assigned by `push`)
   message_state state = message_state::enqueued;
@@ -168,7 +168,7 @@ class basic_feedback_queue {
     return false;
   }
 
-  // --- persistence (store/store.hpp): read out and put back ------------------------
+  // --- persistence (journal.hpp): read out and put back -----------------------------
 
   /// The id the next `push` assigns.
   std::uint64_t next_id() const noexcept { return next_id_; }

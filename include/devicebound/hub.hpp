@@ -6,7 +6,7 @@
 /// Thread model: a hub is single-threaded. Callers serialise access (the
 /// in-process transport wraps it in a mutex).
 ///
-/// Durability (SPEC 1.2): a hub opened on a store (`open`, store/store.hpp)
+/// Durability (SPEC 1.2): a hub opened on a store (`open`, journal.hpp)
 /// journals every change and commits the journal to the store, one change set
 /// per operation, before the operation returns. Without a store the journal is
 /// off and costs one branch per operation.
@@ -27,11 +27,11 @@
 #include "errors.hpp"
 #include "feedback.hpp"
 #include "hub_config.hpp"
+#include "journal.hpp"
 #include "lifecycle.hpp"
 #include "message.hpp"
 #include "queue.hpp"
 #include "settlement.hpp"
-#include "store/store.hpp"
 #include "token_source.hpp"
 #include "validate.hpp"
 
@@ -84,6 +84,17 @@ constexpr std::string_view to_string(transition_cause c) noexcept {
   return "accepted";
 }
 
+/// Parses a cause's `to_string` spelling exactly (`lock_expired`); nullopt otherwise.
+constexpr std::optional<transition_cause> parse_transition_cause(std::string_view s) noexcept {
+  for (auto v :
+       {transition_cause::accepted, transition_cause::lock, transition_cause::complete,
+        transition_cause::reject, transition_cause::abandon, transition_cause::lock_expired,
+        transition_cause::ttl_expired, transition_cause::purge, transition_cause::device_removed})
+    if (s == to_string(v))
+      return v;
+  return std::nullopt;
+}
+
 /// One state change of one message, as the observer sees it. For `accepted`,
 /// `from` and `to` are both Enqueued. Views are valid during the callback only.
 struct transition {
@@ -97,7 +108,6 @@ struct transition {
   std::uint32_t delivery_count = 0;
   time_point at{};
 };
-
 
 /// The hub engine, over a lifecycle machine type (`lifecycle` by default; the
 /// benchmark swaps in a hand-written switch with the same interface).
@@ -126,7 +136,7 @@ class basic_hub {
     return basic_hub(std::move(config), std::move(tokens));
   }
 
-  // --- durability (store/store.hpp, docs/architecture.md "Durability") --------------
+  // --- durability (journal.hpp, docs/architecture.md "Durability") -------------------
 
   /// Opens a hub on `store`: rebuilds it from what the store holds (an empty
   /// store gives an empty hub), then commits every later operation to the store
@@ -150,7 +160,7 @@ class basic_hub {
   /// Rebuilds a hub from a snapshot, without a store attached. Locks come back
   /// as they were (Invisible, same token, same expiry); a lock or TTL that has
   /// passed by the next operation's `now` applies then, at its own instant.
-  static result<basic_hub> restore(hub_config config, store::snapshot snap,
+  static result<basic_hub> restore(hub_config config, journal::snapshot snap,
                                    token_source tokens = system_token_source()) {
     if (auto r = config.validate(); !r)
       return r.error();
@@ -161,14 +171,14 @@ class basic_hub {
   }
 
   /// Everything durable, as a store would hold it after this hub's operations.
-  store::snapshot snapshot() const {
-    store::snapshot s;
+  journal::snapshot snapshot() const {
+    journal::snapshot s;
     s.config = config_;
     s.counters = counters_record();
     for (const auto& [id, dev] : devices_) {
       s.devices.push_back({id, dev.generation_id});
       for (const auto& m : dev.queue.entries()) {
-        store::stored_message sm;
+        journal::stored_message sm;
         sm.device_id = id;
         sm.sequence_number = m.sequence_number;
         sm.content = std::string(m.content.bytes());
@@ -369,7 +379,7 @@ class basic_hub {
   /// The store a hub commits to, type-erased: the hub stays one type whatever backs it.
   struct store_link {
     void* self = nullptr;
-    result<void> (*apply)(void*, const store::change_set&) = nullptr;
+    result<void> (*apply)(void*, const journal::change_set&) = nullptr;
   };
 
   struct device_entry {
@@ -407,7 +417,7 @@ class basic_hub {
     auto gen = new_generation_id();
     devices_.emplace(std::string(device_id), device_entry{gen, {}, time_point::max()});
     if (has_store()) [[unlikely]]
-      journal_.push_back(store::device_added{std::string(device_id), gen});
+      journal_.push_back(journal::device_added{std::string(device_id), gen});
     return gen;
   }
 
@@ -436,7 +446,7 @@ class basic_hub {
                   [&](const pending_record& r) { return r.record.device_id == device_id; });
     stats_.feedback_records_dropped += before - pending_.size();
     if (has_store()) [[unlikely]]
-      journal_.push_back(store::device_removed{it->first});
+      journal_.push_back(journal::device_removed{it->first});
     devices_.erase(it);
     return {};
   }
@@ -480,9 +490,9 @@ class basic_hub {
     ++stats_.accepted;
     if (has_store()) [[unlikely]] {
       const auto& back = dev.queue.entries().back();
-      journal_.push_back(store::message_accepted{it->first, seq, std::string(back.content.bytes()),
-                                                 back.enqueued_time, back.fields.expires_at,
-                                                 back.ack});
+      journal_.push_back(
+          journal::message_accepted{it->first, seq, std::string(back.content.bytes()),
+                                    back.enqueued_time, back.fields.expires_at, back.ack});
     }
     if (observer_) {
       const auto& back = dev.queue.entries().back();
@@ -689,7 +699,7 @@ class basic_hub {
     r.device_id = device_id;
     r.device_generation_id = dev.generation_id;
     if (has_store()) [[unlikely]]
-      journal_.push_back(store::feedback_pending{p.id, r});
+      journal_.push_back(journal::feedback_pending{p.id, r});
     ++stats_.feedback_records;
   }
 
@@ -716,7 +726,7 @@ class basic_hub {
     const auto id = feedback_.push(std::move(b), now);
     if (has_store()) [[unlikely]]
       journal_.push_back(
-          store::feedback_batched{id, last_id, now, now + feedback_.rules().ttl, config_.name});
+          journal::feedback_batched{id, last_id, now, now + feedback_.rules().ttl, config_.name});
     ++stats_.feedback_batches;
     last_flush_ = now;
   }
@@ -791,11 +801,11 @@ class basic_hub {
     if (cause == transition_cause::accepted || cause == transition_cause::device_removed)
       return;
     if (is_terminal(m.state()))
-      journal_.push_back(store::message_removed{m.sequence_number});
+      journal_.push_back(journal::message_removed{m.sequence_number});
     else
-      journal_.push_back(store::message_changed{m.sequence_number, m.state(),
-                                                m.fields.delivery_count, m.fields.token,
-                                                m.fields.locked_until});
+      journal_.push_back(journal::message_changed{m.sequence_number, m.state(),
+                                                  m.fields.delivery_count, m.fields.token,
+                                                  m.fields.locked_until});
   }
 
   /// The feedback queue's change callback: journals batch changes when a store is attached.
@@ -804,16 +814,16 @@ class basic_hub {
       if (!has_store())
         return;
       if (is_terminal(u.state))
-        journal_.push_back(store::batch_removed{u.id});
+        journal_.push_back(journal::batch_removed{u.id});
       else
-        journal_.push_back(store::batch_changed{u.id, u.state, u.fields->delivery_count,
-                                                u.fields->token, u.fields->locked_until});
+        journal_.push_back(journal::batch_changed{u.id, u.state, u.fields->delivery_count,
+                                                  u.fields->token, u.fields->locked_until});
     };
   }
 
-  store::counters counters_record() const {
-    return store::counters{last_sequence_,      last_now_, last_flush_,        next_record_id_,
-                           feedback_.next_id(), stats_,    feedback_.dropped()};
+  journal::counters counters_record() const {
+    return journal::counters{last_sequence_,      last_now_, last_flush_,        next_record_id_,
+                             feedback_.next_id(), stats_,    feedback_.dropped()};
   }
 
   /// Runs one operation and commits its journal: every public operation goes
@@ -863,11 +873,11 @@ class basic_hub {
     if (!h)
       return h.error();
     h->link_.self = &store;
-    h->link_.apply = [](void* self, const store::change_set& c) {
+    h->link_.apply = [](void* self, const journal::change_set& c) {
       return static_cast<Store*>(self)->apply(c);
     };
     if (store_config) {
-      h->journal_.push_back(store::config_changed{h->config_});
+      h->journal_.push_back(journal::config_changed{h->config_});
       if (auto c = h->commit(); !c)
         return c.error();
     }
@@ -876,7 +886,7 @@ class basic_hub {
 
   /// Rebuilds this (empty) hub from a snapshot, checking it: a damaged or
   /// hand-edited store gives 400005 naming the problem, never a broken hub.
-  result<void> restore_from(store::snapshot snap) {
+  result<void> restore_from(journal::snapshot snap) {
     auto bad = [](std::string what) {
       return make_error(errc::malformed, "store holds an inconsistent state: " + what);
     };
@@ -1004,7 +1014,7 @@ class basic_hub {
   std::uint64_t next_record_id_ = 1;
   // durability: the journal of the running operation, and where it is committed
   store_link link_;
-  store::change_set journal_;
+  journal::change_set journal_;
   time_point committed_now_{};
   std::optional<error> store_failed_;
 };

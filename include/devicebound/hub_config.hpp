@@ -5,7 +5,9 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 
 #include "errors.hpp"
@@ -26,11 +28,49 @@ enum class expiry_cap_policy : std::uint8_t {
   reject,  ///< refuse the send with 400004
 };
 
+/// `clamp` or `reject`: the spelling of stores, config files and bindings.
+constexpr std::string_view to_string(expiry_cap_policy p) noexcept {
+  switch (p) {
+    case expiry_cap_policy::clamp:
+      return "clamp";
+    case expiry_cap_policy::reject:
+      return "reject";
+  }
+  return "clamp";
+}
+
+/// Parses `clamp` or `reject` (exact spelling); nullopt otherwise.
+constexpr std::optional<expiry_cap_policy> parse_expiry_cap_policy(std::string_view s) noexcept {
+  for (auto v : {expiry_cap_policy::clamp, expiry_cap_policy::reject})
+    if (s == to_string(v))
+      return v;
+  return std::nullopt;
+}
+
 /// Which acks get a `Purged` feedback record (SPEC 1.4, UNCONFIRMED).
 enum class purge_feedback : std::uint8_t {
   negative_acks,  ///< ack `negative` or `full`: purge is a non-delivery (default)
   none,           ///< no feedback for purged messages
 };
+
+/// `negative_acks` or `none`: the spelling of stores, config files and bindings.
+constexpr std::string_view to_string(purge_feedback p) noexcept {
+  switch (p) {
+    case purge_feedback::negative_acks:
+      return "negative_acks";
+    case purge_feedback::none:
+      return "none";
+  }
+  return "negative_acks";
+}
+
+/// Parses `negative_acks` or `none` (exact spelling); nullopt otherwise.
+constexpr std::optional<purge_feedback> parse_purge_feedback(std::string_view s) noexcept {
+  for (auto v : {purge_feedback::negative_acks, purge_feedback::none})
+    if (s == to_string(v))
+      return v;
+  return std::nullopt;
+}
 
 /// Hub configuration with IoT Hub's defaults (SPEC 2.1). `validate()` checks ranges.
 struct hub_config {

@@ -13,6 +13,7 @@
 #include <boost/msm/front/functor_row.hpp>
 #include <boost/msm/front/state_machine_def.hpp>
 #include <cstdint>
+#include <optional>
 #include <string_view>
 #include <utility>
 
@@ -41,6 +42,15 @@ constexpr std::string_view to_string(message_state s) noexcept {
   return "Enqueued";
 }
 
+/// Parses a state's `to_string` spelling exactly (`DeadLettered`); nullopt otherwise.
+constexpr std::optional<message_state> parse_message_state(std::string_view s) noexcept {
+  for (auto v : {message_state::enqueued, message_state::invisible, message_state::completed,
+                 message_state::dead_lettered, message_state::purged})
+    if (s == to_string(v))
+      return v;
+  return std::nullopt;
+}
+
 constexpr bool is_terminal(message_state s) noexcept {
   return s == message_state::completed || s == message_state::dead_lettered ||
          s == message_state::purged;
@@ -63,6 +73,15 @@ constexpr std::string_view to_string(dead_letter_reason r) noexcept {
   return "None";
 }
 
+/// Parses a reason's `to_string` spelling exactly (`DeliveryCountExceeded`); nullopt otherwise.
+constexpr std::optional<dead_letter_reason> parse_dead_letter_reason(std::string_view s) noexcept {
+  for (auto v : {dead_letter_reason::none, dead_letter_reason::rejected,
+                 dead_letter_reason::expired, dead_letter_reason::delivery_count_exceeded})
+    if (s == to_string(v))
+      return v;
+  return std::nullopt;
+}
+
 /// Which transitions count toward max delivery count (SPEC 1.4).
 enum class delivery_count_rule : std::uint8_t {
   /// Current docs: only abandon counts; a lock expiry re-enqueues without counting,
@@ -71,6 +90,26 @@ enum class delivery_count_rule : std::uint8_t {
   /// Docs of 2017-2022: every Enqueued -> Invisible counts (every delivery).
   every_delivery,
 };
+
+/// `abandon_only` or `every_delivery`: the spelling of stores, config files and bindings.
+constexpr std::string_view to_string(delivery_count_rule r) noexcept {
+  switch (r) {
+    case delivery_count_rule::abandon_only:
+      return "abandon_only";
+    case delivery_count_rule::every_delivery:
+      return "every_delivery";
+  }
+  return "abandon_only";
+}
+
+/// Parses `abandon_only` or `every_delivery` (exact spelling); nullopt otherwise.
+constexpr std::optional<delivery_count_rule> parse_delivery_count_rule(
+    std::string_view s) noexcept {
+  for (auto v : {delivery_count_rule::abandon_only, delivery_count_rule::every_delivery})
+    if (s == to_string(v))
+      return v;
+  return std::nullopt;
+}
 
 /// The rules one lifecycle runs under.
 struct lifecycle_rules {

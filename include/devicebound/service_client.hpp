@@ -40,8 +40,36 @@ enum class message_id_assignment : std::uint8_t {
   when_unset,  ///< a UUID v4 when the caller set none (Python always does)
 };
 
+/// `never` or `when_unset`.
+constexpr std::string_view to_string(message_id_assignment a) noexcept {
+  return a == message_id_assignment::when_unset ? "when_unset" : "never";
+}
+
+/// Parses `never` or `when_unset` (exact spelling); nullopt otherwise.
+constexpr std::optional<message_id_assignment> parse_message_id_assignment(
+    std::string_view s) noexcept {
+  for (auto v : {message_id_assignment::never, message_id_assignment::when_unset})
+    if (s == to_string(v))
+      return v;
+  return std::nullopt;
+}
+
 /// How the back end settles a feedback batch (SPEC 4.8; C# v2's AcknowledgementType).
 enum class feedback_disposition : std::uint8_t { complete, abandon };
+
+/// `complete` or `abandon`.
+constexpr std::string_view to_string(feedback_disposition d) noexcept {
+  return d == feedback_disposition::abandon ? "abandon" : "complete";
+}
+
+/// Parses `complete` or `abandon` (exact spelling); nullopt otherwise.
+constexpr std::optional<feedback_disposition> parse_feedback_disposition(
+    std::string_view s) noexcept {
+  for (auto v : {feedback_disposition::complete, feedback_disposition::abandon})
+    if (s == to_string(v))
+      return v;
+  return std::nullopt;
+}
 
 /// A random UUID (version 4, RFC 4122 variant) from 16 bytes of `random`,
 /// lowercase with hyphens: `xxxxxxxx-xxxx-4xxx-[89ab]xxx-xxxxxxxxxxxx`.

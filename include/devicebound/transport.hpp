@@ -20,9 +20,9 @@
 
 #include "clock.hpp"
 #include "errors.hpp"
-#include "feedback.hpp"
-#include "hub.hpp"
+#include "feedback_batch.hpp"
 #include "message.hpp"
+#include "settlement.hpp"
 
 namespace devicebound {
 

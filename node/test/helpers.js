@@ -1,6 +1,7 @@
 'use strict';
 // Test helpers: wait for events, never for time.
 const { once } = require('node:events');
+const { it } = require('node:test');
 
 /** Resolves with the first `n` emissions of `event` (first argument each). */
 function collect(emitter, event, n) {
@@ -39,4 +40,22 @@ function closeAfter(t, ...clients) {
   t.after(() => Promise.all(clients.map((c) => c.close())));
 }
 
-module.exports = { closeAfter, collect, feedbackRecords, once };
+/**
+ * The `skip` option for a suite that needs parts (mosquitto, devicebound-hub, ...):
+ * false when every part is there, else the reasons. With DEVICEBOUND_REQUIRE_ALL=1
+ * (scripts/test.sh sets it) a missing part is a failure instead: this adds a
+ * test named after the suite that fails naming the part, and the suite is skipped.
+ */
+function skipUnlessPresent(suite, reasons) {
+  const missing = reasons.filter(Boolean);
+  if (missing.length === 0) return false;
+  const why = missing.join('; ');
+  if (process.env.DEVICEBOUND_REQUIRE_ALL === '1') {
+    it(`${suite}: has every part it needs (DEVICEBOUND_REQUIRE_ALL=1)`, () => {
+      throw new Error(`missing part: ${why}`);
+    });
+  }
+  return why;
+}
+
+module.exports = { closeAfter, collect, feedbackRecords, once, skipUnlessPresent };

@@ -6,15 +6,15 @@ const assert = require('node:assert/strict');
 const { spawn } = require('node:child_process');
 const path = require('node:path');
 const db = require('..');
-const { closeAfter, collect, feedbackRecords, once } = require('./helpers');
+const { closeAfter, collect, feedbackRecords, once, skipUnlessPresent } = require('./helpers');
 const { programs, startBroker, startHub } = require('./processes');
 
-const missing = [
+const mqttParts = [
   !db.withMqtt && 'this build of the addon has no MQTT transport (Paho MQTT C)',
   !programs.mosquitto && 'mosquitto is not installed',
   !programs.hub && 'devicebound-hub is not built (set DEVICEBOUND_HUB, or build build/apps/devicebound-hub)',
-].filter(Boolean);
-const skip = missing.length > 0 ? missing.join('; ') : false;
+];
+const skip = skipUnlessPresent('over MQTT', mqttParts);
 
 const devices = ['thermostat-1', 'fields', 'purge', 'exit', 'notsup', ...Array.from({ length: 4 }, (_, i) => `many-${i}`)];
 
@@ -204,7 +204,10 @@ describe('over MQTT', { skip }, () => {
 });
 
 describe('over MQTT, a stock IoT Hub device (mosquitto plugin)', {
-  skip: skip || (!programs.plugin && 'the mosquitto plugin is not built (build/broker)'),
+  skip: skipUnlessPresent('over MQTT, a stock IoT Hub device', [
+    ...mqttParts,
+    !programs.plugin && 'the mosquitto plugin is not built (set DEVICEBOUND_BROKER_PLUGIN, or build build/broker)',
+  ]),
 }, () => {
   let broker;
   let hub;

@@ -11,6 +11,8 @@ Environment:
                              (default: newest build*/broker/ in the repository)
   DEVICEBOUND_HUB_EXE        path of devicebound-hub (default: build/apps/devicebound-hub)
   DEVICEBOUND_REQUIRE_HUB=1  fail, instead of skip, the tests that need that daemon
+  DEVICEBOUND_REQUIRE_ALL=1  fail, instead of skip, every test whose part is missing
+                             (the plugin, mosquitto, the daemon, the stock SDK)
   DEVICEBOUND_MOSQUITTO      mosquitto binary (default: mosquitto on PATH or /usr/sbin)
 """
 
@@ -33,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from required import missing_part
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "broker" / "mosquitto.conf.in"
@@ -250,10 +254,10 @@ def render_conf(path: Path, *, plain_port: int, tls_address: str | None, tls_por
 def plugin_path() -> Path:
     plugin = find_plugin()
     if plugin is None or not plugin.exists():
-        pytest.skip("devicebound_mosquitto_plugin.so not built (cmake --build ... "
-                    "--target devicebound_mosquitto_plugin) and DEVICEBOUND_BROKER_PLUGIN not set")
+        missing_part("devicebound_mosquitto_plugin.so not built (cmake --build ... "
+                     "--target devicebound_mosquitto_plugin) and DEVICEBOUND_BROKER_PLUGIN not set")
     if find_mosquitto() is None:
-        pytest.skip("mosquitto is not installed")
+        missing_part("mosquitto is not installed")
     return plugin
 
 

@@ -8,8 +8,8 @@ MQTT: the tests start a mosquitto on a free 127.0.0.1 port and a devicebound-hub
 daemon attached to it, and stop both by PID. The daemon is
 $DEVICEBOUND_HUB_EXE, else build/apps/devicebound-hub, else the newest
 build*/apps/devicebound-hub. Without mosquitto, the daemon or an MQTT-enabled
-build, MQTT tests are skipped, or fail when DEVICEBOUND_REQUIRE_MQTT=1
-(scripts/test_python.sh sets it).
+build, MQTT tests are skipped, or fail when DEVICEBOUND_REQUIRE_MQTT=1 or
+DEVICEBOUND_REQUIRE_ALL=1 (scripts/test_python.sh sets both; see required.py).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 import devicebound as db
+from required import missing_part, required_parts  # noqa: F401 - re-exported for the tests
 
 ROOT = Path(__file__).resolve().parents[2]
 WAIT = 15.0  # seconds: the longest any single expected event may take
@@ -83,9 +84,7 @@ def skip_without_mqtt() -> None:
     reason = mqtt_unavailable()
     if reason is None:
         return
-    if os.environ.get("DEVICEBOUND_REQUIRE_MQTT") == "1":
-        pytest.fail(f"MQTT tests required (DEVICEBOUND_REQUIRE_MQTT=1): {reason}")
-    pytest.skip(reason)
+    missing_part(reason, also="DEVICEBOUND_REQUIRE_MQTT")
 
 
 def free_port() -> int:

@@ -25,7 +25,9 @@ if [[ -z "${DEVICEBOUND_BROKER_PLUGIN:-}" ]]; then
 fi
 
 # The stock-SDK-with-daemon test uses this daemon; it is skipped when the file
-# is missing, unless DEVICEBOUND_REQUIRE_HUB=1 (then it fails).
+# is missing, unless DEVICEBOUND_REQUIRE_HUB=1 (then it fails). With
+# DEVICEBOUND_REQUIRE_ALL=1 (scripts/test.sh) every test that would skip for a
+# missing part (the plugin, mosquitto, the daemon, azure-iot-device) fails instead.
 export DEVICEBOUND_HUB_EXE=${DEVICEBOUND_HUB_EXE:-$build/apps/devicebound-hub}
 
 stamp="$venv/.requirements-broker.txt"

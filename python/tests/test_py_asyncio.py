@@ -79,17 +79,19 @@ def test_async_iterators_end_when_the_client_closes():
         device = aio.DeviceClient(hub, "d")
         service = aio.ServiceClient(hub)
         got: list[bytes] = []
+        all_three = asyncio.Event()
 
         async def consume():
             async for m in device.messages():
                 got.append(m.body)
                 await device.complete(m)
+                if len(got) == 3:
+                    all_three.set()
 
         task = asyncio.create_task(consume())
         for i in range(3):
             await service.send("d", f"m{i}")
-        while len(got) < 3:
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(all_three.wait(), WAIT)
         await device.close()
         await asyncio.wait_for(task, WAIT)  # the iterator ended by itself
         assert got == [b"m0", b"m1", b"m2"]
@@ -151,21 +153,23 @@ def test_the_event_loop_keeps_running_during_a_long_receive():
 
     async def main():
         async with aio.DeviceClient(hub, "d") as device, aio.ServiceClient(hub) as service:
-            ticks = 0
+            ticked = asyncio.Event()
 
             async def ticker():
-                nonlocal ticks
-                while True:
-                    ticks += 1
+                for _ in range(5):
                     await asyncio.sleep(0.01)
+                ticked.set()
 
+            # Nothing is sent yet, and the receive waits longer than the ticks may take:
+            # the loop ticks five times while the receive is still waiting.
+            receive = asyncio.create_task(device.receive(timeout=4 * WAIT))
             t = asyncio.create_task(ticker())
-            receive = asyncio.create_task(device.receive(timeout=WAIT))
-            await asyncio.sleep(0.2)
+            await asyncio.wait_for(ticked.wait(), WAIT)
+            assert not receive.done()
+            await t
             await service.send("d", b"x")
-            m = await receive
-            t.cancel()
-            assert m is not None and ticks >= 5
+            m = await asyncio.wait_for(receive, WAIT)
+            assert m is not None
             await device.complete(m)
 
     run(main())

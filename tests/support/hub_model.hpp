@@ -183,14 +183,12 @@ inline std::string describe(const op& o) {
 inline std::string describe(const hub_config& c) {
   std::ostringstream s;
   s << "config: max_queue_depth=" << c.max_queue_depth
-    << " max_delivery_count=" << c.max_delivery_count << " rule="
-    << (c.delivery_count == delivery_count_rule::abandon_only ? "abandon_only" : "every_delivery")
+    << " max_delivery_count=" << c.max_delivery_count << " rule=" << to_string(c.delivery_count)
     << " lock=" << c.lock_duration.count() << "ms ttl=" << c.default_ttl.count()
-    << "ms over_cap=" << (c.expiry_over_cap == expiry_cap_policy::clamp ? "clamp" : "reject")
-    << " purge_feedback="
-    << (c.purge_feedback_for == purge_feedback::negative_acks ? "negative_acks" : "none")
-    << " max_size=" << c.max_message_size << " batch=" << c.feedback_batch_size << "/"
-    << c.feedback_batch_interval.count() << "ms feedback_ttl=" << c.feedback_ttl.count()
+    << "ms over_cap=" << to_string(c.expiry_over_cap)
+    << " purge_feedback=" << to_string(c.purge_feedback_for) << " max_size=" << c.max_message_size
+    << " batch=" << c.feedback_batch_size << "/" << c.feedback_batch_interval.count()
+    << "ms feedback_ttl=" << c.feedback_ttl.count()
     << "ms feedback_max_delivery=" << c.feedback_max_delivery_count
     << " feedback_lock=" << c.feedback_lock_duration.count() << "ms";
   return s.str();
@@ -795,11 +793,12 @@ struct durability {
   /// after each crash (the store holds whatever the dropped hub committed).
   std::function<result<hub>(const hub_config&, token_source)> open;
   /// What the store holds now, checked against `hub::snapshot()` after every operation.
-  std::function<result<store::snapshot>()> load;
+  std::function<result<journal::snapshot>()> load;
 };
 
 /// The first difference between what a store holds and a hub's own state, or "".
-inline std::string snapshot_difference(const store::snapshot& stored, const store::snapshot& live) {
+inline std::string snapshot_difference(const journal::snapshot& stored,
+                                       const journal::snapshot& live) {
   if (stored == live)
     return {};
   if (stored.config != live.config)

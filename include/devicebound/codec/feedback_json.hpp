@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "../errors.hpp"
-#include "../feedback.hpp"
+#include "../feedback_batch.hpp"
 #include "iso8601.hpp"
 
 namespace devicebound::codec {

@@ -25,7 +25,7 @@
 
 #include "../errors.hpp"
 #include "../hub_config.hpp"
-#include "store.hpp"
+#include "../journal.hpp"
 
 namespace devicebound {
 
@@ -41,6 +41,27 @@ enum class sqlite_sync : std::uint8_t {
   /// never fsync: for tests only.
   off,
 };
+
+/// `full`, `normal` or `off`: SQLite's own names, as the daemon's flags spell them.
+constexpr std::string_view to_string(sqlite_sync s) noexcept {
+  switch (s) {
+    case sqlite_sync::full:
+      return "full";
+    case sqlite_sync::normal:
+      return "normal";
+    case sqlite_sync::off:
+      return "off";
+  }
+  return "full";
+}
+
+/// Parses `full`, `normal` or `off` (exact spelling); nullopt otherwise.
+constexpr std::optional<sqlite_sync> parse_sqlite_sync(std::string_view s) noexcept {
+  for (auto v : {sqlite_sync::full, sqlite_sync::normal, sqlite_sync::off})
+    if (s == to_string(v))
+      return v;
+  return std::nullopt;
+}
 
 /// Settings of a `sqlite_store`.
 struct sqlite_options {
@@ -228,13 +249,13 @@ class sqlite_store {
 
   /// Applies one change set as one transaction (or, inside a group, as one
   /// savepoint of the group's transaction). All of it or nothing.
-  result<void> apply(const store::change_set& changes) {
+  result<void> apply(const journal::change_set& changes) {
     if (!db_)
       return make_error(errc::server_error, "sqlite store '" + path_ + "' is closed");
     // a change set that only moves the clock is not worth an fsync: it goes out
     // with the next one that is (WAL keeps commits in order)
     const bool clock_only =
-        changes.size() == 1 && std::holds_alternative<store::counters>(changes[0]);
+        changes.size() == 1 && std::holds_alternative<journal::counters>(changes[0]);
     const bool relax = clock_only && options_.sync == sqlite_sync::full && !in_group_;
     if (relax)
       if (auto r = exec("PRAGMA synchronous=NORMAL", "relaxing synchronous"); !r)
@@ -244,7 +265,7 @@ class sqlite_store {
     for (const auto& c : changes) {
       const int rc = std::visit([this](const auto& x) { return write(x); }, c);
       if (rc != SQLITE_DONE && rc != SQLITE_OK) {
-        auto e = failure(rc, std::string("applying ") + store::name_of(c));
+        auto e = failure(rc, std::string("applying ") + journal::name_of(c));
         if (in_group_) {
           (void)exec("ROLLBACK TO op", "rolling back");
           (void)exec("RELEASE op", "rolling back");
@@ -303,10 +324,10 @@ class sqlite_store {
 
   /// Reads everything stored. Values that cannot be what devicebound wrote
   /// (wrong type, out of range) give 400005 naming the table and row.
-  result<store::snapshot> load() {
+  result<journal::snapshot> load() {
     if (!db_)
       return make_error(errc::server_error, "sqlite store '" + path_ + "' is closed");
-    store::snapshot s;
+    journal::snapshot s;
     if (auto r = load_config(s); !r)
       return r.error();
     if (auto r = load_state(s); !r)
@@ -359,6 +380,15 @@ class sqlite_store {
     // the first read of the file: a file that is not a database fails here
     if (auto r = exec("SELECT count(*) FROM sqlite_master", "reading the schema"); !r)
       return r;
+    // Every reason to refuse the file is found before the first write (the
+    // switch to WAL rewrites the header): a refused file is left as it was.
+    if (auto r = check_size(); !r)
+      return r;
+    if (options_.verify_on_open)
+      if (auto r = quick_check(); !r)
+        return r;
+    if (auto r = check_identity(); !r)
+      return r;
     auto mode = pragma_text("journal_mode=WAL");
     if (!mode)
       return mode.error();
@@ -371,11 +401,6 @@ class sqlite_store {
       return r;
     if (auto r = exec("COMMIT", "taking the write lock"); !r)
       return r;
-    if (auto r = check_size(); !r)
-      return r;
-    if (options_.verify_on_open)
-      if (auto r = quick_check(); !r)
-        return r;
     if (auto r = migrate(); !r)
       return r;
     const char* sync = options_.sync == sqlite_sync::full     ? "PRAGMA synchronous=FULL"
@@ -427,8 +452,8 @@ class sqlite_store {
     return {};
   }
 
-  /// Brings the schema to `schema_version`, refusing files that are not ours or are newer.
-  result<void> migrate() {
+  /// Refuses a file that is not ours or has a newer schema; reads only.
+  result<void> check_identity() {
     auto version = pragma_int("user_version");
     if (!version)
       return version.error();
@@ -459,6 +484,14 @@ class sqlite_store {
     if (*version < 0)
       return make_error(errc::malformed,
                         file + " has an invalid schema version " + std::to_string(*version));
+    return {};
+  }
+
+  /// Brings the schema of a file `check_identity` accepted to `schema_version`.
+  result<void> migrate() {
+    auto version = pragma_int("user_version");
+    if (!version)
+      return version.error();
     if (*version == schema_version)
       return {};
     if (auto r = exec("BEGIN IMMEDIATE", "migrating the schema"); !r)
@@ -548,12 +581,12 @@ class sqlite_store {
     return rc == SQLITE_DONE && sqlite3_changes(db_.get()) != 1 ? SQLITE_NOTFOUND : rc;
   }
 
-  int write(const store::device_added& c) {
+  int write(const journal::device_added& c) {
     st_.device_insert.bind_text(1, c.device_id);
     st_.device_insert.bind_text(2, c.generation_id);
     return st_.device_insert.run();
   }
-  int write(const store::device_removed& c) {
+  int write(const journal::device_removed& c) {
     for (auto* st : {&st_.device_messages_delete, &st_.device_records_delete}) {
       st->bind_text(1, c.device_id);
       if (const int rc = st->run(); rc != SQLITE_DONE)
@@ -562,7 +595,7 @@ class sqlite_store {
     st_.device_delete.bind_text(1, c.device_id);
     return one_row(st_.device_delete.run());
   }
-  int write(const store::message_accepted& c) {
+  int write(const journal::message_accepted& c) {
     auto& st = st_.message_insert;
     st.bind(1, c.sequence_number);
     st.bind_text(2, c.device_id);
@@ -572,7 +605,7 @@ class sqlite_store {
     st.bind(6, static_cast<std::uint32_t>(c.ack));
     return st.run();
   }
-  int write(const store::message_changed& c) {
+  int write(const journal::message_changed& c) {
     auto& st = st_.message_update;
     st.bind(1, c.sequence_number);
     st.bind(2, static_cast<std::uint32_t>(c.state));
@@ -581,11 +614,11 @@ class sqlite_store {
     st.bind(5, c.locked_until);
     return one_row(st.run());
   }
-  int write(const store::message_removed& c) {
+  int write(const journal::message_removed& c) {
     st_.message_delete.bind(1, c.sequence_number);
     return one_row(st_.message_delete.run());
   }
-  int write(const store::feedback_pending& c) {
+  int write(const journal::feedback_pending& c) {
     auto& st = st_.record_insert;
     st.bind(1, c.record_id);
     st.bind_text(2, c.record.original_message_id);
@@ -596,7 +629,7 @@ class sqlite_store {
     st.bind_text(7, c.record.device_generation_id);
     return st.run();
   }
-  int write(const store::feedback_batched& c) {
+  int write(const journal::feedback_batched& c) {
     auto& st = st_.batch_insert;
     st.bind(1, c.batch_id);
     st.bind(2, c.enqueued_time);
@@ -608,7 +641,7 @@ class sqlite_store {
     st_.batch_take_records.bind(2, c.last_record_id);
     return st_.batch_take_records.run();
   }
-  int write(const store::batch_changed& c) {
+  int write(const journal::batch_changed& c) {
     auto& st = st_.batch_update;
     st.bind(1, c.batch_id);
     st.bind(2, static_cast<std::uint32_t>(c.state));
@@ -617,14 +650,14 @@ class sqlite_store {
     st.bind(5, c.locked_until);
     return one_row(st.run());
   }
-  int write(const store::batch_removed& c) {
+  int write(const journal::batch_removed& c) {
     st_.batch_records_delete.bind(1, c.batch_id);
     if (const int rc = st_.batch_records_delete.run(); rc != SQLITE_DONE)
       return rc;
     st_.batch_delete.bind(1, c.batch_id);
     return one_row(st_.batch_delete.run());
   }
-  int write(const store::counters& c) {
+  int write(const journal::counters& c) {
     auto& st = st_.state_upsert;
     const auto& s = c.stats;
     st.bind(1, c.last_sequence);
@@ -648,7 +681,7 @@ class sqlite_store {
       st.bind(i++, v);
     return st.run();
   }
-  int write(const store::config_changed& c) {
+  int write(const journal::config_changed& c) {
     auto put = [this](const char* key, auto value) {
       auto& st = st_.config_upsert;
       st.bind_text(1, key);
@@ -662,11 +695,9 @@ class sqlite_store {
     const int rcs[] = {
         put("name", std::string_view(k.name)),
         put("default_ttl_ms", k.default_ttl.count()),
-        put("expiry_over_cap", k.expiry_over_cap == expiry_cap_policy::clamp ? "clamp" : "reject"),
+        put("expiry_over_cap", to_string(k.expiry_over_cap)),
         put("max_delivery_count", k.max_delivery_count),
-        put("delivery_count", k.delivery_count == delivery_count_rule::abandon_only
-                                  ? "abandon_only"
-                                  : "every_delivery"),
+        put("delivery_count", to_string(k.delivery_count)),
         put("lock_duration_ms", k.lock_duration.count()),
         put("max_queue_depth", k.max_queue_depth),
         put("max_message_size", k.max_message_size),
@@ -675,8 +706,7 @@ class sqlite_store {
         put("feedback_lock_duration_ms", k.feedback_lock_duration.count()),
         put("feedback_batch_size", k.feedback_batch_size),
         put("feedback_batch_interval_ms", k.feedback_batch_interval.count()),
-        put("purge_feedback_for",
-            k.purge_feedback_for == purge_feedback::negative_acks ? "negative_acks" : "none"),
+        put("purge_feedback_for", to_string(k.purge_feedback_for)),
     };
     for (int rc : rcs)
       if (rc != SQLITE_DONE)
@@ -761,7 +791,7 @@ class sqlite_store {
     }
   };
 
-  result<void> load_config(store::snapshot& s) {
+  result<void> load_config(journal::snapshot& s) {
     std::map<std::string, std::pair<std::string, std::int64_t>, std::less<>> kv;
     auto r =
         each_row("SELECT key, value, typeof(value) FROM config", "config", [&](sqlite3_stmt* st) {
@@ -801,18 +831,18 @@ class sqlite_store {
     if (auto v = text("name"))
       c.name = *v;
     num("default_ttl_ms", c.default_ttl);
-    if (auto v = text("expiry_over_cap")) {
-      if (*v != "clamp" && *v != "reject")
-        problem = "config expiry_over_cap is '" + *v + "'";
-      c.expiry_over_cap = *v == "reject" ? expiry_cap_policy::reject : expiry_cap_policy::clamp;
-    }
+    // an unknown spelling is a problem; the field keeps its default meanwhile
+    auto spelled = [&](const char* key, auto parse, auto& field) {
+      if (auto v = text(key)) {
+        if (auto e = parse(*v))
+          field = *e;
+        else
+          problem = std::string("config ") + key + " is '" + *v + "'";
+      }
+    };
+    spelled("expiry_over_cap", parse_expiry_cap_policy, c.expiry_over_cap);
     num("max_delivery_count", c.max_delivery_count);
-    if (auto v = text("delivery_count")) {
-      if (*v != "abandon_only" && *v != "every_delivery")
-        problem = "config delivery_count is '" + *v + "'";
-      c.delivery_count = *v == "every_delivery" ? delivery_count_rule::every_delivery
-                                                : delivery_count_rule::abandon_only;
-    }
+    spelled("delivery_count", parse_delivery_count_rule, c.delivery_count);
     num("lock_duration_ms", c.lock_duration);
     num("max_queue_depth", c.max_queue_depth);
     num("max_message_size", c.max_message_size);
@@ -821,11 +851,7 @@ class sqlite_store {
     num("feedback_lock_duration_ms", c.feedback_lock_duration);
     num("feedback_batch_size", c.feedback_batch_size);
     num("feedback_batch_interval_ms", c.feedback_batch_interval);
-    if (auto v = text("purge_feedback_for")) {
-      if (*v != "negative_acks" && *v != "none")
-        problem = "config purge_feedback_for is '" + *v + "'";
-      c.purge_feedback_for = *v == "none" ? purge_feedback::none : purge_feedback::negative_acks;
-    }
+    spelled("purge_feedback_for", parse_purge_feedback, c.purge_feedback_for);
     if (problem.empty())
       if (auto v = c.validate(); !v)
         problem = "stored configuration is invalid: " + v.error().message;
@@ -835,7 +861,7 @@ class sqlite_store {
     return {};
   }
 
-  result<void> load_state(store::snapshot& s) {
+  result<void> load_state(journal::snapshot& s) {
     return each_row(
         "SELECT last_sequence, last_now_ms, last_flush_ms, next_record_id, next_batch_id, "
         "accepted, completed, "
@@ -845,7 +871,7 @@ class sqlite_store {
         "id = 1",
         "hub_state", [&](sqlite3_stmt* st) {
           reader rd{st, {}};
-          store::counters c;
+          journal::counters c;
           c.last_sequence = rd.u64(0, "last_sequence");
           c.last_now = rd.time(1, "last_now_ms");
           if (sqlite3_column_type(st, 2) != SQLITE_NULL)
@@ -871,11 +897,11 @@ class sqlite_store {
         });
   }
 
-  result<void> load_devices(store::snapshot& s) {
+  result<void> load_devices(journal::snapshot& s) {
     return each_row("SELECT id, generation_id FROM devices ORDER BY id", "devices",
                     [&](sqlite3_stmt* st) {
                       reader rd{st, {}};
-                      store::device_added d;
+                      journal::device_added d;
                       d.device_id = rd.text(0, "id");
                       d.generation_id = rd.text(1, "generation_id");
                       s.devices.push_back(std::move(d));
@@ -883,14 +909,14 @@ class sqlite_store {
                     });
   }
 
-  result<void> load_messages(store::snapshot& s) {
+  result<void> load_messages(journal::snapshot& s) {
     return each_row(
         "SELECT seq, device_id, content, enqueued_ms, expires_ms, ack, state, delivery_count, "
         "lock_token, "
         "locked_until_ms FROM messages ORDER BY seq",
         "messages", [&](sqlite3_stmt* st) {
           reader rd{st, {}};
-          store::stored_message m;
+          journal::stored_message m;
           m.sequence_number = rd.u64(0, "seq");
           m.device_id = rd.text(1, "device_id");
           m.content = rd.blob(2, "content");
@@ -907,14 +933,14 @@ class sqlite_store {
         });
   }
 
-  result<void> load_feedback(store::snapshot& s) {
+  result<void> load_feedback(journal::snapshot& s) {
     auto r = each_row(
         "SELECT id, enqueued_ms, expires_ms, user_id, state, delivery_count, lock_token, "
         "locked_until_ms "
         "FROM feedback_batches ORDER BY id",
         "feedback_batches", [&](sqlite3_stmt* st) {
           reader rd{st, {}};
-          store::stored_batch b;
+          journal::stored_batch b;
           b.batch_id = rd.u64(0, "id");
           b.enqueued_time = rd.time(1, "enqueued_ms");
           b.expires_at = rd.time(2, "expires_ms");

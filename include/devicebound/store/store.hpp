@@ -1,206 +1,23 @@
 /// \file store/store.hpp
-/// Where the hub's state lives (SPEC 1.2): the change records a hub emits, the
-/// snapshot it is rebuilt from, the `hub_store` concept, and `memory_store`.
-///
-/// The engine stays sans-I/O. Each hub operation appends typed change records
-/// to a journal and hands the whole journal to `store.apply(changes)` before
-/// it returns: a store applies one change set atomically (one transaction), or
-/// fails and the hub refuses every later operation until it is reopened (see
-/// docs/architecture.md, "Durability"). `basic_hub::open(config, store, tokens)`
-/// rebuilds a hub from `store.load()`.
+/// Where the hub's state lives (SPEC 1.2): `memory_store`. The change records
+/// a store applies, the snapshot it loads and the `hub_store` concept it meets
+/// are the engine's journal (journal.hpp): a store depends on the journal,
+/// the journal never on a store.
 #pragma once
 
-#include <concepts>
 #include <cstdint>
-#include <iterator>
 #include <map>
 #include <optional>
 #include <string>
-#include <type_traits>
 #include <utility>
 #include <variant>
 #include <vector>
 
 #include "../errors.hpp"
-#include "../feedback.hpp"
 #include "../hub_config.hpp"
-#include "../lifecycle.hpp"
-#include "../message.hpp"
+#include "../journal.hpp"
 
 namespace devicebound {
-
-namespace store {
-
-// --- change records ---------------------------------------------------------------
-// Messages are keyed by sequence number (one counter per hub: unique, never
-// reused), feedback records and batches by ids the hub assigns the same way.
-
-/// A device was registered.
-struct device_added {
-  std::string device_id;
-  std::string generation_id;
-  friend bool operator==(const device_added&, const device_added&) = default;
-};
-
-/// A device was removed, and with it its queued messages and its feedback
-/// records not yet in a batch (SPEC 1.4, 4.9). Batched records stay.
-struct device_removed {
-  std::string device_id;
-  friend bool operator==(const device_removed&, const device_removed&) = default;
-};
-
-/// A send was accepted: the message is Enqueued, delivery count 0, no lock.
-struct message_accepted {
-  std::string device_id;
-  std::uint64_t sequence_number = 0;
-  std::string content;  ///< the sender's part, `detail::packed_message::bytes()`
-  time_point enqueued_time{};
-  time_point expires_at{};
-  ack_mode ack = ack_mode::none;
-  friend bool operator==(const message_accepted&, const message_accepted&) = default;
-};
-
-/// A queued message changed state (Enqueued <-> Invisible), lock or delivery count.
-struct message_changed {
-  std::uint64_t sequence_number = 0;
-  message_state state = message_state::enqueued;  ///< Enqueued or Invisible
-  std::uint32_t delivery_count = 0;
-  lock_token token{};         ///< nil unless Invisible
-  time_point locked_until{};  ///< meaningful while Invisible
-  friend bool operator==(const message_changed&, const message_changed&) = default;
-};
-
-/// A message left its queue (terminal outcome or purge; its feedback record,
-/// if any, is a `feedback_pending` of the same change set).
-struct message_removed {
-  std::uint64_t sequence_number = 0;
-  friend bool operator==(const message_removed&, const message_removed&) = default;
-};
-
-/// A feedback record was created and waits for a batch.
-struct feedback_pending {
-  std::uint64_t record_id = 0;  ///< increasing: pending records are in id order
-  feedback_record record;
-  friend bool operator==(const feedback_pending&, const feedback_pending&) = default;
-};
-
-/// A feedback batch was formed from every pending record with an id up to
-/// `last_record_id` (the oldest ones, SPEC 4.3) and entered the feedback queue.
-struct feedback_batched {
-  std::uint64_t batch_id = 0;
-  std::uint64_t last_record_id = 0;
-  time_point enqueued_time{};
-  time_point expires_at{};
-  std::string user_id;
-  friend bool operator==(const feedback_batched&, const feedback_batched&) = default;
-};
-
-/// A batch in the feedback queue was locked, abandoned or its lock expired.
-struct batch_changed {
-  std::uint64_t batch_id = 0;
-  message_state state = message_state::enqueued;  ///< Enqueued or Invisible
-  std::uint32_t delivery_count = 0;
-  lock_token token{};
-  time_point locked_until{};
-  friend bool operator==(const batch_changed&, const batch_changed&) = default;
-};
-
-/// A batch left the feedback queue (completed, expired or over its delivery limit), with its
-/// records.
-struct batch_removed {
-  std::uint64_t batch_id = 0;
-  friend bool operator==(const batch_removed&, const batch_removed&) = default;
-};
-
-/// Hub-wide counters: the last record of every change set (and, alone, of an
-/// operation that only moved the clock).
-struct counters {
-  std::uint64_t last_sequence = 0;       ///< high-water mark: sequence numbers never repeat
-  time_point last_now{};                 ///< times never go backwards, across restarts too
-  std::optional<time_point> last_flush;  ///< when the last feedback batch went out (SPEC 4.3)
-  std::uint64_t next_record_id = 1;
-  std::uint64_t next_batch_id = 1;
-  hub_stats stats;
-  std::uint64_t feedback_batches_dropped = 0;
-  friend bool operator==(const counters&, const counters&) = default;
-};
-
-/// The hub was opened with this configuration (first open, or a changed one).
-struct config_changed {
-  hub_config config;
-  friend bool operator==(const config_changed&, const config_changed&) = default;
-};
-
-/// One change. Applied in order; a `change_set` is atomic.
-using change = std::variant<device_added, device_removed, message_accepted, message_changed,
-                            message_removed, feedback_pending, feedback_batched, batch_changed,
-                            batch_removed, counters, config_changed>;
-
-/// The changes of one hub operation: a store applies all of them or none.
-using change_set = std::vector<change>;
-
-// --- the snapshot a hub is rebuilt from ---------------------------------------------
-
-/// A queued message as stored.
-struct stored_message {
-  std::string device_id;
-  std::uint64_t sequence_number = 0;
-  std::string content;
-  time_point enqueued_time{};
-  time_point expires_at{};
-  ack_mode ack = ack_mode::none;
-  message_state state = message_state::enqueued;
-  std::uint32_t delivery_count = 0;
-  lock_token token{};
-  time_point locked_until{};
-  friend bool operator==(const stored_message&, const stored_message&) = default;
-};
-
-/// A feedback batch as stored, with its records in order.
-struct stored_batch {
-  std::uint64_t batch_id = 0;
-  std::vector<feedback_record> records;
-  time_point enqueued_time{};
-  time_point expires_at{};
-  std::string user_id;
-  message_state state = message_state::enqueued;
-  std::uint32_t delivery_count = 0;
-  lock_token token{};
-  time_point locked_until{};
-  friend bool operator==(const stored_batch&, const stored_batch&) = default;
-};
-
-/// Everything durable. `counters` is nullopt for a store no hub has written.
-struct snapshot {
-  std::optional<hub_config> config;
-  std::optional<store::counters> counters;
-  std::vector<device_added> devices;      ///< by device id
-  std::vector<stored_message> messages;   ///< by sequence number
-  std::vector<feedback_pending> pending;  ///< by record id
-  std::vector<stored_batch> batches;      ///< by batch id
-  friend bool operator==(const snapshot&, const snapshot&) = default;
-};
-
-/// A short name of a change record, for error messages.
-inline const char* name_of(const change& c) noexcept {
-  static constexpr const char* names[] = {"device_added",     "device_removed",  "message_accepted",
-                                          "message_changed",  "message_removed", "feedback_pending",
-                                          "feedback_batched", "batch_changed",   "batch_removed",
-                                          "counters",         "config_changed"};
-  static_assert(std::size(names) == std::variant_size_v<change>);
-  return names[c.index()];
-}
-
-}  // namespace store
-
-/// A place the hub's state lives. `apply` commits one change set atomically
-/// (all of it or nothing) and returns only once it is as durable as the store
-/// promises; `load` reads back everything applied so far.
-template <class S>
-concept hub_store = requires(S& s, const store::change_set& changes) {
-  { s.apply(changes) } -> std::same_as<result<void>>;
-  { s.load() } -> std::same_as<result<store::snapshot>>;
-};
 
 /// A store in memory: survives the hub (drop the hub, reopen it from here) but
 /// not the process. For tests, and for embedded use where the process is the
@@ -209,7 +26,7 @@ class memory_store {
  public:
   /// Applies one change set. A change that does not fit the stored state (a hub
   /// bug) is refused with 500001; the changes before it in the set stay applied.
-  result<void> apply(const store::change_set& changes) {
+  result<void> apply(const journal::change_set& changes) {
     if (fail_next_) {
       auto e = std::move(*fail_next_);
       fail_next_.reset();
@@ -217,14 +34,14 @@ class memory_store {
     }
     for (const auto& c : changes)
       if (auto r = std::visit([this](const auto& x) { return apply_one(x); }, c); !r)
-        return make_error(errc::server_error, std::string("memory store: ") + store::name_of(c) +
+        return make_error(errc::server_error, std::string("memory store: ") + journal::name_of(c) +
                                                   ": " + r.error().message);
     ++commits_;
     return {};
   }
 
-  result<store::snapshot> load() const {
-    store::snapshot s;
+  result<journal::snapshot> load() const {
+    journal::snapshot s;
     s.config = config_;
     s.counters = counters_;
     for (const auto& [id, gen] : devices_)
@@ -247,12 +64,12 @@ class memory_store {
  private:
   static error bad(std::string what) { return make_error(errc::server_error, std::move(what)); }
 
-  result<void> apply_one(const store::device_added& c) {
+  result<void> apply_one(const journal::device_added& c) {
     if (!devices_.emplace(c.device_id, c.generation_id).second)
       return bad("device '" + c.device_id + "' is already stored");
     return {};
   }
-  result<void> apply_one(const store::device_removed& c) {
+  result<void> apply_one(const journal::device_removed& c) {
     if (!devices_.erase(c.device_id))
       return bad("device '" + c.device_id + "' is not stored");
     std::erase_if(messages_, [&](const auto& kv) { return kv.second.device_id == c.device_id; });
@@ -260,10 +77,10 @@ class memory_store {
                   [&](const auto& kv) { return kv.second.record.device_id == c.device_id; });
     return {};
   }
-  result<void> apply_one(const store::message_accepted& c) {
+  result<void> apply_one(const journal::message_accepted& c) {
     if (!devices_.contains(c.device_id))
       return bad("device '" + c.device_id + "' is not stored");
-    store::stored_message m;
+    journal::stored_message m;
     m.device_id = c.device_id;
     m.sequence_number = c.sequence_number;
     m.content = c.content;
@@ -274,7 +91,7 @@ class memory_store {
       return bad("message " + std::to_string(c.sequence_number) + " is already stored");
     return {};
   }
-  result<void> apply_one(const store::message_changed& c) {
+  result<void> apply_one(const journal::message_changed& c) {
     auto it = messages_.find(c.sequence_number);
     if (it == messages_.end())
       return bad("message " + std::to_string(c.sequence_number) + " is not stored");
@@ -284,18 +101,18 @@ class memory_store {
     it->second.locked_until = c.locked_until;
     return {};
   }
-  result<void> apply_one(const store::message_removed& c) {
+  result<void> apply_one(const journal::message_removed& c) {
     if (!messages_.erase(c.sequence_number))
       return bad("message " + std::to_string(c.sequence_number) + " is not stored");
     return {};
   }
-  result<void> apply_one(const store::feedback_pending& c) {
+  result<void> apply_one(const journal::feedback_pending& c) {
     if (!pending_.emplace(c.record_id, c).second)
       return bad("feedback record " + std::to_string(c.record_id) + " is already stored");
     return {};
   }
-  result<void> apply_one(const store::feedback_batched& c) {
-    store::stored_batch b;
+  result<void> apply_one(const journal::feedback_batched& c) {
+    journal::stored_batch b;
     b.batch_id = c.batch_id;
     b.enqueued_time = c.enqueued_time;
     b.expires_at = c.expires_at;
@@ -308,7 +125,7 @@ class memory_store {
       return bad("feedback batch " + std::to_string(c.batch_id) + " is already stored");
     return {};
   }
-  result<void> apply_one(const store::batch_changed& c) {
+  result<void> apply_one(const journal::batch_changed& c) {
     auto it = batches_.find(c.batch_id);
     if (it == batches_.end())
       return bad("feedback batch " + std::to_string(c.batch_id) + " is not stored");
@@ -318,26 +135,26 @@ class memory_store {
     it->second.locked_until = c.locked_until;
     return {};
   }
-  result<void> apply_one(const store::batch_removed& c) {
+  result<void> apply_one(const journal::batch_removed& c) {
     if (!batches_.erase(c.batch_id))
       return bad("feedback batch " + std::to_string(c.batch_id) + " is not stored");
     return {};
   }
-  result<void> apply_one(const store::counters& c) {
+  result<void> apply_one(const journal::counters& c) {
     counters_ = c;
     return {};
   }
-  result<void> apply_one(const store::config_changed& c) {
+  result<void> apply_one(const journal::config_changed& c) {
     config_ = c.config;
     return {};
   }
 
   std::optional<hub_config> config_;
-  std::optional<store::counters> counters_;
+  std::optional<journal::counters> counters_;
   std::map<std::string, std::string, std::less<>> devices_;
-  std::map<std::uint64_t, store::stored_message> messages_;
-  std::map<std::uint64_t, store::feedback_pending> pending_;
-  std::map<std::uint64_t, store::stored_batch> batches_;
+  std::map<std::uint64_t, journal::stored_message> messages_;
+  std::map<std::uint64_t, journal::feedback_pending> pending_;
+  std::map<std::uint64_t, journal::stored_batch> batches_;
   std::optional<error> fail_next_;
   std::uint64_t commits_ = 0;
 };

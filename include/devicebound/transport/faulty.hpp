@@ -37,6 +37,9 @@
 
 #include "../clock.hpp"
 #include "../errors.hpp"
+#include "../feedback_batch.hpp"
+#include "../message.hpp"
+#include "../settlement.hpp"
 #include "../transport.hpp"
 
 namespace devicebound::faulty {
@@ -85,6 +88,14 @@ constexpr std::string_view to_string(op o) noexcept {
   return "open";
 }
 
+/// Parses an operation's `to_string` spelling exactly (`queue_depth`); nullopt otherwise.
+constexpr std::optional<op> parse_op(std::string_view s) noexcept {
+  for (std::size_t i = 0; i < op_count; ++i)
+    if (s == to_string(static_cast<op>(i)))
+      return static_cast<op>(i);
+  return std::nullopt;
+}
+
 /// A set of operations.
 class ops {
  public:
@@ -119,6 +130,19 @@ enum class drop_point : std::uint8_t {
   request,   ///< the inner transport is never called
   response,  ///< the inner transport does the work; its answer is lost
 };
+
+/// `request` or `response`.
+constexpr std::string_view to_string(drop_point p) noexcept {
+  return p == drop_point::request ? "request" : "response";
+}
+
+/// Parses `request` or `response` (exact spelling); nullopt otherwise.
+constexpr std::optional<drop_point> parse_drop_point(std::string_view s) noexcept {
+  for (auto v : {drop_point::request, drop_point::response})
+    if (s == to_string(v))
+      return v;
+  return std::nullopt;
+}
 
 /// The fault plan and the call log, shared by the test and the decorators.
 class injector {

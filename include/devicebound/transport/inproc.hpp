@@ -32,9 +32,10 @@
 
 #include "../clock.hpp"
 #include "../errors.hpp"
-#include "../feedback.hpp"
+#include "../feedback_batch.hpp"
 #include "../hub.hpp"
 #include "../message.hpp"
+#include "../settlement.hpp"
 #include "../token_source.hpp"
 #include "../transport.hpp"
 
@@ -45,6 +46,19 @@ enum class settlement : std::uint8_t {
   full,           ///< complete, reject, abandon (AMQP, HTTPS)
   complete_only,  ///< complete only, like MQTT to IoT Hub (SPEC 1.6, 6.4.2)
 };
+
+/// `full` or `complete_only`: the spelling of the bindings' `settlement` option.
+constexpr std::string_view to_string(settlement s) noexcept {
+  return s == settlement::full ? "full" : "complete_only";
+}
+
+/// Parses `full` or `complete_only` (exact spelling); nullopt otherwise.
+constexpr std::optional<settlement> parse_settlement(std::string_view s) noexcept {
+  for (auto v : {settlement::full, settlement::complete_only})
+    if (s == to_string(v))
+      return v;
+  return std::nullopt;
+}
 
 template <devicebound::clock Clock>
 class hub_host;

@@ -1,9 +1,12 @@
-/// \file bench_inproc.hpp
+/// \file bench_inproc.cpp
 /// The C++ side of node/bench.js: the same in-process work as the Node loop
 /// (send with at most `window` messages outstanding, a device thread that
 /// receives and completes each one), timed in C++ alone, so the benchmark can
 /// print what the binding costs.
-#pragma once
+///
+/// An addon of its own, devicebound_bench.node, built in a checkout only: the
+/// npm package does not carry bindings/node/bench/ (scripts/prepack.js copies
+/// the top of bindings/node/), so the addon users install has no benchmark code.
 
 #include <napi.h>
 
@@ -17,9 +20,10 @@
 #include <string>
 #include <thread>
 
-#include "convert.hpp"
+#include "../convert.hpp"
 
 namespace devicebound::node {
+namespace {
 
 struct bench_result {
   std::uint64_t messages = 0;
@@ -29,8 +33,7 @@ struct bench_result {
 
 /// Sends `n` messages of `body_size` bytes to one device, at most `window`
 /// of them not yet completed; the device completes each. Blocking.
-inline bench_result bench_inproc_loop(std::uint64_t n, std::uint64_t window,
-                                      std::size_t body_size) {
+bench_result bench_inproc_loop(std::uint64_t n, std::uint64_t window, std::size_t body_size) {
   hub_config config;
   config.max_queue_depth = static_cast<std::uint32_t>(window);
   inproc::hub_host<system_clock> host(config);
@@ -113,7 +116,7 @@ class bench_worker final : public Napi::AsyncWorker {
   bench_result result_;
 };
 
-inline Napi::Value bench_inproc(const Napi::CallbackInfo& info) {
+Napi::Value bench_inproc(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const auto n = to_uint(env, info[0], "n", std::uint64_t{1} << 40);
   const auto window = to_uint(env, info[1], "window", 10000);
@@ -126,4 +129,18 @@ inline Napi::Value bench_inproc(const Napi::CallbackInfo& info) {
   return p;
 }
 
+}  // namespace
 }  // namespace devicebound::node
+
+namespace {
+Napi::Object init_devicebound_bench(Napi::Env env, Napi::Object exports) {
+  // throw_invalid() reads the environment's addon_data; without the main
+  // addon's setup() its errors are plain Errors with a `code`.
+  env.SetInstanceData<devicebound::node::addon_data>(new devicebound::node::addon_data());
+  exports.Set("benchInproc",
+              Napi::Function::New<devicebound::node::bench_inproc>(env, "benchInproc"));
+  return exports;
+}
+}  // namespace
+
+NODE_API_MODULE(devicebound_bench, init_devicebound_bench)

@@ -1,13 +1,16 @@
-// devicebound._native: the C++ side of python/bench.py. The same work as the Python
+// devicebound._bench: the C++ side of python/bench.py. The same work as the Python
 // loop, with the same types: the embedded hub on the same clock, the same clients
 // and retry policy; send -> receive -> complete, one message at a time.
+//
+// A module of its own, built only with DEVICEBOUND_PYTHON_BENCH=ON (a development
+// install), so that the wheel users install carries no benchmark code.
 
 #include <chrono>
 #include <cstdint>
 #include <devicebound/transport/inproc.hpp>
 #include <string>
 
-#include "native.hpp"
+#include "../native.hpp"
 
 namespace devicebound::python {
 
@@ -41,18 +44,24 @@ double inproc_round_trips(std::uint64_t n, std::size_t body_size, bool driver) {
 
 }  // namespace
 
-void init_bench(py::module_& m) {
+}  // namespace devicebound::python
+
+PYBIND11_MODULE(_bench, m) {
+  namespace dbp = devicebound::python;
+  namespace py = pybind11;
+  m.doc() = "python/bench.py's C++ loop (development builds only).";
+  // Errors raised here are devicebound's own exception classes, as from _native.
+  dbp::error_factory() =
+      py::object(py::module_::import("devicebound.errors").attr("_from_native")).release().ptr();
   m.def(
       "bench_inproc_round_trips",
       [](std::uint64_t n, std::size_t body_size, bool driver) {
         try {
-          return without_gil([&] { return inproc_round_trips(n, body_size, driver); });
+          return dbp::without_gil([&] { return dbp::inproc_round_trips(n, body_size, driver); });
         } catch (const devicebound::exception& e) {
-          raise(e.error());
+          dbp::raise(e.error());
         }
       },
       py::arg("n"), py::arg("body_size"), py::arg("driver") = true,
       "Seconds the C++ clients take for n rounds of send -> receive -> complete in process.");
 }
-
-}  // namespace devicebound::python
