@@ -13,6 +13,10 @@ packages=(
   libgtest-dev librapidcheck-dev libbenchmark-dev
   # MQTT transport, its test broker, the broker plugin (SAS auth) and test certificates
   libpaho-mqtt-dev mosquitto mosquitto-dev libssl-dev openssl
+  # AMQP 1.0 (codec, front door, transport): Qpid Proton C and C++
+  libqpid-proton-cpp12-dev libqpid-proton11-dev
+  # the official-SDK tests run Python's uamqp (port 5671) in a private network namespace
+  iproute2 util-linux
   # Python package tests (venv) and the stock Azure IoT SDK test
   python3-venv
   # hub daemon, tools and stores

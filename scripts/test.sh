@@ -8,6 +8,8 @@
 #   (d) python   pip install . (and the sdist) into fresh venvs, pytest python/tests
 #   (e) broker   the mosquitto plugin and a stock Azure IoT Python device SDK
 #   (f) node     npm ci + node --test in node/, npm pack -> install elsewhere
+#   (g) sdk      the official Azure IoT SDKs (npm, PyPI; pinned in tests/sdk/)
+#                against devicebound-hub: scripts/test_sdk.sh
 # Build directories default to build/, build-asan/ and build-fuzz/; set
 # DEVICEBOUND_BUILD_PREFIX=<dir> to use <dir>, <dir>-asan and <dir>-fuzz instead.
 # DEVICEBOUND_REQUIRE_ALL=1 (exported here unless set): CI installs every part the
@@ -135,6 +137,14 @@ stage_node() {
     CMAKE_BUILD_PARALLEL_LEVEL=$jobs ./scripts/test_node.sh
 }
 
+stage_sdk() {
+  # The official Azure SDKs, unchanged: Node azure-iothub and device SDKs (AMQP,
+  # MQTT), Python azure-iot-hub in a private network namespace.
+  DEVICEBOUND_HUB="$build/apps/devicebound-hub" \
+    DEVICEBOUND_BROKER_PLUGIN="$build/broker/devicebound_mosquitto_plugin.so" \
+    DEVICEBOUND_SDK_VENV="$build/venv-sdk-tests" ./scripts/test_sdk.sh
+}
+
 total_start=$SECONDS
 if ! ./scripts/setup.sh; then
   echo "test.sh: FAILED: setup.sh could not install the build dependencies"
@@ -147,6 +157,7 @@ run_stage fuzz stage_fuzz
 run_stage python stage_python
 run_stage broker stage_broker
 run_stage node stage_node
+run_stage sdk stage_sdk
 
 join() { local IFS=,; echo "${*:-none}"; }
 echo

@@ -213,6 +213,29 @@ void load_toml(const std::string& path, daemon_config& c) {
   flag(st["in_memory"], "store.in_memory", c.store.in_memory);
   setting(st["sync"], "store.sync", "full or normal", c.store.sync);
 
+  auto am = t["amqp"];
+  if (auto l = am["listen"]; l) {
+    if (auto one = l.value<std::string>()) {
+      c.amqp.listen.push_back(*one);
+    } else if (const toml::array* a = l.as_array()) {
+      for (const auto& e : *a) {
+        auto v = e.value<std::string>();
+        if (!v)
+          throw config_error(path + ": amqp.listen must be a string or an array of strings");
+        c.amqp.listen.push_back(*v);
+      }
+    } else {
+      throw config_error(path + ": amqp.listen must be a string or an array of strings");
+    }
+  }
+  str(am["tls_server_cert"], "amqp.tls_server_cert", c.amqp.tls_server_cert);
+  str(am["tls_server_key"], "amqp.tls_server_key", c.amqp.tls_server_key);
+  str(am["tls_server_key_password"], "amqp.tls_server_key_password",
+      c.amqp.tls_server_key_password);
+  flag(am["insecure"], "amqp.insecure", c.amqp.insecure);
+  str(am["iothub_hostname"], "amqp.iothub_hostname", c.amqp.iothub_hostname);
+  str(am["auth_file"], "amqp.auth_file", c.amqp.auth_file);
+
   str(t["log"]["level"], "log.level", c.log_level);
 }
 
@@ -225,7 +248,10 @@ std::variant<daemon_config, int> load_config(int argc, char** argv) {
   // Flags override the file; so they are read into optionals first.
   std::optional<std::string> host, client_id, username, password, tls_ca, tls_cert, tls_key,
       tls_key_password, hub_name, log_level, lock, ttl, batch_interval, reconnect_initial,
-      reconnect_max, feedback_lock, store_path, store_sync;
+      reconnect_max, feedback_lock, store_path, store_sync, tls_server_cert, tls_server_key,
+      tls_server_key_password, iothub_hostname, auth_file;
+  std::vector<std::string> amqp_listen;
+  bool amqp_insecure = false;
   std::optional<std::uint16_t> port;
   std::optional<std::uint32_t> max_delivery, max_depth, max_in_flight;
   std::vector<std::string> devices;
@@ -264,6 +290,24 @@ std::variant<daemon_config, int> load_config(int argc, char** argv) {
   app.add_option("--store-sync", store_sync,
                  "normal (default: survives a crash of the daemon; an OS crash or power cut "
                  "may lose the last ~100 ms) or full (fsync every commit: survives power loss)");
+  app.add_option("--amqp-listen", amqp_listen,
+                 "listen for AMQP 1.0 (the official Azure SDKs) on HOST:PORT (repeatable; IoT "
+                 "Hub's port is 5671)");
+  app.add_option("--tls-server-cert", tls_server_cert,
+                 "PEM certificate the AMQP listener presents (TLS); not --tls-cert, which is the "
+                 "MQTT client certificate");
+  app.add_option("--tls-server-key", tls_server_key, "PEM private key of --tls-server-cert");
+  app.add_option("--tls-server-key-password", tls_server_key_password,
+                 "password of --tls-server-key");
+  app.add_flag("--amqp-insecure", amqp_insecure,
+               "allow plain AMQP (no TLS) on a non-loopback --amqp-listen address");
+  app.add_option("--iothub-hostname", iothub_hostname,
+                 "the IoT Hub host name SAS tokens must name (sr), e.g. myhub.example (default "
+                 "localhost)");
+  app.add_option("--auth-file", auth_file,
+                 "device keys and shared access policies for SAS verification over AMQP "
+                 "(docs/amqp-door.md); without it: test mode, tokens are not verified")
+      ->check(CLI::ExistingFile);
   app.add_option("-l,--log-level", log_level,
                  "trace, debug, info, warn, error, critical or off (default info)");
   try {
@@ -324,6 +368,21 @@ std::variant<daemon_config, int> load_config(int argc, char** argv) {
       cfg.reconnect.cap = duration_arg(*reconnect_max, "--reconnect-max");
     if (log_level)
       cfg.log_level = *log_level;
+    cfg.amqp.listen.insert(cfg.amqp.listen.end(), amqp_listen.begin(), amqp_listen.end());
+    if (tls_server_cert)
+      cfg.amqp.tls_server_cert = *tls_server_cert;
+    if (tls_server_key)
+      cfg.amqp.tls_server_key = *tls_server_key;
+    if (tls_server_key_password)
+      cfg.amqp.tls_server_key_password = *tls_server_key_password;
+    if (amqp_insecure)
+      cfg.amqp.insecure = true;
+    if (iothub_hostname)
+      cfg.amqp.iothub_hostname = *iothub_hostname;
+    if (auth_file)
+      cfg.amqp.auth_file = *auth_file;
+    if (cfg.amqp.tls_server_cert.empty() != cfg.amqp.tls_server_key.empty())
+      throw CLI::ValidationError("--tls-server-cert", "needs --tls-server-key, and the reverse");
     if (store_path) {
       cfg.store.path = *store_path;
       cfg.store.in_memory = false;

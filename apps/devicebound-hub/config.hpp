@@ -36,6 +36,19 @@ struct store_config {
   sqlite_sync sync = sqlite_sync::normal;
 };
 
+/// The AMQP front door (docs/amqp-door.md). No `listen`: no AMQP door.
+struct amqp_listen_config {
+  std::vector<std::string> listen;  ///< `--amqp-listen HOST:PORT` (repeatable)
+  /// The hub's own TLS server certificate and key (PEM). Not `--tls-cert/--tls-key`:
+  /// those are the daemon's MQTT *client* certificate for the broker.
+  std::string tls_server_cert;
+  std::string tls_server_key;
+  std::string tls_server_key_password;
+  bool insecure = false;                      ///< plain AMQP on a non-loopback address
+  std::string iothub_hostname = "localhost";  ///< the host SAS tokens name in `sr`
+  std::string auth_file;                      ///< empty: test mode (tokens not verified)
+};
+
 struct daemon_config {
   mqtt::connection_options broker = [] {
     mqtt::connection_options o;
@@ -48,6 +61,7 @@ struct daemon_config {
   std::uint32_t max_in_flight = 4;   ///< locked, unsettled pushes per device or back end
   reconnect_config reconnect;
   store_config store;
+  amqp_listen_config amqp;
   std::string log_level = "info";
 };
 

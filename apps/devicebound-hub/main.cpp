@@ -34,6 +34,9 @@
 #include <stop_token>
 #include <thread>
 
+#ifdef DEVICEBOUND_WITH_AMQP_DOOR
+#include "amqp_door.hpp"
+#endif
 #include "config.hpp"
 #include "engine_loop.hpp"
 #include "mqtt_door.hpp"
@@ -212,7 +215,37 @@ int main(int argc, char** argv) {
   if (store && cfg.store.sync == sqlite_sync::normal)
     flusher.emplace(store->path() + "-wal", std::chrono::milliseconds(100));
   mqtt_door mqtt(cfg.broker, cfg.reconnect);
-  engine_loop loop(rt, {&mqtt});
+  std::vector<front_door*> doors{&mqtt};
+#ifdef DEVICEBOUND_WITH_AMQP_DOOR
+  std::unique_ptr<amqp_door> amqp;
+  if (!cfg.amqp.listen.empty()) {
+    amqp_door_config ac;
+    ac.listen = cfg.amqp.listen;
+    ac.tls_server_cert = cfg.amqp.tls_server_cert;
+    ac.tls_server_key = cfg.amqp.tls_server_key;
+    ac.tls_key_password = cfg.amqp.tls_server_key_password;
+    ac.insecure = cfg.amqp.insecure;
+    ac.iothub_hostname = cfg.amqp.iothub_hostname;
+    if (!cfg.amqp.auth_file.empty()) {
+      auto a = load_auth_file(cfg.amqp.auth_file);
+      if (!a) {
+        spdlog::critical("bad --auth-file: {}", a.error().message);
+        return exit_config;
+      }
+      spdlog::info("auth file {}: {} device key(s), {} policy(ies)", cfg.amqp.auth_file,
+                   a->devices.size(), a->policies.size());
+      ac.auth = std::move(*a);
+    }
+    amqp = std::make_unique<amqp_door>(std::move(ac));
+    doors.push_back(amqp.get());
+  }
+#else
+  if (!cfg.amqp.listen.empty()) {
+    spdlog::critical("--amqp-listen: this devicebound-hub was built without AMQP (Qpid Proton)");
+    return exit_config;
+  }
+#endif
+  engine_loop loop(rt, doors);
 
   spdlog::info(
       "devicebound-hub {} '{}': broker {}://{}:{}, client id '{}', lock {} ms, default TTL {} "
@@ -259,6 +292,10 @@ int main(int argc, char** argv) {
       break;
   }
   mqtt.stop();
+#ifdef DEVICEBOUND_WITH_AMQP_DOOR
+  if (amqp)
+    amqp->stop();
+#endif
   if (end.why != loop_end::cause::door_failed)
     log_stats(h);
   // Wake the signal thread if run() ended for another reason.

@@ -1,0 +1,69 @@
+// The AMQP 1.0 front door (SPEC 10): IoT Hub's own AMQP surface, so the
+// official Azure service and device SDKs talk to devicebound-hub unchanged.
+//
+// It listens on one Qpid Proton proactor, served by one thread of its own.
+// That thread decodes the wire (SASL, CBS put-token, the C2D sender link, the
+// feedback receiver link, device C2D receiver links) into typed requests for
+// the engine thread; `release`, on the engine thread, hands the replies and
+// pushes back to the proactor thread through a per-connection mailbox and
+// `pn_connection_wake`. Dispositions that acknowledge a request are sent only
+// when the router releases its reply, i.e. after the store committed it.
+// docs/amqp-door.md describes the links, the authentication and the choices.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "auth_file.hpp"
+#include "front_door.hpp"
+
+namespace devicebound::hubd {
+
+struct amqp_door_config {
+  /// `host:port` addresses to listen on (IoT Hub's port is 5671; 0 picks a free one).
+  std::vector<std::string> listen;
+  /// PEM server certificate and key; empty: plain AMQP (allowed on loopback only,
+  /// or anywhere with `insecure`). With them, every connection must use TLS.
+  std::string tls_server_cert;
+  std::string tls_server_key;
+  std::string tls_key_password;
+  bool insecure = false;
+  /// The host SAS tokens must name in `sr` (compared without case and port).
+  std::string iothub_hostname = "localhost";
+  /// Keys and policies; nullopt: test mode (any well-formed token is accepted
+  /// and speaks for whom it names; links need no token at all).
+  std::optional<auth_registry> auth;
+  /// Credit granted on links the door receives on (C2D send, CBS, telemetry).
+  std::uint32_t link_credit = 64;
+};
+
+class amqp_door final : public front_door {
+ public:
+  explicit amqp_door(amqp_door_config config);
+  ~amqp_door() override;
+  amqp_door(const amqp_door&) = delete;
+  amqp_door& operator=(const amqp_door&) = delete;
+
+  std::string_view name() const noexcept override { return "amqp"; }
+  /// Listens on every address; returns once all listen (or the first fails).
+  result<void> start(door_id id, request_sink sink, std::stop_token stop) override;
+  time_point poll(time_point now) override;
+  void release(std::span<const outbound> items) override;
+  void stop() override;
+  std::optional<error> failure() const override;
+
+  /// The addresses actually listened on (`host:port`, the port resolved), after `start`.
+  std::vector<std::string> listening() const;
+
+  struct impl;
+
+ private:
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace devicebound::hubd

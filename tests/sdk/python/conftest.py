@@ -1,0 +1,204 @@
+"""The official Python SDKs against devicebound-hub: one mosquitto (with the
+devicebound plugin) and one devicebound-hub (with its AMQP front door) per test
+module, in a private network namespace.
+
+Why a namespace: the Python service SDK's AMQP (uamqp) always connects to port
+5671 and the Python device SDK to 8883 (SPEC 10.1.2, 5.4). scripts/test_sdk.sh
+runs pytest as `unshare -n bash -c 'ip link set lo up; exec pytest ...'` with
+DEVICEBOUND_SDK_NETNS=1; in there both ports are ours and nothing leaves the
+namespace. Without it the tests skip, or fail when DEVICEBOUND_REQUIRE_ALL=1.
+
+Trust: uamqp verifies the server certificate and its host name with OpenSSL's
+default verify paths, so SSL_CERT_FILE=<our CA> is enough (found here: without
+it the TLS handshake fails and the SDK reports "Authorization timeout"; with a
+host name the certificate does not name, too). The device SDK is given the CA
+with server_verification_cert.
+
+The mosquitto helpers (config template, certificates, process handling) are
+python/tests/conftest.py's, loaded under another module name.
+
+Environment: DEVICEBOUND_HUB (or DEVICEBOUND_HUB_EXE), DEVICEBOUND_BROKER_PLUGIN,
+DEVICEBOUND_SDK_NETNS, DEVICEBOUND_REQUIRE_ALL, DEVICEBOUND_MOSQUITTO.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+HOSTNAME = "localhost"
+AMQP_PORT = 5671
+MQTT_TLS_PORT = 8883
+
+
+def _load_broker_helpers():
+    path = ROOT / "python" / "tests" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("devicebound_broker_helpers", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+helpers = _load_broker_helpers()
+WAIT = helpers.WAIT
+
+
+def missing_or_skip(why: str):
+    if os.environ.get("DEVICEBOUND_REQUIRE_ALL") == "1":
+        pytest.fail(f"{why} (DEVICEBOUND_REQUIRE_ALL=1)")
+    pytest.skip(why)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def call_with_timeout(fn, timeout: float, what: str):
+    """Runs fn() on a daemon thread; returns its value, re-raises its exception,
+    or raises TimeoutError after `timeout` s (the SDK call is then abandoned)."""
+    box: dict = {}
+
+    def run():
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            box["error"] = e
+
+    t = threading.Thread(target=run, name=what, daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        raise TimeoutError(f"{what}: no answer within {timeout}s")
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+@dataclass
+class Stack:
+    dir: Path
+    certs: object
+    broker: object
+    hub: subprocess.Popen
+    hub_log: Path
+    device_keys: dict[str, str]
+    policy_keys: dict[str, str]
+    _log_file: object = field(default=None, repr=False)
+
+    def service_cs(self, policy: str = "service", key: str | None = None) -> str:
+        key = key or self.policy_keys[policy]
+        return f"HostName={HOSTNAME};SharedAccessKeyName={policy};SharedAccessKey={key}"
+
+    def device_mqtt_cs(self, device_id: str, key: str | None = None) -> str:
+        key = key or self.device_keys[device_id]
+        # The device SDK connects to GatewayHostName, port 8883 (docs/stock-devices.md).
+        return (f"HostName={HOSTNAME};DeviceId={device_id};SharedAccessKey={key};"
+                f"GatewayHostName={HOSTNAME}")
+
+    def hub_log_text(self) -> str:
+        try:
+            return self.hub_log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+DEVICES = ["py-dev-1", "py-dev-2", "py-dev-3"]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    if os.environ.get("DEVICEBOUND_SDK_NETNS") != "1":
+        missing_or_skip("not in a private network namespace (run scripts/test_sdk.sh, which uses "
+                        "`unshare -n`): the Python SDKs need ports 5671 and 8883")
+    for port in (AMQP_PORT, MQTT_TLS_PORT):
+        if not _port_free(port):
+            missing_or_skip(f"127.0.0.1:{port} is taken, even in this network namespace")
+    hub_exe = os.environ.get("DEVICEBOUND_HUB") or os.environ.get("DEVICEBOUND_HUB_EXE")
+    if not hub_exe or not Path(hub_exe).is_file():
+        missing_or_skip(f"devicebound-hub not found (DEVICEBOUND_HUB={hub_exe!r})")
+    plugin = helpers.find_plugin()
+    if plugin is None or not plugin.exists():
+        missing_or_skip("devicebound_mosquitto_plugin.so not found (DEVICEBOUND_BROKER_PLUGIN)")
+    if helpers.find_mosquitto() is None:
+        missing_or_skip("mosquitto is not installed")
+
+    work = tmp_path_factory.mktemp("sdk-python")
+    certs = helpers.make_certs(work / "certs")  # localhost and 127.0.0.1
+    device_keys = {d: helpers.new_key() for d in DEVICES}
+    policy_keys = {p: helpers.new_key() for p in ("iothubowner", "service", "device")}
+    auth = work / "auth"
+    auth.write_text("".join(f"{d} {k}\n" for d, k in device_keys.items())
+                    + "".join(f"policy {p} {k}\n" for p, k in policy_keys.items()))
+
+    plain_port = helpers.free_port()
+    data_dir = work / "mosquitto-data"
+    data_dir.mkdir()
+    broker = helpers.Broker(work, plain_port, "127.0.0.1", MQTT_TLS_PORT, certs, work / "mosquitto.conf",
+                            work / "mosquitto.log")
+    helpers.render_conf(broker.conf, plain_port=plain_port, tls_address="127.0.0.1", tls_port=MQTT_TLS_PORT,
+                        certs=certs, data_dir=data_dir, plugin=plugin,
+                        plugin_options=[f"plugin_opt_auth_file {auth}"])
+    broker.start()
+
+    hub_log = work / "devicebound-hub.log"
+    log_file = open(hub_log, "wb")
+    argv = [hub_exe, "--host", "127.0.0.1", "--port", str(plain_port), "--client-id", "devicebound-hub",
+            "--username", "iothubowner", "--password", policy_keys["iothubowner"],
+            "--store", str(work / "hub.db"),
+            "--amqp-listen", f"127.0.0.1:{AMQP_PORT}",
+            "--tls-server-cert", str(certs.cert), "--tls-server-key", str(certs.key),
+            "--iothub-hostname", HOSTNAME, "--auth-file", str(auth),
+            "--feedback-batch-interval", "0s", "--log-level", "debug"]
+    for d in DEVICES:
+        argv += ["--device", d]
+    hub = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT)
+    s = Stack(work, certs, broker, hub, hub_log, device_keys, policy_keys, log_file)
+    try:
+        def ready():
+            if hub.poll() is not None:
+                raise RuntimeError(f"devicebound-hub exited ({hub.returncode}):\n{' '.join(argv)}\n"
+                                   f"{s.hub_log_text()}")
+            text = s.hub_log_text()
+            return ("connected to the broker" in text and "amqp: listening on" in text
+                    and helpers.port_open("127.0.0.1", AMQP_PORT))
+
+        helpers.wait_until(ready, WAIT, "devicebound-hub to be connected and listening on 5671")
+        # uamqp: OpenSSL's default verify paths (SPEC 12.10; see the module docstring).
+        old = os.environ.get("SSL_CERT_FILE")
+        os.environ["SSL_CERT_FILE"] = str(certs.ca)
+        yield s
+        if old is None:
+            os.environ.pop("SSL_CERT_FILE", None)
+        else:
+            os.environ["SSL_CERT_FILE"] = old
+    finally:
+        helpers.stop_process(hub)
+        log_file.close()
+        broker.stop()
+        if os.environ.get("DEVICEBOUND_SDK_KEEP") == "1":
+            print(f"kept {work}")
+
+
+def new_key() -> str:
+    return base64.b64encode(os.urandom(32)).decode()
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)

@@ -1,0 +1,670 @@
+// End-to-end tests of devicebound-hub's AMQP front door (SPEC 10): a real
+// mosquitto and a real daemon on free loopback ports, driven by a small
+// blocking AMQP client written on Qpid Proton's C proactor, so that every
+// byte the official SDKs depend on can be checked: SASL variants, the CBS
+// reply's types, delivery tags, annotation types, settled and unsettled
+// dispositions.
+#include <gtest/gtest.h>
+
+#ifdef DEVICEBOUND_WITH_AMQP_DOOR
+
+#include <proton/condition.h>
+#include <proton/connection.h>
+#include <proton/delivery.h>
+#include <proton/disposition.h>
+#include <proton/event.h>
+#include <proton/link.h>
+#include <proton/proactor.h>
+#include <proton/sasl.h>
+#include <proton/sasl_plugin.h>
+#include <proton/session.h>
+#include <proton/terminus.h>
+#include <proton/transport.h>
+
+#include <cstring>
+#include <deque>
+#include <devicebound/auth/signature.hpp>
+#include <devicebound/clock.hpp>
+#include <devicebound/codec/amqp.hpp>
+#include <devicebound/codec/feedback_json.hpp>
+#include <functional>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <proton/annotation_key.hpp>
+#include <proton/message.hpp>
+#include <proton/scalar.hpp>
+#include <proton/timestamp.hpp>
+#include <proton/uuid.hpp>
+#include <proton/value.hpp>
+#include <string>
+
+#include "support/mosquitto.hpp"
+
+namespace {
+
+using namespace std::chrono_literals;
+namespace support = devicebound::test_support;
+namespace amqp = devicebound::codec::amqp;
+using devicebound::auth::shared_access_key;
+
+const std::string device_key_b64 = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const std::string service_key_b64 = "ZmFrZS1wb2xpY3kta2V5LWZvci1kb2NzLW9ubHkhIQ==";
+constexpr const char* hub_host = "testhub.example";
+
+shared_access_key key_of(const std::string& b64) {
+  return shared_access_key::from_base64(b64).value();
+}
+
+std::uint64_t expiry_in(std::chrono::seconds s) {
+  return devicebound::auth::sas_expiry(devicebound::system_clock{}.now(), s);
+}
+
+std::string service_token(std::uint64_t se = expiry_in(3600s),
+                          const std::string& key = service_key_b64) {
+  return to_string(devicebound::auth::generate_sas_token(hub_host, key_of(key), se, "service"));
+}
+
+std::string device_token(const std::string& device, std::uint64_t se = expiry_in(3600s)) {
+  return to_string(devicebound::auth::generate_sas_token(
+      std::string(hub_host) + "/devices/" + device, key_of(device_key_b64), se));
+}
+
+// --- the client's MSSBCBS mechanism (what Python's uamqp sends) -------------------------------
+
+std::string g_offered_mechanisms;
+
+const pnx_sasl_implementation mssbcbs_client = {
+    [](pn_transport_t*) {},
+    [](pn_transport_t*) -> const char* { return ""; },
+    [](pn_transport_t*) -> bool { return false; },
+    [](pn_transport_t*) -> bool { return true; },
+    [](pn_transport_t*) {},
+    [](pn_transport_t*, const char*, const pn_bytes_t*) {},
+    [](pn_transport_t*, const pn_bytes_t*) {},
+    [](pn_transport_t* t, const char* mechs) -> bool {
+      g_offered_mechanisms = mechs;
+      // uamqp-c aborts unless the exact, case-sensitive name is offered (SPEC 10.2.4).
+      const std::string m = std::string(" ") + mechs + " ";
+      if (m.find(" MSSBCBS ") == std::string::npos)
+        return false;
+      pnx_sasl_set_selected_mechanism(t, "MSSBCBS");
+      pnx_sasl_set_bytes_out(t, pn_bytes(0, ""));
+      pnx_sasl_set_desired_state(t, SASL_POSTED_INIT);
+      return true;
+    },
+    [](pn_transport_t*, const pn_bytes_t*) {},
+    [](pn_transport_t*, const pn_bytes_t*) {},
+    [](pn_transport_t*) -> bool { return false; },
+    [](pn_transport_t*) -> ssize_t { return 0; },
+    [](pn_transport_t*, pn_bytes_t, pn_bytes_t*) -> ssize_t { return 0; },
+    [](pn_transport_t*, pn_bytes_t, pn_bytes_t*) -> ssize_t { return 0; },
+};
+
+// --- a blocking AMQP client ------------------------------------------------------------------
+
+struct received {
+  pn_delivery_t* delivery = nullptr;
+  proton::message msg;
+  std::string tag;
+  bool settled = false;
+};
+
+enum class sasl_mode { none, anonymous, mssbcbs, plain };
+
+class client {
+ public:
+  client(std::uint16_t port, sasl_mode mode, const std::string& user = {},
+         const std::string& password = {}) {
+    proactor_ = pn_proactor();
+    conn_ = pn_connection();
+    pn_connection_set_container(conn_, "test-client");
+    pn_connection_set_hostname(conn_, hub_host);
+    pn_transport_t* t = pn_transport();
+    if (mode != sasl_mode::none) {
+      pn_sasl_t* s = pn_sasl(t);
+      if (mode == sasl_mode::anonymous)
+        pn_sasl_allowed_mechs(s, "ANONYMOUS");
+      if (mode == sasl_mode::plain) {
+        pn_sasl_allowed_mechs(s, "PLAIN");
+        pn_sasl_set_allow_insecure_mechs(s, true);
+        pn_connection_set_user(conn_, user.c_str());
+        pn_connection_set_password(conn_, password.c_str());
+      }
+      if (mode == sasl_mode::mssbcbs)
+        pnx_sasl_set_implementation(t, &mssbcbs_client, nullptr);
+    }
+    pn_connection_open(conn_);
+    session_ = pn_session(conn_);
+    pn_session_open(session_);
+    const std::string addr = "127.0.0.1:" + std::to_string(port);
+    pn_proactor_connect2(proactor_, conn_, t, addr.c_str());
+  }
+  ~client() {
+    if (!closed_) {
+      pn_connection_close(conn_);
+      (void)wait([&] { return closed_; }, 2s);
+    }
+    pn_proactor_free(proactor_);
+  }
+  client(const client&) = delete;
+  client& operator=(const client&) = delete;
+
+  /// Pumps events until `pred` or `timeout`.
+  bool wait(const std::function<bool()>& pred, std::chrono::milliseconds timeout = 10s) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    // What the caller did to the connection outside an event batch is written
+    // out only when the proactor handles the connection: wake it.
+    if (!closed_)
+      pn_connection_wake(conn_);
+    while (!pred()) {
+      if (std::chrono::steady_clock::now() >= deadline)
+        return false;
+      pn_proactor_set_timeout(proactor_, 20);
+      pn_event_batch_t* b = pn_proactor_wait(proactor_);
+      while (pn_event_t* e = pn_event_batch_next(b))
+        handle(e);
+      pn_proactor_done(proactor_, b);
+    }
+    return true;
+  }
+
+  /// Writes out what the caller changed (dispositions, credit) without waiting for anything.
+  void flush() {
+    woken_ = false;
+    (void)wait([&] { return woken_ || closed_; }, 2s);
+  }
+
+  bool opened() {
+    return wait([&] { return closed_ || (pn_connection_state(conn_) & PN_REMOTE_ACTIVE); }) &&
+           !closed_;
+  }
+  bool closed() const { return closed_; }
+  const std::string& close_condition() const { return close_condition_; }
+
+  /// A link, attached (or refused: then `link_error` says why).
+  pn_link_t* attach(bool sender, const std::string& address, int credit = 0,
+                    pn_rcv_settle_mode_t rcv_mode = PN_RCV_FIRST) {
+    const std::string name = (sender ? "s-" : "r-") + std::to_string(next_link_++);
+    pn_link_t* l = sender ? pn_sender(session_, name.c_str()) : pn_receiver(session_, name.c_str());
+    pn_terminus_set_address(sender ? pn_link_target(l) : pn_link_source(l), address.c_str());
+    pn_link_set_rcv_settle_mode(l, rcv_mode);
+    pn_link_open(l);
+    if (!sender && credit > 0)
+      pn_link_flow(l, credit);
+    // A refused attach arrives with its detach, possibly in one batch.
+    (void)wait([&] {
+      return closed_ || link_errors_.count(l) > 0 || (pn_link_state(l) & PN_REMOTE_ACTIVE);
+    });
+    return l;
+  }
+  /// The link was detached by the hub with this condition ("" while attached).
+  std::string link_error(pn_link_t* l) {
+    (void)wait([&] { return closed_ || link_errors_.count(l) > 0; }, 2s);
+    auto it = link_errors_.find(l);
+    return it == link_errors_.end() ? std::string() : it->second;
+  }
+  bool link_closed_by_peer(pn_link_t* l) const { return link_errors_.count(l) > 0; }
+  /// Attached and not detached by the hub (checked now, without waiting).
+  bool attached(pn_link_t* l) const {
+    return !closed_ && !link_closed_by_peer(l) && (pn_link_state(l) & PN_REMOTE_ACTIVE);
+  }
+
+  pn_delivery_t* send(pn_link_t* l, const proton::message& m, bool settled = false) {
+    if (!wait([&] { return closed_ || pn_link_credit(l) > 0; }))
+      return nullptr;
+    std::vector<char> bytes;
+    m.encode(bytes);
+    const std::string tag = std::to_string(next_tag_++);
+    pn_delivery_t* d = pn_delivery(l, pn_dtag(tag.data(), tag.size()));
+    pn_link_send(l, bytes.data(), bytes.size());
+    pn_link_advance(l);
+    if (settled)
+      pn_delivery_settle(d);
+    return d;
+  }
+
+  /// Waits for the hub's settled outcome of `d`; the state, the condition name.
+  std::pair<std::uint64_t, std::string> outcome(pn_delivery_t* d) {
+    if (!d)
+      return {0, "(not sent)"};
+    (void)wait([&] { return closed_ || pn_delivery_settled(d); });
+    const std::uint64_t state = pn_delivery_remote_state(d);
+    pn_condition_t* c = pn_disposition_condition(pn_delivery_remote(d));
+    std::string cond = pn_condition_is_set(c) ? pn_condition_get_name(c) : "";
+    if (pn_delivery_settled(d))
+      pn_delivery_settle(d);
+    return {state, cond};
+  }
+
+  std::optional<received> next(pn_link_t* l, std::chrono::milliseconds timeout = 10s) {
+    if (!wait([&] { return closed_ || !inbox_[l].empty(); }, timeout))
+      return std::nullopt;
+    if (inbox_[l].empty())
+      return std::nullopt;
+    received r = std::move(inbox_[l].front());
+    inbox_[l].pop_front();
+    return r;
+  }
+
+ private:
+  void handle(pn_event_t* e) {
+    switch (pn_event_type(e)) {
+      case PN_CONNECTION_WAKE:
+        woken_ = true;
+        break;
+      case PN_LINK_REMOTE_CLOSE:
+      case PN_LINK_REMOTE_DETACH: {
+        pn_link_t* l = pn_event_link(e);
+        pn_condition_t* c = pn_link_remote_condition(l);
+        link_errors_[l] = pn_condition_is_set(c) ? pn_condition_get_name(c) : "(none)";
+        if (pn_condition_is_set(c))
+          std::cerr << "link detached: " << pn_condition_get_name(c) << ": "
+                    << (pn_condition_get_description(c) ? pn_condition_get_description(c) : "")
+                    << "\n";
+        pn_link_close(l);
+        break;
+      }
+      case PN_DELIVERY: {
+        pn_delivery_t* d = pn_event_delivery(e);
+        pn_link_t* l = pn_delivery_link(d);
+        if (pn_link_is_sender(l) || !pn_delivery_readable(d) || pn_delivery_partial(d))
+          break;
+        std::string bytes;
+        char buf[16384];
+        ssize_t n;
+        while ((n = pn_link_recv(l, buf, sizeof buf)) > 0)
+          bytes.append(buf, static_cast<std::size_t>(n));
+        pn_link_advance(l);
+        received r;
+        r.delivery = d;
+        r.msg.decode(std::vector<char>(bytes.begin(), bytes.end()));
+        const pn_delivery_tag_t tag = pn_delivery_tag(d);
+        r.tag.assign(tag.start, tag.size);
+        r.settled = pn_delivery_settled(d);
+        inbox_[l].push_back(std::move(r));
+        break;
+      }
+      case PN_CONNECTION_REMOTE_CLOSE: {
+        pn_condition_t* c = pn_connection_remote_condition(conn_);
+        if (pn_condition_is_set(c))
+          close_condition_ = pn_condition_get_name(c);
+        pn_connection_close(conn_);
+        break;
+      }
+      case PN_TRANSPORT_CLOSED: {
+        pn_condition_t* c = pn_transport_condition(pn_event_transport(e));
+        if (close_condition_.empty() && pn_condition_is_set(c))
+          close_condition_ = pn_condition_get_name(c);
+        closed_ = true;
+        break;
+      }
+      default:
+        break;
+    }
+  }
+
+  pn_proactor_t* proactor_ = nullptr;
+  pn_connection_t* conn_ = nullptr;
+  pn_session_t* session_ = nullptr;
+  bool closed_ = false;
+  bool woken_ = false;
+  std::string close_condition_;
+  std::map<pn_link_t*, std::string> link_errors_;
+  std::map<pn_link_t*, std::deque<received>> inbox_;
+  int next_link_ = 0;
+  int next_tag_ = 0;
+};
+
+// --- CBS ----------------------------------------------------------------------------------
+
+struct cbs_reply {
+  proton::value status;  ///< status-code as sent (its AMQP type matters)
+  std::string description;
+  proton::message_id correlation_id;
+};
+
+class cbs {
+ public:
+  explicit cbs(client& c) : c_(c) {
+    send_ = c.attach(true, "$cbs");
+    recv_ = c.attach(false, "$cbs", 10);
+  }
+  std::optional<cbs_reply> put(const std::string& token, proton::message_id id = std::string("r1"),
+                               const std::string& type = "servicebus.windows.net:sastoken") {
+    proton::message m;
+    m.id(id);
+    m.to("$cbs");
+    m.reply_to("cbs");
+    m.properties().put("operation", "put-token");
+    m.properties().put("type", type);
+    m.properties().put("name", hub_host);
+    m.body(token);
+    if (!c_.send(send_, m))
+      return std::nullopt;
+    auto r = c_.next(recv_);
+    if (!r)
+      return std::nullopt;
+    cbs_reply out;
+    out.status = r->msg.properties().get("status-code");
+    out.description = proton::get<std::string>(r->msg.properties().get("status-description"));
+    out.correlation_id = r->msg.correlation_id();
+    return out;
+  }
+  /// A good put-token (status 200).
+  bool ok(const std::string& token) {
+    auto r = put(token);
+    return r && r->status.type() == proton::INT && proton::get<std::int32_t>(r->status) == 200;
+  }
+
+ private:
+  client& c_;
+  pn_link_t* send_ = nullptr;
+  pn_link_t* recv_ = nullptr;
+};
+
+proton::message c2d(const std::string& device, const std::string& body,
+                    const std::string& message_id, const std::string& ack = "full") {
+  proton::message m;
+  m.to("/devices/" + device + "/messages/devicebound");
+  m.id(message_id);
+  m.correlation_id(std::string("corr-") + message_id);
+  m.content_type("text/plain");
+  m.properties().put("iothub-ack", ack);
+  m.properties().put("color", "blue");
+  m.body(proton::binary(body.begin(), body.end()));
+  return m;
+}
+
+proton::value annotation(const proton::message& m, const char* key) {
+  return m.message_annotations().get(proton::annotation_key(proton::symbol(key)));
+}
+
+// --- the fixture ---------------------------------------------------------------------------
+
+class amqp_door_e2e : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!support::mosquitto_broker::available())
+      GTEST_SKIP() << "mosquitto not found at " << support::default_mosquitto;
+    if (!support::hub_daemon::available())
+      GTEST_SKIP() << "devicebound-hub not found at " << support::default_hub;
+    broker_ = std::make_unique<support::mosquitto_broker>();
+    {
+      std::ofstream f(dir_.file("auth.txt"));
+      f << "# test keys\n"
+        << "dev1 " << device_key_b64 << "\n"
+        << "dev2 " << device_key_b64 << "\n"
+        << "policy service " << service_key_b64 << "\n"
+        << "policy device " << service_key_b64 << "\n";
+    }
+    port_ = support::free_port();
+    support::hub_daemon::options o;
+    o.broker_port = broker_->port();
+    o.args = {"--in-memory",
+              "-d",
+              "dev1",
+              "-d",
+              "dev2",
+              "--max-queue-depth",
+              "3",
+              "--feedback-batch-interval",
+              "0s",
+              "--hub-name",
+              "testhub",
+              "--amqp-listen",
+              "127.0.0.1:" + std::to_string(port_),
+              "--auth-file",
+              dir_.file("auth.txt"),
+              "--iothub-hostname",
+              hub_host};
+    hub_ = std::make_unique<support::hub_daemon>(o);
+  }
+
+  void TearDown() override {
+    if (HasFailure() && hub_)
+      std::cerr << "--- devicebound-hub log ---\n" << hub_->log();
+  }
+
+  /// A connection with a service token on CBS.
+  std::unique_ptr<client> service(sasl_mode mode = sasl_mode::none) {
+    auto c = std::make_unique<client>(port_, mode);
+    EXPECT_TRUE(c->opened());
+    cbs k(*c);
+    EXPECT_TRUE(k.ok(service_token()));
+    return c;
+  }
+  std::unique_ptr<client> device(const std::string& id) {
+    auto c = std::make_unique<client>(port_, sasl_mode::none);
+    EXPECT_TRUE(c->opened());
+    cbs k(*c);
+    EXPECT_TRUE(k.ok(device_token(id)));
+    return c;
+  }
+
+  support::temp_dir dir_{"devicebound-amqp-"};
+  std::unique_ptr<support::mosquitto_broker> broker_;
+  std::unique_ptr<support::hub_daemon> hub_;
+  std::uint16_t port_ = 0;
+};
+
+// --- SASL (SPEC 10.2) ------------------------------------------------------------------------
+
+TEST_F(amqp_door_e2e, AcceptsNoSaslAnonymousAndMssbcbs) {
+  for (auto mode : {sasl_mode::none, sasl_mode::anonymous, sasl_mode::mssbcbs}) {
+    g_offered_mechanisms.clear();
+    client c(port_, mode);
+    ASSERT_TRUE(c.opened()) << "mode " << static_cast<int>(mode) << ": " << c.close_condition();
+    cbs k(c);
+    EXPECT_TRUE(k.ok(service_token()));
+    if (mode == sasl_mode::mssbcbs) {
+      EXPECT_NE((" " + g_offered_mechanisms + " ").find(" MSSBCBS "), std::string::npos)
+          << g_offered_mechanisms;
+    }
+  }
+}
+
+TEST_F(amqp_door_e2e, SaslPlainWithASasTokenAuthorisesTheConnection) {
+  client c(port_, sasl_mode::plain, "service@sas.root.testhub", service_token());
+  ASSERT_TRUE(c.opened()) << c.close_condition();
+  pn_link_t* l = c.attach(true, "/messages/devicebound");
+  EXPECT_TRUE(c.attached(l));
+  auto [state, cond] = c.outcome(c.send(l, c2d("dev1", "x", "plain-1")));
+  EXPECT_EQ(state, PN_ACCEPTED) << cond;
+
+  client bad(port_, sasl_mode::plain, "service@sas.root.testhub",
+             service_token(expiry_in(3600s), device_key_b64));
+  EXPECT_FALSE(bad.opened());
+}
+
+// --- CBS (SPEC 10.4-10.7) -------------------------------------------------------------------
+
+TEST_F(amqp_door_e2e, PutTokenRepliesWithIntStatusAndTheRequestIdsType) {
+  client c(port_, sasl_mode::none);
+  ASSERT_TRUE(c.opened());
+  cbs k(c);
+  for (const proton::message_id& id :
+       {proton::message_id(std::string("request7")), proton::message_id(std::uint64_t{42}),
+        proton::message_id(proton::uuid::random())}) {
+    auto r = k.put(service_token(), id);
+    ASSERT_TRUE(r);
+    ASSERT_EQ(r->status.type(), proton::INT);
+    EXPECT_EQ(proton::get<std::int32_t>(r->status), 200);
+    EXPECT_EQ(r->correlation_id.type(), id.type());
+    EXPECT_EQ(r->correlation_id, id);
+  }
+  // C#'s token type (SPEC 10.5.2).
+  auto cs = k.put(service_token(), std::string("cs"), "azure-devices.net:sastoken");
+  ASSERT_TRUE(cs);
+  EXPECT_EQ(proton::get<std::int32_t>(cs->status), 200);
+
+  auto bad = k.put(service_token(expiry_in(3600s), device_key_b64));
+  ASSERT_TRUE(bad);
+  EXPECT_EQ(proton::get<std::int32_t>(bad->status), 401);
+  EXPECT_NE(bad->description.find("BadSignature"), std::string::npos) << bad->description;
+
+  auto expired = k.put(service_token(expiry_in(-3600s)));
+  ASSERT_TRUE(expired);
+  EXPECT_EQ(proton::get<std::int32_t>(expired->status), 401);
+
+  auto wrong_type = k.put(service_token(), std::string("t"), "jwt");
+  ASSERT_TRUE(wrong_type);
+  EXPECT_EQ(proton::get<std::int32_t>(wrong_type->status), 400);
+}
+
+TEST_F(amqp_door_e2e, LinksNeedTheRightToken) {
+  client c(port_, sasl_mode::none);
+  ASSERT_TRUE(c.opened());
+  // No token yet: refused.
+  EXPECT_EQ(c.link_error(c.attach(true, "/messages/devicebound")), "amqp:unauthorized-access");
+  // A device token opens only that device's link.
+  cbs k(c);
+  ASSERT_TRUE(k.ok(device_token("dev1")));
+  EXPECT_EQ(c.link_error(c.attach(true, "/messages/devicebound")), "amqp:unauthorized-access");
+  EXPECT_EQ(c.link_error(c.attach(false, "/devices/dev2/messages/devicebound", 5)),
+            "amqp:unauthorized-access");
+  EXPECT_TRUE(c.attached(c.attach(false, "/devices/dev1/messages/devicebound", 5)));
+  // Telemetry is accepted and ignored (C# opens it on every connect: SPEC 10.16).
+  pn_link_t* events = c.attach(true, "/devices/dev1/messages/events");
+  EXPECT_TRUE(c.attached(events));
+  proton::message t;
+  t.body(proton::binary(std::string("temp")));
+  EXPECT_EQ(c.outcome(c.send(events, t)).first, PN_ACCEPTED);
+  EXPECT_EQ(c.link_error(c.attach(false, "/no/such/node", 1)), "amqp:not-found");
+}
+
+TEST_F(amqp_door_e2e, AnExpiringTokenClosesTheLinksItAuthorised) {
+  client c(port_, sasl_mode::none);
+  ASSERT_TRUE(c.opened());
+  cbs k(c);
+  // Valid for now only through the 5 min clock skew: expires 2 s from now.
+  const auto se = expiry_in(-300s + 2s);
+  ASSERT_TRUE(k.ok(device_token("dev1", se)));
+  pn_link_t* l = c.attach(false, "/devices/dev1/messages/devicebound", 5);
+  ASSERT_TRUE(c.attached(l));
+  EXPECT_TRUE(c.wait([&] { return c.link_closed_by_peer(l); }, 10s));
+  EXPECT_EQ(c.link_error(l), "amqp:unauthorized-access");
+}
+
+// --- C2D: send, deliver, settle, feedback (SPEC 10.8-10.15) ------------------------------------
+
+TEST_F(amqp_door_e2e, SendDeliverCompleteAndFeedback) {
+  auto svc = service();
+  pn_link_t* fb =
+      svc->attach(false, "amqps://testhub.example:5671/messages/serviceBound/feedback", 5);
+  ASSERT_TRUE(svc->attached(fb));
+  pn_link_t* s = svc->attach(true, "amqps://testhub.example:5671/messages/deviceBound");
+  ASSERT_TRUE(svc->attached(s));
+  auto [state, cond] = svc->outcome(svc->send(s, c2d("dev1", "hello", "m-1")));
+  ASSERT_EQ(state, PN_ACCEPTED) << cond;
+
+  auto dev = device("dev1");
+  pn_link_t* r = dev->attach(false, "/devices/dev1/messages/devicebound", 10);
+  auto got = dev->next(r);
+  ASSERT_TRUE(got);
+  const proton::message& m = got->msg;
+  EXPECT_FALSE(got->settled);
+  EXPECT_EQ(proton::get<std::string>(m.id()), "m-1");
+  EXPECT_EQ(proton::get<std::string>(m.correlation_id()), "corr-m-1");
+  EXPECT_EQ(m.content_type(), "text/plain");
+  EXPECT_EQ(proton::get<std::string>(m.properties().get("color")), "blue");
+  EXPECT_EQ(proton::get<std::string>(m.properties().get("iothub-ack")), "full");
+  ASSERT_EQ(m.body().type(), proton::BINARY);
+  EXPECT_EQ(std::string(proton::get<proton::binary>(m.body())), "hello");
+  // Annotations with the exact AMQP types C# reads (SPEC 10.14.3).
+  EXPECT_EQ(annotation(m, "x-opt-lock-token").type(), proton::STRING);
+  EXPECT_EQ(annotation(m, "x-opt-sequence-number").type(), proton::ULONG);
+  EXPECT_EQ(annotation(m, "iothub-enqueuedtime").type(), proton::TIMESTAMP);
+  EXPECT_EQ(annotation(m, "iothub-deliverycount").type(), proton::UBYTE);
+  // The 16-byte tag is the lock token as a .NET Guid (SPEC 10.14.4).
+  ASSERT_EQ(got->tag.size(), 16u);
+  const auto lock =
+      devicebound::lock_token::parse(proton::get<std::string>(annotation(m, "x-opt-lock-token")));
+  ASSERT_TRUE(lock);
+  const auto tag = amqp::delivery_tag(*lock);
+  EXPECT_EQ(got->tag, std::string(tag.begin(), tag.end()));
+
+  pn_delivery_update(got->delivery, PN_ACCEPTED);
+  pn_delivery_settle(got->delivery);
+  dev->flush();
+
+  auto batch = svc->next(fb);
+  ASSERT_TRUE(batch);
+  EXPECT_EQ(batch->msg.content_type(), "application/vnd.microsoft.iothub.feedback.json");
+  EXPECT_EQ(batch->tag.size(), 16u);
+  EXPECT_EQ(batch->msg.user(), "testhub");
+  EXPECT_EQ(annotation(batch->msg, "iothub-enqueuedtime").type(), proton::TIMESTAMP);
+  ASSERT_EQ(batch->msg.body().type(), proton::BINARY);
+  auto records = devicebound::codec::decode_feedback_json(
+      std::string(proton::get<proton::binary>(batch->msg.body())));
+  ASSERT_TRUE(records);
+  ASSERT_EQ(records->size(), 1u);
+  EXPECT_EQ((*records)[0].original_message_id, "m-1");
+  EXPECT_EQ((*records)[0].status_code, devicebound::feedback_status::success);
+  pn_delivery_update(batch->delivery, PN_ACCEPTED);
+  pn_delivery_settle(batch->delivery);
+  svc->flush();
+}
+
+TEST_F(amqp_door_e2e, RejectAndReleaseAndModeSecond) {
+  auto svc = service();
+  pn_link_t* fb = svc->attach(false, "/messages/servicebound/feedback", 5);
+  pn_link_t* s = svc->attach(true, "/messages/devicebound");
+  ASSERT_EQ(svc->outcome(svc->send(s, c2d("dev1", "a", "rej"))).first, PN_ACCEPTED);
+
+  auto dev = device("dev1");
+  // rcv-settle-mode second, as C# (SPEC 10.15.1): our outcomes go unsettled.
+  pn_link_t* r = dev->attach(false, "/devices/dev1/messages/devicebound", 1, PN_RCV_SECOND);
+  auto got = dev->next(r);
+  ASSERT_TRUE(got);
+  // Release: the hub answers with a settled accepted, and delivers it again.
+  pn_delivery_update(got->delivery, PN_RELEASED);
+  ASSERT_TRUE(dev->wait([&] { return pn_delivery_settled(got->delivery); }));
+  EXPECT_EQ(pn_delivery_remote_state(got->delivery), PN_ACCEPTED);
+  pn_delivery_settle(got->delivery);
+  pn_link_flow(r, 1);
+  auto again = dev->next(r);
+  ASSERT_TRUE(again);
+  EXPECT_EQ(proton::get<std::string>(again->msg.id()), "rej");
+  EXPECT_EQ(proton::get<std::uint8_t>(annotation(again->msg, "iothub-deliverycount")), 1);
+  // Reject: dead-lettered, negative feedback.
+  pn_delivery_update(again->delivery, PN_REJECTED);
+  ASSERT_TRUE(dev->wait([&] { return pn_delivery_settled(again->delivery); }));
+  EXPECT_EQ(pn_delivery_remote_state(again->delivery), PN_ACCEPTED);
+  pn_delivery_settle(again->delivery);
+
+  auto batch = svc->next(fb);
+  ASSERT_TRUE(batch);
+  auto records = devicebound::codec::decode_feedback_json(
+      std::string(proton::get<proton::binary>(batch->msg.body())));
+  ASSERT_TRUE(records);
+  ASSERT_EQ(records->size(), 1u);
+  EXPECT_EQ((*records)[0].status_code, devicebound::feedback_status::rejected);
+}
+
+TEST_F(amqp_door_e2e, RefusedSendsCarryTheSdkConditions) {
+  auto svc = service();
+  pn_link_t* s = svc->attach(true, "/messages/devicebound");
+  EXPECT_EQ(svc->outcome(svc->send(s, c2d("nobody", "x", "u"))).second, "amqp:not-found");
+  EXPECT_EQ(svc->outcome(svc->send(s, c2d("dev2", std::string(70000, 'x'), "big"))).second,
+            "amqp:link:message-size-exceeded");
+  for (int i = 0; i < 3; ++i)
+    EXPECT_EQ(svc->outcome(svc->send(s, c2d("dev2", "q", "q" + std::to_string(i)))).first,
+              PN_ACCEPTED);
+  auto full = svc->outcome(svc->send(s, c2d("dev2", "q", "q3")));
+  EXPECT_EQ(full.first, PN_REJECTED);
+  EXPECT_EQ(full.second, "amqp:resource-limit-exceeded");
+  proton::message no_to = c2d("dev2", "x", "nt");
+  no_to.to("/somewhere/else");
+  EXPECT_EQ(svc->outcome(svc->send(s, no_to)).second, "com.microsoft:argument-error");
+}
+
+}  // namespace
+
+#else
+
+TEST(amqp_door_e2e, Skipped) {
+  GTEST_SKIP() << "built without the AMQP door (Qpid Proton, OpenSSL, devicebound-hub)";
+}
+
+#endif
