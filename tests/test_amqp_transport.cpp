@@ -6,9 +6,9 @@
 // device, wrong key, lost lock, untrusted certificate). Every wait is on an
 // event with a bound, never a sleep.
 //
-// The daemon: $DEVICEBOUND_AMQP_HUB if set (a devicebound-hub built with the
-// AMQP door), else the one this build made. A daemon without --amqp-listen,
-// or no mosquitto or openssl, skips the tests (fails under DEVICEBOUND_REQUIRE_ALL=1).
+// The daemon: the one this build made (it has the AMQP door whenever this test
+// is built), or $DEVICEBOUND_AMQP_HUB to try another. No daemon, mosquitto or
+// openssl skips the tests (fails under DEVICEBOUND_REQUIRE_ALL=1).
 #include <gtest/gtest.h>
 
 #include "support/required.hpp"
@@ -17,7 +17,6 @@
 
 #include <chrono>
 #include <condition_variable>
-#include <cstdio>
 #include <cstdlib>
 #include <devicebound/device_client.hpp>
 #include <devicebound/retry.hpp>
@@ -57,22 +56,6 @@ const std::string other_key = "q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq80=";
 std::string hub_executable() {
   const char* env = std::getenv("DEVICEBOUND_AMQP_HUB");
   return env && *env ? std::string(env) : std::string(support::default_hub);
-}
-
-/// Whether `hub --help` lists --amqp-listen (a daemon built with the AMQP door).
-bool hub_has_amqp_door(const std::string& hub) {
-  if (!support::is_executable(hub))
-    return false;
-  const std::string cmd = "'" + hub + "' --help 2>&1";
-  FILE* p = ::popen(cmd.c_str(), "r");
-  if (!p)
-    return false;
-  std::string out;
-  char buf[4096];
-  while (std::size_t n = std::fread(buf, 1, sizeof buf, p))
-    out.append(buf, n);
-  ::pclose(p);
-  return out.find("--amqp-listen") != std::string::npos;
 }
 
 /// Runs a command to completion; true on exit code 0.
@@ -121,9 +104,8 @@ class amqp_transport : public ::testing::Test {
     hub_path_ = hub_executable();
     if (!support::mosquitto_broker::available())
       DEVICEBOUND_MISSING_PART("mosquitto not found at " << support::default_mosquitto);
-    if (!hub_has_amqp_door(hub_path_))
-      DEVICEBOUND_MISSING_PART("devicebound-hub with the AMQP door (--amqp-listen) not found at "
-                               << hub_path_ << " (set DEVICEBOUND_AMQP_HUB)");
+    if (!support::hub_daemon::available(hub_path_))
+      DEVICEBOUND_MISSING_PART("devicebound-hub not found at " << hub_path_);
     openssl_ = find_openssl();
     if (openssl_.empty())
       DEVICEBOUND_MISSING_PART("openssl (to make the test's TLS certificate) not found");

@@ -252,7 +252,11 @@ class connection {
   // --- user threads ------------------------------------------------------------------------------
 
   void start(const endpoint_address& address) {
-    proactor_ = pn_proactor();
+    pn_proactor_t* p = pn_proactor();
+    {
+      std::lock_guard<std::mutex> g(m_);
+      proactor_ = p;
+    }
     connect_to_ = address;
     thread_ = std::thread([this] { io_run(); });
   }
@@ -270,12 +274,16 @@ class connection {
         pn_proactor_disconnect(proactor_, nullptr);
     }
     thread_.join();
-    pn_proactor_free(proactor_);
-    proactor_ = nullptr;
-    std::lock_guard<std::mutex> g(m_);
-    fail_all(not_connected("the AMQP connection was closed"));
-    phase_ = phase::closed;
-    cv_.notify_all();
+    pn_proactor_t* p = nullptr;
+    {
+      std::lock_guard<std::mutex> g(m_);
+      p = std::exchange(proactor_, nullptr);
+      tasks_.clear();
+      fail_all(not_connected("the AMQP connection was closed"));
+      phase_ = phase::closed;
+      cv_.notify_all();
+    }
+    pn_proactor_free(p);
   }
 
   void post(std::function<void()> task) {
@@ -889,8 +897,8 @@ class connection {
 
   connection_options options_;
   link_plan plan_;
-  std::mutex open_mutex_;  ///< serialises open() and close()
-  pn_proactor_t* proactor_ = nullptr;
+  std::mutex open_mutex_;              ///< serialises open() and close()
+  pn_proactor_t* proactor_ = nullptr;  ///< written under m_; set before the I/O thread starts
   std::thread thread_;
   endpoint_address connect_to_;
   io_state io_;  ///< the I/O thread's alone
