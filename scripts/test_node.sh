@@ -70,7 +70,8 @@ tarball=$(npm pack --silent --pack-destination "$work" | tail -n 1)
 tar -tzf "$work/$tarball" | sed 's|^package/||' | sort >"$work/files"
 for needed in package.json index.js index.d.ts CMakeLists.txt lib/native.js native/CMakeLists.txt \
   native/cmake/devicebound-own-targets.cmake native/include/devicebound/hub.hpp \
-  native/bindings/node/CMakeLists.txt native/bindings/node/addon.cpp; do
+  native/bindings/node/CMakeLists.txt native/bindings/node/addon.cpp \
+  native/cmake/devicebound-proton.cmake native/include/devicebound/transport/amqp.hpp; do
   grep -qx "$needed" "$work/files" || { echo "test_node: the tarball lacks $needed" >&2; exit 1; }
 done
 # No benchmark code either: bench.js and its addon (bindings/node/bench/) stay in the checkout.
@@ -80,6 +81,11 @@ if grep -E '^(test|examples|node_modules|build|scripts)/|^bench\.js$|^native/(te
   exit 1
 fi
 echo "tarball $tarball: $(wc -l <"$work/files") files, $(du -k "$work/$tarball" | cut -f1) KiB"
+
+# The installed addon must have the transports the checkout's has (AMQP links Proton).
+expect_amqp=$(node -e "process.stdout.write(String(require('$root/node').withAmqp))")
+expect_mqtt=$(node -e "process.stdout.write(String(require('$root/node').withMqtt))")
+export DEVICEBOUND_EXPECT_AMQP=$expect_amqp DEVICEBOUND_EXPECT_MQTT=$expect_mqtt
 
 step "install the tarball into an empty project (builds from source)"
 mkdir "$work/app"
@@ -105,8 +111,12 @@ const db = require('devicebound');
     require('node:path').dirname(require.resolve('devicebound/package.json')), 'lib', 'native.js'));
   const benchExports = Object.keys(native).filter((k) => /bench/i.test(k));
   if (benchExports.length > 0) throw new Error(`the installed addon exports ${benchExports}`);
+  for (const [name, expected] of [['withAmqp', process.env.DEVICEBOUND_EXPECT_AMQP],
+    ['withMqtt', process.env.DEVICEBOUND_EXPECT_MQTT]]) {
+    if (String(db[name]) !== expected) throw new Error(`installed addon: ${name} is ${db[name]}, the checkout's ${expected}`);
+  }
   await Promise.all([device.close(), service.close()]);
-  console.log(`installed package ${db.version}: send -> receive -> complete ok`);
+  console.log(`installed package ${db.version} (AMQP ${db.withAmqp}, MQTT ${db.withMqtt}): send -> receive -> complete ok`);
 })().catch((e) => {
   console.error(e);
   process.exitCode = 1;

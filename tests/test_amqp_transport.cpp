@@ -15,6 +15,7 @@
 
 #if DEVICEBOUND_WITH_MQTT
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
@@ -27,6 +28,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "support/mosquitto.hpp"
@@ -132,6 +134,8 @@ class amqp_transport : public ::testing::Test {
               "0s",
               "--lock-duration",
               "10s",
+              "--max-queue-depth",
+              "1000",
               "--hub-name",
               "testhub",
               "--amqp-listen",
@@ -401,6 +405,48 @@ TEST_F(amqp_transport, ReconnectsAfterCloseAndLocksOfTheOldConnectionAreLost) {
   ASSERT_TRUE(again && *again);
   EXPECT_EQ((*again)->message_id, "r1");
   EXPECT_TRUE(dc.complete(*(*again)->lock_token));
+}
+
+// Not a benchmark with a baseline: a figure for docs/amqp.md's thread design
+// (one proactor thread per connection, callers handing work over by interrupt).
+TEST_F(amqp_transport, SendAndSettleRates) {
+  auto svc = amqp::service_connection::from_connection_string(service_cs(), options()).value();
+  auto dev = amqp::device_connection::from_connection_string(device_cs("dev2"), options()).value();
+  ASSERT_TRUE(svc.open());
+  ASSERT_TRUE(dev.open());
+  constexpr int n = 200;
+  using clock = std::chrono::steady_clock;
+  const auto t0 = clock::now();
+  for (int i = 0; i < n; ++i)
+    ASSERT_TRUE(svc.send("dev2", make_message("s" + std::to_string(i), "x", ack_mode::none)));
+  const auto t1 = clock::now();
+  // Four threads on one connection: the hand-off lets their sends overlap.
+  std::vector<std::thread> senders;
+  std::atomic<int> failures{0};
+  for (int t = 0; t < 4; ++t)
+    senders.emplace_back([&, t] {
+      for (int i = 0; i < n / 4; ++i)
+        if (!svc.send("dev2", make_message("p" + std::to_string(t * n + i), "x", ack_mode::none)))
+          ++failures;
+    });
+  for (auto& th : senders)
+    th.join();
+  const auto t2 = clock::now();
+  ASSERT_EQ(failures.load(), 0);
+  int settled = 0;
+  while (settled < 2 * n) {
+    auto m = dev.receive(10s);
+    ASSERT_TRUE(m && *m) << settled << " settled";
+    ASSERT_TRUE(dev.complete(*(*m)->lock_token));
+    ++settled;
+  }
+  const auto t3 = clock::now();
+  auto rate = [](int count, clock::duration d) {
+    return static_cast<long>(count / std::chrono::duration<double>(d).count());
+  };
+  std::cout << "AMQP over TLS to the door (--in-memory): " << rate(n, t1 - t0)
+            << " sends/s one at a time, " << rate(n, t2 - t1) << " sends/s from 4 threads, "
+            << rate(2 * n, t3 - t2) << " receive+complete/s\n";
 }
 
 }  // namespace
