@@ -44,6 +44,7 @@ from .client import (
     Transport,
     _timeout_ms,
 )
+from .amqp import AmqpOptions
 from .config import Duration
 from .errors import DeviceboundError, InvalidOperationError
 from .hub import Hub
@@ -59,7 +60,7 @@ _SLICE_MS = 1000
 class _Async:
     _client: Any
 
-    def __init__(self, transport: Transport, workers: int) -> None:
+    def __init__(self, transport: Transport | AmqpOptions, workers: int) -> None:
         self._in_process = isinstance(transport, Hub)
         self._executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="devicebound-aio")
         try:
@@ -166,6 +167,27 @@ class DeviceClient(_Async):
         self._client = _sync.DeviceClient(
             transport, device_id, retry=retry, receive_timeout=receive_timeout, random_seed=random_seed)
         super().__init__(transport, workers)
+
+    @classmethod
+    def from_connection_string(
+        cls,
+        connection_string: str,
+        transport: str = "amqp",
+        *,
+        ca_file: str | None = None,
+        options: AmqpOptions | None = None,
+        retry: RetrySpec = None,
+        receive_timeout: Duration = 60,
+        random_seed: int | None = None,
+        workers: int = 4,
+    ) -> DeviceClient:
+        """:meth:`devicebound.DeviceClient.from_connection_string`, asyncio form."""
+        self = cls.__new__(cls)
+        self._client = _sync.DeviceClient.from_connection_string(
+            connection_string, transport, ca_file=ca_file, options=options, retry=retry,
+            receive_timeout=receive_timeout, random_seed=random_seed)
+        _Async.__init__(self, self._client.transport, workers)
+        return self
 
     @property
     def sync(self) -> _sync.DeviceClient:
@@ -286,6 +308,28 @@ class ServiceClient(_Async):
             random_seed=random_seed,
         )
         super().__init__(transport, workers)
+
+    @classmethod
+    def from_connection_string(
+        cls,
+        connection_string: str,
+        *,
+        ca_file: str | None = None,
+        options: AmqpOptions | None = None,
+        retry: RetrySpec = None,
+        assign_message_id: bool = False,
+        feedback_receive_timeout: Duration = 60,
+        random_seed: int | None = None,
+        workers: int = 4,
+    ) -> ServiceClient:
+        """:meth:`devicebound.ServiceClient.from_connection_string`, asyncio form."""
+        self = cls.__new__(cls)
+        self._client = _sync.ServiceClient.from_connection_string(
+            connection_string, ca_file=ca_file, options=options, retry=retry,
+            assign_message_id=assign_message_id, feedback_receive_timeout=feedback_receive_timeout,
+            random_seed=random_seed)
+        _Async.__init__(self, self._client.transport, workers)
+        return self
 
     @property
     def sync(self) -> _sync.ServiceClient:

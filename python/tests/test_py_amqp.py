@@ -9,6 +9,7 @@ DEVICEBOUND_REQUIRE_ALL=1.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ from typing import Iterator
 import pytest
 
 import devicebound as db
+from devicebound import aio
 from helpers import WAIT, find_hub_exe, find_mosquitto, free_port, missing_part, port_open, stop_process, wait_until
 
 DEVICE_KEY = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
@@ -171,3 +173,16 @@ def test_untrusted_certificate(amqp_hub: AmqpHub) -> None:
     with pytest.raises(db.NotConnectedError):
         device.connect()
     device.close()
+
+
+def test_asyncio_from_connection_strings(amqp_hub: AmqpHub) -> None:
+    async def main() -> None:
+        service = aio.ServiceClient.from_connection_string(amqp_hub.service_cs(), ca_file=amqp_hub.ca_file)
+        device = aio.DeviceClient.from_connection_string(amqp_hub.device_cs("dev2"), ca_file=amqp_hub.ca_file)
+        async with service, device:
+            await service.send("dev2", "async", message_id="z")
+            m = await device.receive(timeout=WAIT)
+            assert m is not None and m.text == "async"
+            await device.reject(m)
+
+    asyncio.run(main())
