@@ -90,6 +90,7 @@
 #include <proton/message_id.hpp>
 #include <proton/scalar.hpp>
 #include <proton/value.hpp>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -157,21 +158,39 @@ double cpu_seconds(pid_t pid) {
   return (std::stod(f[11]) + std::stod(f[12])) / ticks;
 }
 
-/// CPU seconds used by the broker, the hub (or the raw server) and this process.
+/// Context switches (voluntary and not) of all threads of process `pid` so far.
+double context_switches(pid_t pid) {
+  double n = 0;
+  std::error_code ec;
+  for (const auto& t :
+       std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/task", ec)) {
+    std::istringstream in(support::read_file(t.path().string() + "/status"));
+    for (std::string line; std::getline(in, line);)
+      if (line.find("ctxt_switches:") != std::string::npos)
+        n += std::strtod(line.substr(line.find(':') + 1).c_str(), nullptr);
+  }
+  return n;
+}
+
+/// CPU seconds used by the broker, the hub (or the raw server) and this process;
+/// the hub's context switches.
 struct cpu_use {
-  double broker = 0, hub = 0, clients = 0;
+  double broker = 0, hub = 0, clients = 0, hub_switches = 0;
   void operator+=(const cpu_use& o) {
     broker += o.broker;
     hub += o.hub;
     clients += o.clients;
+    hub_switches += o.hub_switches;
   }
 };
 
 template <class F>
 cpu_use measure_cpu(pid_t broker, pid_t hub, F f) {
-  const double b0 = cpu_seconds(broker), h0 = cpu_seconds(hub), c0 = cpu_seconds(-1);
+  const double b0 = cpu_seconds(broker), h0 = cpu_seconds(hub), c0 = cpu_seconds(-1),
+               s0 = context_switches(hub);
   f();
-  return {cpu_seconds(broker) - b0, cpu_seconds(hub) - h0, cpu_seconds(-1) - c0};
+  return {cpu_seconds(broker) - b0, cpu_seconds(hub) - h0, cpu_seconds(-1) - c0,
+          context_switches(hub) - s0};
 }
 
 double percentile(std::vector<double>& v, double p) {
@@ -1115,8 +1134,9 @@ int bench_main() {
         "raw Proton send -> accepted", "devicebound AMQP svc -> hub -> AMQP device",
         "devicebound AMQP svc -> hub -> MQTT device", "devicebound MQTT svc -> hub -> MQTT device"};
     result_t med[kinds][2];
-    std::printf("  median of %zu rounds %32s %9s %8s %8s   CPU us/msg: broker   hub clients\n",
-                rounds, "", "msg/s", "p50 us", "p99 us");
+    std::printf(
+        "  median of %zu rounds %32s %9s %8s %8s   CPU us/msg: broker   hub clients   hub cs/msg\n",
+        rounds, "", "msg/s", "p50 us", "p99 us");
     for (int what = 0; what < kinds; ++what)
       for (int c = 0; c < 2 && on[what]; ++c) {
         const result_t m = med[what][c] = median(results[what][c]);
@@ -1126,11 +1146,13 @@ int bench_main() {
         const std::string what_s = std::string(names[what]) + ", " +
                                    std::to_string(c == 0 ? 1 : flows) +
                                    (c == 0 ? " flow" : " flows");
-        std::printf("  %-53s %9.0f %8.0f %8.0f   %18.1f %5.1f %7.1f\n", what_s.c_str(), m.rate,
-                    m.p50_us, m.p99_us, per_msg(cpu[what][c].broker), per_msg(cpu[what][c].hub),
-                    per_msg(cpu[what][c].clients));
+        std::printf("  %-53s %9.0f %8.0f %8.0f   %18.1f %5.1f %7.1f %12.2f\n", what_s.c_str(),
+                    m.rate, m.p50_us, m.p99_us, per_msg(cpu[what][c].broker),
+                    per_msg(cpu[what][c].hub), per_msg(cpu[what][c].clients),
+                    per_msg(cpu[what][c].hub_switches) / 1e6);
       }
-    std::printf("  (hub column: the raw Proton server's process on the raw rows)\n");
+    std::printf(
+        "  (hub columns: the raw Proton server's process on the raw rows; cs: context switches)\n");
     const auto ratios = [&](const char* what, int a, int b) {
       if (on[a] && on[b])
         std::printf("  ratio %s: 1 flow %.2f, %zu flows %.2f\n", what,
