@@ -39,8 +39,9 @@
 /// clients are the library's blocking clients (one thread per flow and per
 /// device). Each row: messages/s, p50/p99 of one message (send to done), CPU
 /// microseconds per message of the broker, of the hub (the raw server on the
-/// raw rows) from /proc/<pid>/stat, and of this process (getrusage); medians
-/// of rounds that alternate all rows (the machine may be shared).
+/// raw rows) from /proc/<pid>/stat, and of this process (getrusage), and the
+/// hub's context switches per message (/proc/<pid>/task/*/status); medians of
+/// rounds that alternate all rows (the machine may be shared).
 ///
 /// Target (issue 11): devicebound AMQP >= 0.5x raw Proton at 16 flows.
 /// DEVICEBOUND_BENCH_SMOKE=1 runs tiny sizes (ctest); DEVICEBOUND_BENCH_ENFORCE=1
