@@ -3,7 +3,8 @@
 #   every  - a TU that includes every public header
 #   clients - a TU with device_client.hpp + service_client.hpp + transport/mqtt.hpp
 # Each TU has an empty main and is compiled with `g++ -std=c++20 -O2 -c`; wall
-# time and peak memory come from GNU time. Pass extra include roots to compare
+# CPU time (user + system: wall time on a shared machine measures the
+# neighbours) and peak memory come from GNU time. Pass extra include roots to compare
 # trees in the same run (e.g. an older checkout): the first is the baseline.
 #   bench/compile_cost.sh [ROOT ...]     (default: this checkout)
 # Absolute times swing by a third between runs on a loaded machine: compare the
@@ -18,18 +19,19 @@ trap 'rm -rf "$work"' EXIT
 cxx=${CXX:-g++}
 
 measure() { # measure <root> <tu> -> "seconds peak_kib" (best of $reps)
-  local best_s="" best_k="" s k i
+  local best_s="" best_k="" s k u sy i
   for ((i = 0; i < reps; i++)); do
-    /usr/bin/time -f '%e %M' -o "$work/t" \
+    /usr/bin/time -f '%U %S %M' -o "$work/t" \
       "$cxx" -std=c++20 -O2 -c -I"$1/include" "$2" -o "$work/o.o"
-    read -r s k <"$work/t"
+    read -r u sy k <"$work/t"
+    s=$(awk -v u="$u" -v sy="$sy" 'BEGIN{printf "%.2f", u + sy}')
     if [[ -z "$best_s" ]] || awk "BEGIN{exit !($s < $best_s)}"; then best_s=$s; fi
     if [[ -z "$best_k" ]] || ((k < best_k)); then best_k=$k; fi
   done
   echo "$best_s $best_k"
 }
 
-printf '%-40s %-8s %9s %9s\n' root tu seconds peak_MB
+printf '%-40s %-8s %9s %9s\n' root tu cpu_s peak_MB
 declare -A sec
 for root in "${roots[@]}"; do
   every="$work/every_$(echo "$root" | tr / _).cpp"
