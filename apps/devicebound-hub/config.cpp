@@ -35,7 +35,9 @@ template std::optional<expiry_cap_policy> parse_setting(std::string_view);
 template std::optional<purge_feedback> parse_setting(std::string_view);
 template std::optional<sqlite_sync> parse_setting(std::string_view);
 
-std::string_view setting_name(sqlite_sync s) { return to_string(s); }
+std::string_view setting_name(sqlite_sync s) {
+  return to_string(s);
+}
 
 // --- files and flags -----------------------------------------------------------------------
 

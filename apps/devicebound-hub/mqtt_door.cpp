@@ -169,8 +169,7 @@ result<void> mqtt_door::connect() {
   spdlog::debug("connecting to {}:{}", broker_.host, broker_.port);
   const std::vector<std::string> filters{std::string(proto::hub_requests_filter),
                                          std::string(proto::broker_events_filter)};
-  const mqtt::session::will_message will{std::string(proto::hub_status_topic), "offline",
-                                                 true};
+  const mqtt::session::will_message will{std::string(proto::hub_status_topic), "offline", true};
   lost_ = false;
   auto r = session_.connect(false, filters, will, stop_);
   if (!r)

@@ -6,9 +6,10 @@
 #include <devicebound/transport/amqp.hpp>
 
 int main() {
-  auto client = devicebound::device_client<devicebound::amqp::device_connection>::
-                    from_connection_string("HostName=h;DeviceId=thermostat-1;SharedAccessKey=AAAA")
-                        .value();
+  auto client =
+      devicebound::device_client<devicebound::amqp::device_connection>::from_connection_string(
+          "HostName=h;DeviceId=thermostat-1;SharedAccessKey=AAAA")
+          .value();
   devicebound::lock_token token;
   devicebound::message m;
   m.lock_token = token;

@@ -5,8 +5,9 @@
 #include <devicebound/transport/amqp.hpp>
 
 int main() {
-  auto client = devicebound::service_client<devicebound::amqp::service_connection>::
-                    from_connection_string("HostName=h;SharedAccessKeyName=p;SharedAccessKey=AAAA")
-                        .value();
+  auto client =
+      devicebound::service_client<devicebound::amqp::service_connection>::from_connection_string(
+          "HostName=h;SharedAccessKeyName=p;SharedAccessKey=AAAA")
+          .value();
   (void)client->purge("thermostat-1");
 }

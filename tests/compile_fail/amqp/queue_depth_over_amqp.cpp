@@ -6,8 +6,9 @@
 #include <devicebound/transport/amqp.hpp>
 
 int main() {
-  auto client = devicebound::service_client<devicebound::amqp::service_connection>::
-                    from_connection_string("HostName=h;SharedAccessKeyName=p;SharedAccessKey=AAAA")
-                        .value();
+  auto client =
+      devicebound::service_client<devicebound::amqp::service_connection>::from_connection_string(
+          "HostName=h;SharedAccessKeyName=p;SharedAccessKey=AAAA")
+          .value();
   (void)client->queue_depth("thermostat-1");
 }
