@@ -44,6 +44,9 @@ MQTT_TLS_PORT = 8883
 
 def _load_broker_helpers():
     path = ROOT / "python" / "tests" / "conftest.py"
+    # that conftest imports its siblings (`required`) as top-level modules
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))
     spec = importlib.util.spec_from_file_location("devicebound_broker_helpers", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
