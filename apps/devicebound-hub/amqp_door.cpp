@@ -971,6 +971,7 @@ struct amqp_door::impl {
                pending_push{std::move(*out), p.msg.sequence_number, false, *p.msg.lock_token});
   }
 
+  void deliver(conn_state&, device_revoked&) {}
   void deliver(conn_state& c, feedback_push& p) {
     link_state* l = link_for_push(c, p.connection);
     if (!l)
@@ -1123,6 +1124,8 @@ void amqp_door::release(std::span<const outbound> items) {
   std::lock_guard<std::mutex> g(d.mailbox_m);
   for (const auto& item : items) {
     std::optional<std::uint64_t> conn;
+    if (std::holds_alternative<device_revoked>(item))
+      continue;  // TODO(step 9): close the device's links and connections
     if (const auto* r = std::get_if<reply>(&item)) {
       const std::string_view a = r->to.address;
       conn = parse_u64(a.substr(0, a.find(':')));

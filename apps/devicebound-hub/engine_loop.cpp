@@ -58,7 +58,9 @@ loop_end engine_loop::run(const std::vector<std::string>& devices) {
     for (std::size_t d = 0; d < doors_.size(); ++d) {
       released.clear();
       for (auto& o : items)
-        if (door_of(o) == d)
+        if (door_of(o) == every_door)
+          released.push_back(o);  // copied: every door gets it
+        else if (door_of(o) == d)
           released.push_back(std::move(o));
       if (!released.empty())
         doors_[d]->release(released);

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <devicebound/errors.hpp>
 #include <devicebound/feedback_batch.hpp>
+#include <devicebound/identity.hpp>
 #include <devicebound/message.hpp>
 #include <devicebound/settlement.hpp>
 #include <functional>
@@ -93,6 +94,34 @@ struct remove_device_request {
   std::string device;
 };
 struct ping_request {};
+
+/// The identity registry (SPEC 12; HTTPS today). `if_match` is the etag the
+/// caller sent, quotes stripped (`"*"` stays `*`); nullopt: no `If-Match`.
+/// PUT: create (no `If-Match`, device absent), update (`If-Match` `*` or the
+/// current etag); no `If-Match` on an existing device is 409
+/// `DeviceAlreadyExists`; `If-Match` on a missing device or a stale etag is 412
+/// `PreconditionFailed` (SPEC 12.2.2). Replies `device_reply`.
+struct registry_put_request {
+  std::string admin;  ///< who asks (logs only)
+  device_identity_update update;
+  std::optional<std::string> if_match;
+};
+/// Replies `device_reply`, or 404 `DeviceNotFound`.
+struct registry_get_request {
+  std::string device;
+};
+/// Replies `devices_reply` with at most `top` devices, by device id (SPEC 12.3.2).
+struct registry_list_request {
+  std::uint32_t top = 1000;
+};
+/// Deletes the identity, its queue and its pending feedback records (the
+/// hub's `remove_device`); replies `done_reply`, 404, or 412 on a stale etag.
+/// Every door is told (`device_revoked`).
+struct registry_delete_request {
+  std::string admin;
+  std::string device;
+  std::optional<std::string> if_match;
+};
 /// A request the door could not decode: the router answers it with `why`, in
 /// order with the replies around it.
 struct refused_request {
@@ -134,7 +163,9 @@ using request =
     std::variant<send_request, receive_request, settle_request, purge_request, queue_depth_request,
                  feedback_receive_request, feedback_settle_request, feedback_attach_request,
                  feedback_detach_request, add_device_request, remove_device_request, ping_request,
-                 refused_request, device_present, device_absent, device_delivered, door_status>;
+                 refused_request, device_present, device_absent, device_delivered, door_status,
+                 registry_put_request, registry_get_request, registry_list_request,
+                 registry_delete_request>;
 
 /// One request as the engine thread takes it from a door.
 struct inbound {
@@ -168,12 +199,18 @@ struct message_reply {  ///< receive: the message, or none queued
 struct feedback_reply {  ///< feedback receive: the batch, or none
   std::optional<feedback_batch> batch;
 };
+struct device_reply {  ///< registry put/get: the device as the registry API shows it
+  device_view device;
+};
+struct devices_reply {  ///< registry list
+  std::vector<device_view> devices;
+};
 
 /// The answer to one request, to the door it came through.
 struct reply {
   reply_to to;
   std::variant<error, done_reply, sent_reply, count_reply, depth_reply, window_reply,
-               generation_reply, message_reply, feedback_reply>
+               generation_reply, message_reply, feedback_reply, device_reply, devices_reply>
       what;
 };
 
@@ -194,7 +231,19 @@ struct feedback_push {
   feedback_batch batch;
 };
 
-using outbound = std::variant<reply, device_push, feedback_push>;
+/// `door` of an outbound item that goes to every door.
+inline constexpr door_id every_door = static_cast<door_id>(-1);
+
+/// A device was deleted or disabled (committed): every door closes what that
+/// device has open (AMQP links and connections; the broker plugin kicks MQTT
+/// clients itself, from the store). Sent with `door == every_door`.
+struct device_revoked {
+  door_id door = every_door;
+  std::string device;
+  bool deleted = false;  ///< false: disabled
+};
+
+using outbound = std::variant<reply, device_push, feedback_push, device_revoked>;
 
 /// The door an `outbound` item leaves through.
 inline door_id door_of(const outbound& o) {

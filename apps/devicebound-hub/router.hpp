@@ -375,6 +375,16 @@ class router {
 
   void on(const reply_to& from, ping_request&, time_point) { answer(from, done_reply{}); }
 
+  // The identity registry (step 9): not wired yet.
+  template <class Registry>
+  requires std::same_as<Registry, registry_put_request> ||
+           std::same_as<Registry, registry_get_request> ||
+           std::same_as<Registry, registry_list_request> ||
+           std::same_as<Registry, registry_delete_request>
+  void on(const reply_to& from, Registry&, time_point) {
+    fail(from, make_error(errc::not_supported, "the identity registry is not available"));
+  }
+
   void on(const reply_to& from, refused_request& r, time_point) { fail(from, r.why); }
 
   // --- presence --------------------------------------------------------------------------
