@@ -62,9 +62,9 @@ struct router_options {
   key_source new_key;
 };
 
-/// What the registry starts with when it is empty (first start, or a store
-/// from before the registry): IoT Hub's default policies or the auth file's,
-/// and the auth file's devices with their keys.
+/// What the registry is seeded with where it has nothing (first start, or a
+/// store from before the registry): the auth file's policies or IoT Hub's
+/// default ones when it has no policy, and the auth file's devices it lacks.
 struct identity_seed {
   std::vector<auth::shared_access_policy> policies;
   /// With no `policies`: create IoT Hub's default policies with generated keys.
@@ -112,7 +112,8 @@ class router {
     }
   }
 
-  /// Seeds an empty registry (`seed`), then gives every device of the engine
+  /// Seeds what the registry lacks (`seed`: policies when it has none, the
+  /// auth file's devices it does not have), then gives every device of the engine
   /// an identity (generated keys) and publishes the whole registry to the
   /// identity view once the batch commits. Call it at start, inside a batch,
   /// before `register_configured`.
@@ -120,7 +121,7 @@ class router {
     registry* reg = options_.identities;
     if (!reg)
       return;
-    if (reg->size() == 0 && reg->policy_count() == 0) {
+    if (reg->policy_count() == 0) {
       auto policies = seed.policies;
       if (policies.empty() && seed.default_policies && options_.new_key)
         policies = auth::make_default_policies(options_.new_key);
@@ -131,21 +132,24 @@ class router {
         else
           log(log_level::info, "seeded policy '", name, "'");
       }
-      for (const auto& d : seed.devices) {
-        auto g = hub_->has_device(d.id) ? hub_->generation_id(d.id) : hub_->add_device(d.id);
-        if (!g) {
-          log(log_level::error, "cannot seed device '", d.id, "': ", g.error().message);
-          continue;
-        }
-        devices_.try_emplace(d.id);
-        auto r = reg->add(d.id, *g, d.primary_key, d.secondary_key, now, options_.new_key);
-        if (!r)
-          log(log_level::error, "cannot seed device '", d.id, "': ", r.error().message);
-        else
-          log(log_level::info, "seeded device '", d.id, "' from the auth file");
-      }
-      commit_identities();
     }
+    // the auth file's devices, where the registry has none of that id (it never overrides)
+    for (const auto& d : seed.devices) {
+      if (reg->contains(d.id))
+        continue;
+      auto g = hub_->has_device(d.id) ? hub_->generation_id(d.id) : hub_->add_device(d.id);
+      if (!g) {
+        log(log_level::error, "cannot seed device '", d.id, "': ", g.error().message);
+        continue;
+      }
+      devices_.try_emplace(d.id);
+      auto r = reg->add(d.id, *g, d.primary_key, d.secondary_key, now, options_.new_key);
+      if (!r)
+        log(log_level::error, "cannot seed device '", d.id, "': ", r.error().message);
+      else
+        log(log_level::info, "seeded device '", d.id, "' from the auth file");
+    }
+    commit_identities();
     // a store from before the registry (or devices the engine had without one)
     if (reg->size() != hub_->device_count()) {
       for (const auto& d : hub_->snapshot().devices)

@@ -478,9 +478,11 @@ class registry {
             c == '-' || c == '_' || c == '.'))
         return make_error(errc::argument_invalid,
                           "policy name '" + p.name + "': only letters, digits, - _ and .");
+    // the secondary key may be empty (an auth file's policy line has one key)
     for (const auto& [k, field] :
          {std::pair{&p.primary_key, "primaryKey"}, std::pair{&p.secondary_key, "secondaryKey"}})
-      if (k->bytes().size() < min_key_bytes || k->bytes().size() > max_key_bytes)
+      if ((k == &p.primary_key || !k->empty()) &&
+          (k->bytes().size() < min_key_bytes || k->bytes().size() > max_key_bytes))
         return make_error(errc::argument_invalid, "policy '" + p.name + "' " + field +
                                                       ": a key is 16 to 64 bytes, not " +
                                                       std::to_string(k->bytes().size()));
