@@ -741,13 +741,12 @@ memory_result measure_memory(const std::vector<std::string>& ids, std::size_t de
 /// Heap per device registered in the hub and in the identity registry (what
 /// devicebound-hub holds for an idle device), and the share of its key block.
 struct registry_memory {
-  double hub_only = 0;         ///< hub entry alone (as `per_idle_device`)
+  double hub_only = 0;          ///< hub entry alone (as `per_idle_device`)
   double hub_and_registry = 0;  ///< hub entry + registry entry, keys included
   double key_block = 0;         ///< the registry's block holding both keys (2 x 32 B + 2)
 };
 
-registry_memory measure_registry_memory(const std::vector<std::string>& ids,
-                                        std::size_t devices) {
+registry_memory measure_registry_memory(const std::vector<std::string>& ids, std::size_t devices) {
   registry_memory out;
   const auto keys = db::keys_from(db::seeded_token_source(17));
   {

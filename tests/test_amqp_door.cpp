@@ -666,9 +666,9 @@ TEST_F(amqp_door_e2e, RefusedSendsCarryTheSdkConditions) {
 /// A device-scoped token signed by the `device` policy (DeviceConnect): valid
 /// only while the registry has the device, enabled (SPEC 12.7.4).
 std::string device_policy_token(const std::string& device) {
-  return to_string(devicebound::auth::generate_sas_token(
-      std::string(hub_host) + "/devices/" + device, key_of(service_key_b64), expiry_in(3600s),
-      "device"));
+  return to_string(
+      devicebound::auth::generate_sas_token(std::string(hub_host) + "/devices/" + device,
+                                            key_of(service_key_b64), expiry_in(3600s), "device"));
 }
 
 /// Asks the daemon over MQTT (admin extension topics, docs/protocol.md) and
@@ -693,9 +693,9 @@ std::string admin(std::uint16_t broker_port, std::string_view op, const std::str
   if (!s.connect(true, {mqtt::protocol::client_filter(mqtt::protocol::party::admin, id)},
                  std::nullopt))
     return {};
-  (void)s.publish(mqtt::protocol::request_head(mqtt::protocol::party::admin, id, op) + device +
-                      "/%24.rid=1",
-                  {});
+  (void)s.publish(
+      mqtt::protocol::request_head(mqtt::protocol::party::admin, id, op) + device + "/%24.rid=1",
+      {});
   std::unique_lock<std::mutex> g(m);
   cv.wait_for(g, 10s, [&] { return !answer.empty(); });
   return answer;

@@ -194,11 +194,11 @@ TEST(enum_strings, identity_registry) {
 TEST(enum_strings, journal_records_have_distinct_names) {
   std::set<std::string_view> names;
   const journal::change records[] = {
-      journal::device_added{},     journal::device_removed{},   journal::message_accepted{},
-      journal::message_changed{},  journal::message_removed{},  journal::feedback_pending{},
-      journal::feedback_batched{}, journal::batch_changed{},    journal::batch_removed{},
-      journal::counters{},         journal::config_changed{},   journal::identity_put{},
-      journal::identity_removed{}, journal::policy_put{},       journal::policy_removed{}};
+      journal::device_added{},     journal::device_removed{},  journal::message_accepted{},
+      journal::message_changed{},  journal::message_removed{}, journal::feedback_pending{},
+      journal::feedback_batched{}, journal::batch_changed{},   journal::batch_removed{},
+      journal::counters{},         journal::config_changed{},  journal::identity_put{},
+      journal::identity_removed{}, journal::policy_put{},      journal::policy_removed{}};
   static_assert(std::size(records) == std::variant_size_v<journal::change>);
   for (const auto& c : records)
     EXPECT_TRUE(names.insert(journal::name_of(c)).second) << journal::name_of(c);

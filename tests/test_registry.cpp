@@ -29,7 +29,9 @@ struct fixture {
   char next_key = 'a';
   std::uint64_t next_gen = 100000000000000000ull;
   int generations_asked = 0;
-  key_source keys = [this] { return key_of(next_key++); };
+  key_source keys = [this] {
+    return key_of(next_key++);
+  };
   generation_source gens = [this](std::string_view) -> result<std::string> {
     ++generations_asked;
     return std::to_string(++next_gen);
@@ -75,8 +77,8 @@ TEST(registry, given_keys_are_kept_and_must_be_base64_of_16_to_64_bytes) {
   EXPECT_EQ(r->device.primary_key, key_of('x', 16));
   EXPECT_EQ(r->device.secondary_key, key_of('y', 64));
 
-  for (std::string bad : {key_of('x', 15).to_base64(), key_of('x', 65).to_base64(),
-                          std::string("not base64!")}) {
+  for (std::string bad :
+       {key_of('x', 15).to_base64(), key_of('x', 65).to_base64(), std::string("not base64!")}) {
     auto v = fixture::sas("dev2");
     v.secondary_key = bad;
     auto e = f.put(v);
@@ -219,14 +221,14 @@ TEST(registry, remove_honours_if_match_and_reports_404) {
 
 TEST(registry, policies_put_get_remove) {
   fixture f;
-  EXPECT_TRUE(f.reg.put_policy({"service", key_of('p'), key_of('q'),
-                                auth::access_rights::service_connect}));
+  EXPECT_TRUE(f.reg.put_policy(
+      {"service", key_of('p'), key_of('q'), auth::access_rights::service_connect}));
   EXPECT_EQ(f.reg.get_policy("service").value().rights, auth::access_rights::service_connect);
   EXPECT_EQ(f.reg.put_policy({"", key_of('p'), key_of('q'), auth::access_rights::all}).code(),
             errc::argument_invalid);
-  EXPECT_EQ(f.reg.put_policy({"short", key_of('p', 8), key_of('q'), auth::access_rights::all})
-                .code(),
-            errc::argument_invalid);
+  EXPECT_EQ(
+      f.reg.put_policy({"short", key_of('p', 8), key_of('q'), auth::access_rights::all}).code(),
+      errc::argument_invalid);
   EXPECT_TRUE(f.reg.remove_policy("service"));
   EXPECT_FALSE(f.reg.get_policy("service"));
   EXPECT_EQ(f.reg.take_changes().size(), 2u);
@@ -282,8 +284,8 @@ RC_GTEST_PROP(registry_property, agrees_with_a_map_model_and_its_journal_replays
       if_match = std::to_string(im - 1);
     auto it = model.find(id);
     const bool exists = it != model.end();
-    const bool etag_ok =
-        !if_match || *if_match == "*" || (exists && *if_match == std::to_string(it->second.version));
+    const bool etag_ok = !if_match || *if_match == "*" ||
+                         (exists && *if_match == std::to_string(it->second.version));
     if (*rc::gen::inRange(0, 3) == 0) {  // remove
       auto r = f.reg.remove(id, if_match);
       if (!exists) {

@@ -48,7 +48,9 @@ class router_test : public ::testing::Test {
       o.identities = &registry_;
       o.view = &view_;
       o.new_key = keys_from(seeded_token_source(5));
-      o.commit_identities = [this](const journal::change_set& c) { return store_.apply(c); };
+      o.commit_identities = [this](const journal::change_set& c) {
+        return store_.apply(c);
+      };
     }
     hub_config c;
     c.feedback_batch_interval = 0s;
@@ -327,7 +329,6 @@ TEST_F(router_test, a_failed_write_releases_nothing_and_refuses_what_follows) {
   EXPECT_FALSE(router_->begin_batch());
 }
 
-
 // --- the identity registry -------------------------------------------------------------------
 
 class registry_router_test : public router_test {
@@ -381,8 +382,7 @@ TEST_F(registry_router_test, put_rules_409_412_and_update) {
   EXPECT_FALSE(hub_.has_device("nobody"));
   auto bad = sas("dev3");
   bad.primary_key = "!!";
-  EXPECT_EQ(ask_error(registry_put_request{"adm", bad, std::nullopt}).code,
-            errc::argument_invalid);
+  EXPECT_EQ(ask_error(registry_put_request{"adm", bad, std::nullopt}).code, errc::argument_invalid);
   EXPECT_FALSE(hub_.has_device("dev3"));
   const auto r = ask<device_reply>(registry_put_request{"adm", sas("dev1"), std::string("1")});
   EXPECT_EQ(etag_of(r.device.identity), "2");
@@ -417,7 +417,8 @@ TEST_F(registry_router_test, delete_drops_queue_and_feedback_and_revokes_everywh
   EXPECT_EQ(ask_error(registry_delete_request{"adm", "dev1", std::string("9")}).code,
             errc::precondition_failed);
   EXPECT_TRUE(hub_.has_device("dev1"));
-  auto out = batch(items(asked(to_.address, registry_delete_request{"adm", "dev1", std::string("*")})));
+  auto out =
+      batch(items(asked(to_.address, registry_delete_request{"adm", "dev1", std::string("*")})));
   const auto replies = all<reply>(out);
   ASSERT_EQ(replies.size(), 1u);
   EXPECT_TRUE(std::holds_alternative<done_reply>(replies[0].what));

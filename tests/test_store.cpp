@@ -462,7 +462,7 @@ TEST(sqlite_store, refuses_a_newer_schema_version) {
   ASSERT_FALSE(r);
   EXPECT_EQ(r.code(), errc::not_supported);
   EXPECT_NE(r.error().message.find("schema version 7, newer than this devicebound understands (" +
-                                       std::to_string(sqlite_store::schema_version) + ")"),
+                                   std::to_string(sqlite_store::schema_version) + ")"),
             std::string::npos)
       << r.error().message;
 }
@@ -849,7 +849,6 @@ TEST(sqlite_store, kill_9_at_any_instant_loses_no_acknowledged_send) {
   }
 }
 
-
 // --- the identity registry in the stores ------------------------------------------
 
 auth::shared_access_key key_of(char fill, std::size_t n = 32) {
@@ -860,8 +859,12 @@ auth::shared_access_key key_of(char fill, std::size_t n = 32) {
 registry sample_registry() {
   registry r;
   char next = 'a';
-  key_source keys = [&next] { return key_of(next++); };
-  auto gen = [](std::string_view) -> result<std::string> { return std::string("123456789012345678"); };
+  key_source keys = [&next] {
+    return key_of(next++);
+  };
+  auto gen = [](std::string_view) -> result<std::string> {
+    return std::string("123456789012345678");
+  };
   device_identity_update u;
   u.device_id = "dev-sas";
   EXPECT_TRUE(r.put(u, std::nullopt, gen, t0, keys));
@@ -871,10 +874,12 @@ registry sample_registry() {
   u.status = device_status::disabled;
   u.status_reason = "stolen";
   u.iot_edge = true;
-  EXPECT_TRUE(r.put(u, std::nullopt, [](std::string_view) -> result<std::string> {
-    return std::string("not-a-number");
-  }, t0 + 1s, keys));
-  EXPECT_TRUE(r.put_policy({"service", key_of('p'), key_of('q'), auth::access_rights::service_connect}));
+  EXPECT_TRUE(r.put(
+      u, std::nullopt,
+      [](std::string_view) -> result<std::string> { return std::string("not-a-number"); }, t0 + 1s,
+      keys));
+  EXPECT_TRUE(
+      r.put_policy({"service", key_of('p'), key_of('q'), auth::access_rights::service_connect}));
   EXPECT_TRUE(r.put_policy({"gone", key_of('r'), key_of('s'), auth::access_rights::all}));
   EXPECT_TRUE(r.remove_policy("gone"));
   u = {};

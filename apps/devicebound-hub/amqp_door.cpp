@@ -996,8 +996,7 @@ struct amqp_door::impl {
       set_condition(pn_connection_condition(c.pn), "amqp:unauthorized-access", why);
       pn_connection_close(c.pn);
     } else if (closed_link) {
-      spdlog::info("amqp: connection {}: closed the links of device '{}': {}", c.id, r.device,
-                   why);
+      spdlog::info("amqp: connection {}: closed the links of device '{}': {}", c.id, r.device, why);
     }
   }
   void deliver(conn_state& c, feedback_push& p) {

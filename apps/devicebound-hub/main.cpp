@@ -141,8 +141,9 @@ int open_registry(const daemon_config& cfg, sqlite_store* store, registry& ident
     spdlog::critical("bad --auth-file: {}", a.error().message);
     return exit_config;
   }
-  spdlog::info("auth file {}: {} device key(s), {} policy(ies) (a seed: the registry keeps what it has)",
-               cfg.amqp.auth_file, a->devices.size(), a->policies.size());
+  spdlog::info(
+      "auth file {}: {} device key(s), {} policy(ies) (a seed: the registry keeps what it has)",
+      cfg.amqp.auth_file, a->devices.size(), a->policies.size());
   seed.policies = a->policies;
   seed.default_policies = true;
   for (const auto& [id, keys] : a->devices)

@@ -158,10 +158,10 @@ struct policy_removed {
 };
 
 /// One change. Applied in order; a `change_set` is atomic.
-using change = std::variant<device_added, device_removed, message_accepted, message_changed,
-                            message_removed, feedback_pending, feedback_batched, batch_changed,
-                            batch_removed, counters, config_changed, identity_put,
-                            identity_removed, policy_put, policy_removed>;
+using change =
+    std::variant<device_added, device_removed, message_accepted, message_changed, message_removed,
+                 feedback_pending, feedback_batched, batch_changed, batch_removed, counters,
+                 config_changed, identity_put, identity_removed, policy_put, policy_removed>;
 
 /// The changes of one hub operation: a store applies all of them or none.
 using change_set = std::vector<change>;

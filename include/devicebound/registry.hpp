@@ -101,15 +101,15 @@ class registry {
                                                                        "' has no version or "
                                                                        "generation id"));
       if (!devices_.emplace(d.device_id, pack(d)).second)
-        return bad_restore("identity", make_error(errc::malformed, "device '" + d.device_id +
-                                                                       "' is stored twice"));
+        return bad_restore("identity", make_error(errc::malformed,
+                                                  "device '" + d.device_id + "' is stored twice"));
     }
     for (const auto& p : policies) {
       if (auto r = check_policy(p); !r)
         return bad_restore("policy", r.error());
       if (!policies_.emplace(p.name, p).second)
-        return bad_restore("policy", make_error(errc::malformed,
-                                                "policy '" + p.name + "' is stored twice"));
+        return bad_restore("policy",
+                           make_error(errc::malformed, "policy '" + p.name + "' is stored twice"));
     }
     return {};
   }
@@ -121,7 +121,8 @@ class registry {
   /// `generation` for the device's generation id (last, after every check: an
   /// error from it refuses the PUT). Empty keys of a `sas` device are
   /// generated (create, or a switch to `sas`) or kept (update).
-  result<put_result> put(const device_identity_update& u, const std::optional<std::string>& if_match,
+  result<put_result> put(const device_identity_update& u,
+                         const std::optional<std::string>& if_match,
                          const generation_source& generation, time_point now,
                          const key_source& new_key) {
     if (auto r = validate_device_id(u.device_id); !r)
@@ -144,13 +145,11 @@ class registry {
         return make_error(errc::argument_invalid,
                           "authentication.x509Thumbprint.primaryThumbprint: a selfSigned device "
                           "needs a thumbprint");
-      for (const auto& [t, name] :
-           {std::pair{&u.primary_thumbprint, "primaryThumbprint"},
-            std::pair{&u.secondary_thumbprint, "secondaryThumbprint"}})
+      for (const auto& [t, name] : {std::pair{&u.primary_thumbprint, "primaryThumbprint"},
+                                    std::pair{&u.secondary_thumbprint, "secondaryThumbprint"}})
         if (!t->empty() && !is_thumbprint(*t))
           return make_error(errc::argument_invalid, std::string("authentication.x509Thumbprint.") +
-                                                        name +
-                                                        ": not 40 or 64 hexadecimal digits");
+                                                        name + ": not 40 or 64 hexadecimal digits");
     }
 
     device_identity d;
@@ -210,8 +209,8 @@ class registry {
 
   /// Adds a device with generated keys, enabled (a device of the daemon's
   /// configuration or auto-registered). 409 if it exists.
-  result<device_identity> add(std::string_view device_id, std::string generation_id,
-                              time_point now, const key_source& new_key) {
+  result<device_identity> add(std::string_view device_id, std::string generation_id, time_point now,
+                              const key_source& new_key) {
     device_identity_update u;
     u.device_id = std::string(device_id);
     auto r = put(
@@ -254,7 +253,8 @@ class registry {
   /// At most `top` devices in device id order, starting after `after` (a
   /// page's last id; empty: from the first). `top` 0 or above 1000 is 1000
   /// (SPEC 12.1.1).
-  std::vector<device_identity> list(std::uint32_t top = max_list, std::string_view after = {}) const {
+  std::vector<device_identity> list(std::uint32_t top = max_list,
+                                    std::string_view after = {}) const {
     if (top == 0 || top > max_list)
       top = max_list;
     std::vector<device_identity> out;
@@ -345,9 +345,9 @@ class registry {
     if (!k)
       return make_error(errc::argument_invalid, std::string(field) + ": not base64");
     if (k->bytes().size() < min_key_bytes || k->bytes().size() > max_key_bytes)
-      return make_error(errc::argument_invalid,
-                        std::string(field) + ": a key is base64 of 16 to 64 bytes, not " +
-                            std::to_string(k->bytes().size()));
+      return make_error(errc::argument_invalid, std::string(field) +
+                                                    ": a key is base64 of 16 to 64 bytes, not " +
+                                                    std::to_string(k->bytes().size()));
     return k;
   }
 
@@ -431,8 +431,7 @@ class registry {
       const auto pn = static_cast<unsigned char>(e.keys[0]);
       const auto sn = static_cast<unsigned char>(e.keys[1]);
       d.primary_key = auth::shared_access_key::from_bytes(std::string(e.keys.get() + 2, pn));
-      d.secondary_key =
-          auth::shared_access_key::from_bytes(std::string(e.keys.get() + 2 + pn, sn));
+      d.secondary_key = auth::shared_access_key::from_bytes(std::string(e.keys.get() + 2 + pn, sn));
     }
     if (e.more) {
       d.status_reason = e.more->status_reason;
@@ -455,9 +454,9 @@ class registry {
       return make_error(errc::precondition_failed,
                         "device '" + std::string(id) + "' does not exist, but If-Match was given");
     if (*if_match != "*" && *if_match != std::to_string(it->second.version))
-      return make_error(errc::precondition_failed,
-                        "device '" + std::string(id) + "' has etag \"" +
-                            std::to_string(it->second.version) + "\", not \"" + *if_match + "\"");
+      return make_error(errc::precondition_failed, "device '" + std::string(id) + "' has etag \"" +
+                                                       std::to_string(it->second.version) +
+                                                       "\", not \"" + *if_match + "\"");
     return {};
   }
 
