@@ -82,9 +82,11 @@ using steady = std::chrono::steady_clock;
 
 constexpr std::string_view event_prefix = "devicebound/broker/";
 // How often the plugin tries to open a registry_db that is not there yet, and
-// how often at most it asks the open one whether the hub committed.
+// how often at most it asks the open one whether the hub committed. The hub
+// commits for messages too, so while it works every check that sees a commit
+// looks each connected device up again (one indexed read each).
 constexpr auto registry_retry_interval = std::chrono::milliseconds(500);
-constexpr auto registry_check_interval = std::chrono::milliseconds(20);
+constexpr auto registry_check_interval = std::chrono::milliseconds(100);
 
 // What the plugin knows about one client id.
 struct client_rec {
@@ -114,8 +116,16 @@ struct plugin_state {
   std::string registry_problem;  // why the registry is not open (logged when it changes)
   steady::time_point next_registry_open{};
   steady::time_point next_registry_check{};
+  bool recheck_pending = false;  // the connected devices are still to be checked
   bool state_dirty = false;
   std::time_t state_written_at = 0;
+  // The device being disconnected by kick_revoked_devices: mosquitto checks
+  // its subscriptions again while it does (check_subscription_acls).
+  struct revoked {
+    std::string id;
+    bool deleted = false;
+  };
+  std::optional<revoked> kicking;
 };
 
 plugin_state* g_state = nullptr;
@@ -411,21 +421,19 @@ bool auth_file_reload() {
 }
 
 // Disconnects every connected device that the current source no longer lets
-// in: deleted, disabled, or (after a switch of source) unknown to it.
-void kick_revoked_devices() {
-  struct revoked {
-    std::string id;
-    bool deleted;
-  };
-  std::vector<revoked> kick;
+// in: deleted, disabled, or (after a switch of source) unknown to it. False
+// when the source could not be read: nobody was disconnected.
+bool kick_revoked_devices() {
+  std::vector<plugin_state::revoked> kick;
   for (const auto& [id, rec] : g_state->clients) {
     if (rec.conn == nullptr || !rec.device)
       continue;
     auto d = find_device(id);
     if (!d) {
-      mosquitto_log_printf(MOSQ_LOG_WARNING, DB_LOG_PREFIX "cannot check device %s: %s", id.c_str(),
+      mosquitto_log_printf(MOSQ_LOG_WARNING,
+                           DB_LOG_PREFIX "cannot check the connected devices: %s (tried again)",
                            d.error().message.c_str());
-      continue;  // checked again after the next commit
+      return false;
     }
     if (!*d || !(*d)->enabled)
       kick.push_back({id, !*d});
@@ -434,7 +442,9 @@ void kick_revoked_devices() {
     mosquitto_log_printf(MOSQ_LOG_NOTICE, DB_LOG_PREFIX "disconnecting device %s: %s", k.id.c_str(),
                          k.deleted ? "it is no longer registered" : "it is disabled");
     // Without its will: the hub already knows (it made the change).
+    g_state->kicking = k;
     mosquitto_kick_client_by_clientid(k.id.c_str(), false);
+    g_state->kicking.reset();
     if (k.deleted) {
       // Its persistent session's subscription is not announced again.
       if (auto it = g_state->clients.find(k.id); it != g_state->clients.end()) {
@@ -446,6 +456,7 @@ void kick_revoked_devices() {
       }
     }
   }
+  return true;
 }
 
 // Tries to open registry_db; logs when the reason it cannot changes.
@@ -464,7 +475,8 @@ void registry_try_open() {
                          "registry%s",
                          g_state->registry_path.c_str(),
                          g_state->file_keys ? " (auth_file no longer used)" : "");
-    kick_revoked_devices();  // who came in through the auth file and is not registered
+    // who came in through the auth file and is not registered
+    g_state->recheck_pending = !kick_revoked_devices();
     return;
   }
   if (why != g_state->registry_problem) {
@@ -496,6 +508,12 @@ void registry_tick() {
   if (now < g_state->next_registry_check)
     return;
   g_state->next_registry_check = now + registry_check_interval;
+  // The tick never waits for a busy file: it tries again at the next check.
+  // Only a CONNECT waits (up to the busy timeout), for its own answer.
+  struct no_wait {
+    no_wait() { g_state->registry.set_busy_timeout(std::chrono::milliseconds(0)); }
+    ~no_wait() { g_state->registry.set_busy_timeout(g_state->busy_timeout); }
+  } during_tick;
   auto changed = g_state->registry.changed();
   if (!changed) {
     if (changed.error().message != g_state->registry_problem) {
@@ -506,8 +524,8 @@ void registry_tick() {
     return;
   }
   g_state->registry_problem.clear();
-  if (*changed)
-    kick_revoked_devices();
+  if (*changed || g_state->recheck_pending)
+    g_state->recheck_pending = !kick_revoked_devices();
 }
 
 // -------------------------------------------------------------------------- //
@@ -580,6 +598,12 @@ int on_acl_check(int, void* event_data, void*) {
 
   switch (ed->access) {
     case MOSQ_ACL_SUBSCRIBE: {
+      if (g_state->kicking && g_state->kicking->id == id) {
+        // mosquitto re-checks a kicked client's subscriptions. A deleted
+        // device's session loses them (a device created again with this id
+        // starts afresh); a disabled one keeps them for when it is enabled.
+        return g_state->kicking->deleted ? MOSQ_ERR_ACL_DENIED : MOSQ_ERR_SUCCESS;
+      }
       const std::string_view filter = broker::strip_share(topic);
       const broker::place pl = broker::classify(filter, id);
       if (!broker::may_read(pl, device))
