@@ -185,8 +185,12 @@ def test_deleted_or_disabled_device_is_disconnected_and_refused(start_broker, cl
     assert not dev2.is_disconnected  # untouched by another device's change
 
     store.set_status("dev1", "enabled")
-    assert connect_device(broker, clients, "dev1", key1)[0] == 0
+    rc, dev1 = connect_device(broker, clients, "dev1", key1)
+    assert rc == 0
     events.expect("subscribed", "dev1")  # a disabled device's session keeps its subscription
+    events.client.publish("devices/dev1/messages/devicebound/%24.mid=back", b"back")
+    assert dev1.expect().payload == b"back"
+    events.expect("delivered", "dev1")
 
     store.delete_device("dev2")
     dev2.wait_disconnected(WAIT)
@@ -197,8 +201,15 @@ def test_deleted_or_disabled_device_is_disconnected_and_refused(start_broker, cl
     store.put_device("dev2", key1)
     assert connect_device(broker, clients, "dev2", key1)[0] == 0
     store.put_device("sentinel", key1)
-    assert connect_device(broker, clients, "sentinel", key1, clean_session=True, subscribe=True)[0] == 0
+    rc, sentinel = connect_device(broker, clients, "sentinel", key1, clean_session=True, subscribe=True)
+    assert rc == 0
     events.expect("subscribed", "sentinel")  # and no "subscribed dev2" before it
+    # The broker session kept for dev2 lost its subscription: a message to dev2
+    # is not handed over ("delivered" would come first: events are in order).
+    events.client.publish("devices/dev2/messages/devicebound/%24.mid=old", b"x")
+    events.client.publish("devices/sentinel/messages/devicebound/%24.mid=s", b"y")
+    events.expect("delivered", "sentinel")
+    assert sentinel.expect().payload == b"y"
     wait_for_log(broker, "disconnecting device dev2: it is no longer registered")
     wait_for_log(broker, "disconnecting device dev1: it is disabled")
 
