@@ -316,7 +316,7 @@ def test_a_busy_store_refuses_within_the_busy_timeout(start_broker, clients, hub
     store.db.execute("UPDATE identities SET version=version+1")
     started = time.monotonic()
     assert connect_device(broker, clients, "dev1", key)[0] == 5
-    assert time.monotonic() - started < WAIT
+    assert time.monotonic() - started < 5.0  # 100 ms of waiting, not a hang
     wait_for_log(broker, "database is locked")
     store.db.execute("COMMIT")
     assert connect_device(broker, clients, "dev1", key)[0] == 0
