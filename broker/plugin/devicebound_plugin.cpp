@@ -430,9 +430,10 @@ bool kick_revoked_devices() {
       continue;
     auto d = find_device(id);
     if (!d) {
-      mosquitto_log_printf(MOSQ_LOG_WARNING,
-                           DB_LOG_PREFIX "cannot check the connected devices: %s (tried again)",
-                           d.error().message.c_str());
+      if (!g_state->recheck_pending)  // once, not at every retry
+        mosquitto_log_printf(MOSQ_LOG_WARNING,
+                             DB_LOG_PREFIX "cannot check the connected devices: %s (tried again)",
+                             d.error().message.c_str());
       return false;
     }
     if (!*d || !(*d)->enabled)
