@@ -251,8 +251,8 @@ int main(int argc, char** argv) {
   if (const int code = open_hub(cfg, store, h); code != exit_ok)
     return code;
 
-  // The identity registry (docs/registry.md): loaded from the store; an empty
-  // one is seeded from --auth-file (or IoT Hub's default policies) below.
+  // The identity registry (docs/registry.md): loaded from the store; what it
+  // lacks is seeded from --auth-file (or IoT Hub's default policies) below.
   registry identities;
   identity_view view(!cfg.amqp.auth_file.empty());
   identity_seed seed;
