@@ -21,6 +21,7 @@
 #include <proton/terminus.h>
 #include <proton/transport.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -420,6 +421,7 @@ class amqp_door_e2e : public ::testing::Test {
               dir_.file("auth.txt"),
               "--iothub-hostname",
               hub_host};
+    options_ = o;
     hub_ = std::make_unique<support::hub_daemon>(o);
   }
 
@@ -447,6 +449,7 @@ class amqp_door_e2e : public ::testing::Test {
   support::temp_dir dir_{"devicebound-amqp-"};
   std::unique_ptr<support::mosquitto_broker> broker_;
   std::unique_ptr<support::hub_daemon> hub_;
+  support::hub_daemon::options options_;
   std::uint16_t port_ = 0;
 };
 
@@ -733,6 +736,37 @@ TEST_F(amqp_door_e2e, ADeviceAddedAtRuntimeConnectsAndIsClosedWhenRemoved) {
   EXPECT_FALSE(k.ok(device_policy_token("dev9")));
   // a device of the auth file is unaffected
   EXPECT_TRUE(k.ok(device_token("dev1")));
+}
+
+TEST_F(amqp_door_e2e, TheRegistrySurvivesARestart) {
+  // the same daemon with a store file instead of --in-memory
+  hub_->stop();
+  auto o = options_;
+  auto mem = std::find(o.args.begin(), o.args.end(), "--in-memory");
+  ASSERT_NE(mem, o.args.end());
+  *mem = "--store";
+  o.args.insert(mem + 1, dir_.file("hub.db"));
+  hub_ = std::make_unique<support::hub_daemon>(o);
+  ASSERT_NE(admin(broker_->port(), devicebound::mqtt::protocol::op_add, "dev9"), "");
+  hub_->stop();
+  // restarted with an auth file of other keys: the registry keeps what it has
+  // (the file is only a seed), so the first start's keys still sign
+  const std::string other = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+  {
+    std::ofstream f(dir_.file("auth2.txt"));
+    f << "dev1 " << other << "\npolicy service " << other << "\npolicy device " << other << "\n";
+  }
+  auto file = std::find(o.args.begin(), o.args.end(), dir_.file("auth.txt"));
+  ASSERT_NE(file, o.args.end());
+  *file = dir_.file("auth2.txt");
+  hub_ = std::make_unique<support::hub_daemon>(o);
+  client c(port_, sasl_mode::none);
+  ASSERT_TRUE(c.opened());
+  cbs k(c);
+  EXPECT_TRUE(k.ok(device_policy_token("dev9")));  // added at runtime, loaded from the store
+  EXPECT_TRUE(k.ok(device_token("dev1")));         // the key of the first start
+  EXPECT_TRUE(k.ok(service_token()));
+  EXPECT_FALSE(k.ok(service_token(expiry_in(3600s), other)));
 }
 
 }  // namespace
