@@ -39,6 +39,10 @@
 #endif
 #include "config.hpp"
 #include "engine_loop.hpp"
+#ifdef DEVICEBOUND_WITH_HTTPS_DOOR
+#include "auth_file.hpp"
+#include "https_door.hpp"
+#endif
 #include "mqtt_door.hpp"
 #include "router.hpp"
 
@@ -245,6 +249,46 @@ int main(int argc, char** argv) {
     return exit_config;
   }
 #endif
+#ifdef DEVICEBOUND_WITH_HTTPS_DOOR
+  // The HTTPS door (docs/https.md). Until the identity registry is wired, its
+  // identities are the --auth-file's; without one it runs in test mode.
+  identity_view https_identities(!cfg.amqp.auth_file.empty());
+  std::unique_ptr<https_door> https;
+  if (!cfg.https.listen.empty()) {
+    if (https_identities.enabled()) {
+      auto a = load_auth_file(cfg.amqp.auth_file);
+      if (!a) {
+        spdlog::critical("bad --auth-file: {}", a.error().message);
+        return exit_config;
+      }
+      https_identities.set_policies(a->policies);
+      for (const auto& [id, creds] : a->devices) {
+        device_identity d;
+        d.device_id = id;
+        d.primary_key = creds.primary_key;
+        d.secondary_key = creds.secondary_key;
+        d.status = creds.enabled ? device_status::enabled : device_status::disabled;
+        https_identities.put_device(d);
+      }
+    }
+    https_door_config hc;
+    hc.listen = cfg.https.listen;
+    hc.tls_server_cert = cfg.amqp.tls_server_cert;
+    hc.tls_server_key = cfg.amqp.tls_server_key;
+    hc.tls_key_password = cfg.amqp.tls_server_key_password;
+    hc.insecure = cfg.https.insecure;
+    hc.iothub_hostname = cfg.amqp.iothub_hostname;
+    hc.identities = &https_identities;
+    hc.request_timeout = std::chrono::seconds(cfg.https.request_timeout_seconds);
+    https = std::make_unique<https_door>(std::move(hc));
+    doors.push_back(https.get());
+  }
+#else
+  if (!cfg.https.listen.empty()) {
+    spdlog::critical("--https-listen: this devicebound-hub was built without HTTPS (OpenSSL)");
+    return exit_config;
+  }
+#endif
   engine_loop loop(rt, doors);
 
   spdlog::info(
@@ -295,6 +339,10 @@ int main(int argc, char** argv) {
 #ifdef DEVICEBOUND_WITH_AMQP_DOOR
   if (amqp)
     amqp->stop();
+#endif
+#ifdef DEVICEBOUND_WITH_HTTPS_DOOR
+  if (https)
+    https->stop();
 #endif
   if (end.why != loop_end::cause::door_failed)
     log_stats(h);
