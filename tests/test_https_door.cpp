@@ -117,7 +117,7 @@ class test_door final : public front_door {
 
 struct response {
   unsigned status = 0;
-  std::map<std::string, std::string> headers;  ///< names lower-cased
+  std::map<std::string, std::string> headers;                    ///< names lower-cased
   std::vector<std::pair<std::string, std::string>> raw_headers;  ///< as sent
   std::string body;
   bool closed = false;  ///< the connection ended instead (or the wait ran out)
@@ -452,9 +452,9 @@ TEST(https_door, RejectDeadLettersAndAbandonRedeliversWithPropertiesIntact) {
   ASSERT_EQ(records->size(), 1u);
   EXPECT_EQ((*records)[0].status_code, feedback_status::rejected);
   // Feedback abandon: the batch comes again.
-  EXPECT_EQ(c.request("POST", "/messages/serviceBound/feedback/" + etag_token(fb) + "/abandon")
-                .status,
-            204u);
+  EXPECT_EQ(
+      c.request("POST", "/messages/serviceBound/feedback/" + etag_token(fb) + "/abandon").status,
+      204u);
   auto fb2 = c.request("GET", "/messages/serviceBound/feedback");
   EXPECT_EQ(fb2.status, 200u);
   EXPECT_EQ(fb2.body, fb.body);
@@ -469,7 +469,8 @@ TEST(https_door, AStaleEtagIs412AndChangesNothing) {
   ASSERT_EQ(c.request("DELETE", settle_path(token)).status, 204u);
   h.service().send("dev1", c2d("m2"));
   for (const auto& [method, tail] : {std::pair<std::string, std::string>{"DELETE", ""},
-                                     {"DELETE", "?reject"}, {"POST", "/abandon"}}) {
+                                     {"DELETE", "?reject"},
+                                     {"POST", "/abandon"}}) {
     auto stale = c.request(method, settle_path(token, tail));
     EXPECT_EQ(stale.status, 412u) << method << tail;
     EXPECT_EQ(stale.error_code(), "DeviceMessageLockLost");
@@ -512,14 +513,15 @@ TEST(https_door, PurgeCountsAndGivesPurgedFeedbackWhenAsked) {
   EXPECT_EQ(c.request("DELETE", "/devices/nobody/commands").status, 404u);
 }
 
-// --- bad input: each with its status, and no state change ------------------------------------------
+// --- bad input: each with its status, and no state change
+// ------------------------------------------
 
 TEST(https_door, BadRequestsGetTheirStatusAndChangeNothing) {
   hub_under_test h({false});
   h.service().send("dev1", c2d("m1"));
   auto c = h.connect();
-  auto bad_json = c.request("PUT", "/devices/dev1", {{"Content-Type", "application/json"}},
-                            "{\"deviceId\":");
+  auto bad_json =
+      c.request("PUT", "/devices/dev1", {{"Content-Type", "application/json"}}, "{\"deviceId\":");
   EXPECT_EQ(bad_json.status, 400u);
   EXPECT_EQ(bad_json.error_code(), "ArgumentInvalid");
   EXPECT_NE(bad_json.body.find("is not valid JSON"), std::string::npos) << bad_json.body;
@@ -547,7 +549,8 @@ TEST(https_door, OversizeHeaderIs431AndOversizeBodyIs413) {
   }
   {
     auto c = h.connect();
-    const std::string body = "{\"deviceId\":\"dev1\",\"x\":\"" + std::string(300 * 1024, 'y') + "\"}";
+    const std::string body =
+        "{\"deviceId\":\"dev1\",\"x\":\"" + std::string(300 * 1024, 'y') + "\"}";
     auto r = c.request("PUT", "/devices/dev1", {{"Content-Type", "application/json"}}, body);
     EXPECT_EQ(r.status, 413u);
     EXPECT_EQ(r.error_code(), "MessageTooLarge");
@@ -595,27 +598,29 @@ TEST(https_door, TokensAreCheckedAndRefusalsChangeNothing) {
     const auto j = nlohmann::json::parse(r.body);
     EXPECT_TRUE(j["Message"].get<std::string>().starts_with("ErrorCode:IotHubUnauthorizedAccess;"));
   };
-  expect_401(c.request("GET", recv_path));                                            // missing
-  expect_401(c.request("GET", recv_path, {{"Authorization", device_token("dev1", 1000)}}));  // expired
+  expect_401(c.request("GET", recv_path));  // missing
+  expect_401(
+      c.request("GET", recv_path, {{"Authorization", device_token("dev1", 1000)}}));   // expired
   expect_401(c.request("GET", recv_path, {{"Authorization", device_token("dev2")}}));  // not dev1
   expect_401(c.request("DELETE", "/devices/dev1/commands",
                        {{"Authorization", device_token("dev1")}}));  // device token, service call
   expect_401(c.request("GET", "/messages/serviceBound/feedback",
                        {{"Authorization", device_token("dev1")}}));
-  expect_401(c.request("GET", recv_path, {{"Authorization", service_token()}}));  // no DeviceConnect
+  expect_401(
+      c.request("GET", recv_path, {{"Authorization", service_token()}}));  // no DeviceConnect
   EXPECT_EQ(h.service().depth("dev1"), 1u);
 
   auto r = c.request("GET", recv_path, {{"Authorization", device_token("dev1")}});
   ASSERT_EQ(r.status, 200u);
   EXPECT_EQ(r.header("iothub-deliverycount"), "0");
-  EXPECT_EQ(c.request("DELETE", settle_path(etag_token(r)),
-                      {{"Authorization", device_token("dev1")}})
-                .status,
-            204u);
-  EXPECT_EQ(c.request("GET", "/messages/serviceBound/feedback",
-                      {{"Authorization", service_token()}})
-                .status,
-            200u);
+  EXPECT_EQ(
+      c.request("DELETE", settle_path(etag_token(r)), {{"Authorization", device_token("dev1")}})
+          .status,
+      204u);
+  EXPECT_EQ(
+      c.request("GET", "/messages/serviceBound/feedback", {{"Authorization", service_token()}})
+          .status,
+      200u);
 }
 
 }  // namespace

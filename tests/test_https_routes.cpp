@@ -72,8 +72,8 @@ TEST(https_routes, ReceiveMatchesEverySdksPathCaseAndAnyApiVersion) {
   for (const char* target :
        {"/devices/dev1/messages/deviceBound?api-version=2020-09-30&iothub-messagelocktimeout=60",
         "/devices/dev1/messages/devicebound?api-version=2021-04-12",
-        "/devices/dev1/messages/devicebound?api-version=2016-11-14", "/DEVICES/dev1/Messages/DEVICEBOUND",
-        "/devices/dev1/messages/devicebound/"}) {
+        "/devices/dev1/messages/devicebound?api-version=2016-11-14",
+        "/DEVICES/dev1/Messages/DEVICEBOUND", "/devices/dev1/messages/devicebound/"}) {
     const routed r = ok(go("GET", target));
     EXPECT_EQ(r.op, operation::device_receive) << target;
     EXPECT_EQ(r.needed, auth::access_rights::device_connect);
@@ -133,10 +133,10 @@ TEST(https_routes, WrongMethodsAre405WithAllow) {
   EXPECT_EQ(header(r, "Allow"), "GET");
   EXPECT_EQ(header(refused(go("GET", "/devices/dev1/messages/devicebound/" + token_text)), "Allow"),
             "DELETE");
-  EXPECT_EQ(header(refused(go("DELETE", "/devices/dev1/messages/devicebound/" + token_text +
-                                            "/abandon")),
-                   "Allow"),
-            "POST");
+  EXPECT_EQ(
+      header(refused(go("DELETE", "/devices/dev1/messages/devicebound/" + token_text + "/abandon")),
+             "Allow"),
+      "POST");
   EXPECT_EQ(header(refused(go("GET", "/devices/dev1/commands")), "Allow"), "DELETE");
   EXPECT_EQ(header(refused(go("POST", "/devices/dev1")), "Allow"), "GET, PUT, DELETE");
   EXPECT_EQ(header(refused(go("PUT", "/devices")), "Allow"), "GET");
@@ -148,7 +148,8 @@ TEST(https_routes, WrongMethodsAre405WithAllow) {
 
 TEST(https_routes, UnknownRoutesAre400) {
   for (const char* t : {"/", "/twins/dev1", "/devices/dev1/messages/events",
-                        "/devices/dev1/messages/devicebound/" "0f8fad5b-d9cb-469f-a165-70867728950e/x",
+                        "/devices/dev1/messages/devicebound/"
+                        "0f8fad5b-d9cb-469f-a165-70867728950e/x",
                         "/messages/serviceBound", "devices/dev1", "/devices/dev1/commands/x"}) {
     expect_error(refused(go("GET", t)), 400, "ArgumentInvalid");
   }
@@ -222,7 +223,7 @@ TEST(https_routes, RegistryPutDecodesTheDeviceJson) {
       "x509Thumbprint":{"primaryThumbprint":null,"secondaryThumbprint":null}},
       "capabilities":{"iotEdge":true}})";
   const routed r = ok(go("PUT", "/devices/dev1?api-version=2021-04-12", body,
-                          {{"if-match", "\"3\""}, {"content-type", "application/json"}}));
+                         {{"if-match", "\"3\""}, {"content-type", "application/json"}}));
   EXPECT_EQ(r.op, operation::registry_put);
   EXPECT_EQ(r.needed, auth::access_rights::registry_write);
   const auto& p = std::get<registry_put_request>(r.what);
@@ -259,9 +260,9 @@ TEST(https_routes, RegistryPutErrorsNameTheField) {
   EXPECT_NE(put(R"({"deviceId":7})").find("deviceId: is a number"), std::string::npos);
   EXPECT_NE(put(R"({"deviceId":"other"})").find("is not the device 'dev1'"), std::string::npos);
   EXPECT_NE(put(R"({"deviceId":"dev1","status":"Enabled"})").find("status:"), std::string::npos);
-  EXPECT_NE(put(R"({"deviceId":"dev1","authentication":{"type":"x509"}})")
-                .find("authentication.type:"),
-            std::string::npos);
+  EXPECT_NE(
+      put(R"({"deviceId":"dev1","authentication":{"type":"x509"}})").find("authentication.type:"),
+      std::string::npos);
   EXPECT_NE(put(R"({"deviceId":"dev1","authentication":{"symmetricKey":{"primaryKey":"!!"}}})")
                 .find("authentication.symmetricKey.primaryKey: is not base64"),
             std::string::npos);
@@ -324,8 +325,9 @@ TEST(https_routes, ReceiveRepliesWithEveryPropertyAsSpec1123) {
 }
 
 TEST(https_routes, EmptyQueuesAre204) {
-  EXPECT_EQ(respond(ok(go("GET", "/devices/dev1/messages/devicebound")), message_reply{}, {}).status,
-            204u);
+  EXPECT_EQ(
+      respond(ok(go("GET", "/devices/dev1/messages/devicebound")), message_reply{}, {}).status,
+      204u);
   EXPECT_EQ(respond(ok(go("GET", "/messages/serviceBound/feedback")), feedback_reply{}, {}).status,
             204u);
 }
@@ -350,10 +352,9 @@ TEST(https_routes, SettlementsAre204AndTheirErrorsCarryIotHubCodes) {
 }
 
 TEST(https_routes, ErrorBodiesAreTheSpec1162Shape) {
-  response_context ctx{"11111111-2222-3333-4444-555555555555",
-                       time_point{} + 1'600'000'000'000ms};
-  const auto r = error_response(make_error(errc::device_not_found, "device 'x' is not registered"),
-                                ctx);
+  response_context ctx{"11111111-2222-3333-4444-555555555555", time_point{} + 1'600'000'000'000ms};
+  const auto r =
+      error_response(make_error(errc::device_not_found, "device 'x' is not registered"), ctx);
   EXPECT_EQ(r.body,
             R"({"Message":"ErrorCode:DeviceNotFound;device 'x' is not registered",)"
             R"("ExceptionMessage":"Tracking ID:11111111-2222-3333-4444-555555555555-TimeStamp:)"
@@ -408,8 +409,8 @@ device_view sample_view() {
 }
 
 TEST(https_routes, RegistryRepliesAreDeviceJsonWithAQuotedEtag) {
-  const auto put = respond(
-      ok(go("PUT", "/devices/dev1", R"({"deviceId":"dev1"})")), device_reply{sample_view()}, {});
+  const auto put = respond(ok(go("PUT", "/devices/dev1", R"({"deviceId":"dev1"})")),
+                           device_reply{sample_view()}, {});
   EXPECT_EQ(put.status, 200u);
   EXPECT_EQ(header(put, "ETag"), "\"4\"");
   const auto j = nlohmann::json::parse(put.body);
@@ -431,10 +432,10 @@ TEST(https_routes, RegistryRepliesAreDeviceJsonWithAQuotedEtag) {
   EXPECT_EQ(list.status, 200u);
   EXPECT_EQ(nlohmann::json::parse(list.body).size(), 2u);
   EXPECT_EQ(respond(ok(go("DELETE", "/devices/dev1")), done_reply{}, {}).status, 204u);
-  expect_error(respond(ok(go("GET", "/devices/dev1")),
-                       make_error(errc::not_supported, "the identity registry is not available"),
-                       {}),
-               501, "NotSupported");
+  expect_error(
+      respond(ok(go("GET", "/devices/dev1")),
+              make_error(errc::not_supported, "the identity registry is not available"), {}),
+      501, "NotSupported");
 }
 
 TEST(device_json, RoundTripsAView) {
@@ -510,11 +511,12 @@ TEST_F(https_auth, TestModeAcceptsEverything) {
 TEST_F(https_auth, EachEndpointNeedsItsRight) {
   const std::string recv = "/devices/dev1/messages/devicebound";
   EXPECT_EQ(check("GET", recv, device("dev1")), "device:dev1");
-  EXPECT_EQ(check("GET", recv, std::nullopt), "401");                     // no token
-  EXPECT_EQ(check("GET", recv, "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="), "401");  // a raw key
-  EXPECT_EQ(check("GET", recv, device("dev1", 1'600'000'000)), "401");    // expired
-  EXPECT_EQ(check("GET", recv, device("dev2")), "401");                   // another device's token
-  EXPECT_EQ(check("GET", recv, service("service")), "401");               // no DeviceConnect
+  EXPECT_EQ(check("GET", recv, std::nullopt), "401");  // no token
+  EXPECT_EQ(check("GET", recv, "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="),
+            "401");                                                     // a raw key
+  EXPECT_EQ(check("GET", recv, device("dev1", 1'600'000'000)), "401");  // expired
+  EXPECT_EQ(check("GET", recv, device("dev2")), "401");                 // another device's token
+  EXPECT_EQ(check("GET", recv, service("service")), "401");             // no DeviceConnect
   EXPECT_EQ(check("GET", recv, service("iothubowner")), "iothubowner");
 
   const std::string fb = "/messages/serviceBound/feedback";

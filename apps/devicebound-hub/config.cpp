@@ -316,9 +316,10 @@ std::variant<daemon_config, int> load_config(int argc, char** argv) {
   app.add_option("--amqp-listen", amqp_listen,
                  "listen for AMQP 1.0 (the official Azure SDKs) on HOST:PORT (repeatable; IoT "
                  "Hub's port is 5671)");
-  app.add_option("--tls-server-cert", tls_server_cert,
-                 "PEM certificate the AMQP and HTTPS listeners present (TLS); not --tls-cert, which is the "
-                 "MQTT client certificate");
+  app.add_option(
+      "--tls-server-cert", tls_server_cert,
+      "PEM certificate the AMQP and HTTPS listeners present (TLS); not --tls-cert, which is the "
+      "MQTT client certificate");
   app.add_option("--tls-server-key", tls_server_key, "PEM private key of --tls-server-cert");
   app.add_option("--tls-server-key-password", tls_server_key_password,
                  "password of --tls-server-key");

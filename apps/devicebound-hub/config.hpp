@@ -53,8 +53,9 @@ struct amqp_listen_config {
 /// AMQP listener's `--tls-server-cert`/`--tls-server-key`; SAS tokens name
 /// `--iothub-hostname`.
 struct https_listen_config {
-  std::vector<std::string> listen;  ///< `--https-listen HOST:PORT` (repeatable; IoT Hub's port is 443)
-  bool insecure = false;            ///< `--https-insecure`: plain HTTP, loopback addresses only
+  std::vector<std::string>
+      listen;             ///< `--https-listen HOST:PORT` (repeatable; IoT Hub's port is 443)
+  bool insecure = false;  ///< `--https-insecure`: plain HTTP, loopback addresses only
   /// `--https-request-timeout SECONDS`: deadline to read a request (header and body).
   std::uint32_t request_timeout_seconds = 30;
 };

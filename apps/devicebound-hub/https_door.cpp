@@ -104,6 +104,7 @@ struct https_door::impl {
   }
 
   void accept(tcp::acceptor& a);
+  result<void> start(door_id door, request_sink s, std::stop_token stop);
 };
 
 namespace {
@@ -120,30 +121,29 @@ class session final : public https_connection,
   void run() {
     if constexpr (std::is_same_v<Stream, beast::ssl_stream<beast::tcp_stream>>) {
       arm_timer();
-      stream_.async_handshake(ssl::stream_base::server,
-                              [self = this->shared_from_this()](beast::error_code ec) {
-                                self->timer_.cancel();
-                                if (ec || self->timed_out_) {
-                                  spdlog::debug("https: connection {}: TLS handshake failed: {}",
-                                                self->id_, ec.message());
-                                  return self->close();
-                                }
-                                self->read();
-                              });
+      stream_.async_handshake(ssl::stream_base::server, [self = this->shared_from_this()](
+                                                            beast::error_code ec) {
+        self->timer_.cancel();
+        if (ec || self->timed_out_) {
+          spdlog::debug("https: connection {}: TLS handshake failed: {}", self->id_, ec.message());
+          return self->close();
+        }
+        self->read();
+      });
     } else {
       read();
     }
   }
 
   void deliver(std::uint64_t request_id, https::reply_value what) override {
-    net::post(stream_.get_executor(), [self = this->shared_from_this(), request_id,
-                                       what = std::move(what)]() mutable {
-      if (!self->pending_ || request_id != self->request_id_)
-        return;  // not the request this connection waits for
-      auto r = https::respond(*self->pending_, what, self->door_.context());
-      self->pending_.reset();
-      self->write(std::move(r), self->keep_alive_);
-    });
+    net::post(stream_.get_executor(),
+              [self = this->shared_from_this(), request_id, what = std::move(what)]() mutable {
+                if (!self->pending_ || request_id != self->request_id_)
+                  return;  // not the request this connection waits for
+                auto r = https::respond(*self->pending_, what, self->door_.context());
+                self->pending_.reset();
+                self->write(std::move(r), self->keep_alive_);
+              });
   }
 
  private:
@@ -179,23 +179,23 @@ class session final : public https_connection,
         return close();  // an idle keep-alive connection
       spdlog::info("https: connection {}: request not read within {} ms (408)", id_,
                    door_.config.request_timeout.count());
-      return write(https::error_response(408, "RequestTimeout",
-                                         "the request was not received within " +
-                                             std::to_string(door_.config.request_timeout.count()) +
-                                             " ms",
-                                         door_.context()),
-                   false);
+      return write(
+          https::error_response(408, "RequestTimeout",
+                                "the request was not received within " +
+                                    std::to_string(door_.config.request_timeout.count()) + " ms",
+                                door_.context()),
+          false);
     }
     if (ec == http::error::end_of_stream || ec == net::error::eof ||
         ec == net::error::connection_reset || ec == ssl::error::stream_truncated)
       return close();
     if (ec == http::error::header_limit)
-      return write(https::error_response(431, "RequestHeaderFieldsTooLarge",
-                                         "the request header is larger than " +
-                                             std::to_string(door_.config.max_header_bytes) +
-                                             " bytes",
-                                         door_.context()),
-                   false);
+      return write(
+          https::error_response(431, "RequestHeaderFieldsTooLarge",
+                                "the request header is larger than " +
+                                    std::to_string(door_.config.max_header_bytes) + " bytes",
+                                door_.context()),
+          false);
     if (ec == http::error::body_limit)
       return write(https::error_response(413, "MessageTooLarge",
                                          "the request body is larger than " +
@@ -204,10 +204,10 @@ class session final : public https_connection,
                    false);
     if (ec) {
       if (ec.category() == http::make_error_code(http::error::bad_target).category())
-        return write(https::error_response(400, "ArgumentInvalid",
-                                           "the request is not HTTP/1.1: " + ec.message(),
-                                           door_.context()),
-                     false);
+        return write(
+            https::error_response(400, "ArgumentInvalid",
+                                  "the request is not HTTP/1.1: " + ec.message(), door_.context()),
+            false);
       spdlog::debug("https: connection {}: read failed: {}", id_, ec.message());
       return close();
     }
@@ -234,8 +234,7 @@ class session final : public https_connection,
     if (auto* refused = std::get_if<https::http_response>(&who)) {
       spdlog::info("https: connection {}: {} {}: refused ({})", id_, method,
                    target.substr(0, target.find('?')),
-                   refused->header("iothub-errorcode") ? *refused->header("iothub-errorcode")
-                                                       : "");
+                   refused->header("iothub-errorcode") ? *refused->header("iothub-errorcode") : "");
       return write(std::move(*refused), keep_alive_);
     }
     https::stamp_caller(op.what, std::get<std::string>(who));
@@ -261,16 +260,16 @@ class session final : public https_connection,
     res->keep_alive(keep_alive);
     res->prepare_payload();
     arm_timer();
-    http::async_write(stream_, *res,
-                      [self = this->shared_from_this(), res, keep_alive](beast::error_code ec,
-                                                                         std::size_t) {
-                        self->timer_.cancel();
-                        if (ec || self->timed_out_)
-                          return self->close();
-                        if (keep_alive)
-                          return self->read();
-                        self->linger();
-                      });
+    http::async_write(
+        stream_, *res,
+        [self = this->shared_from_this(), res, keep_alive](beast::error_code ec, std::size_t) {
+          self->timer_.cancel();
+          if (ec || self->timed_out_)
+            return self->close();
+          if (keep_alive)
+            return self->read();
+          self->linger();
+        });
   }
 
   /// After a final response: stop sending, and read (and drop) what the client
@@ -286,15 +285,15 @@ class session final : public https_connection,
   void drain() {
     if (drained_ > 4 * door_.config.max_body_bytes)
       return close();
-    stream_.async_read_some(net::buffer(scratch_), [self = this->shared_from_this()](
-                                                       beast::error_code ec, std::size_t n) {
-      self->drained_ += n;
-      if (ec || self->timed_out_) {
-        self->timer_.cancel();
-        return self->close();
-      }
-      self->drain();
-    });
+    stream_.async_read_some(net::buffer(scratch_),
+                            [self = this->shared_from_this()](beast::error_code ec, std::size_t n) {
+                              self->drained_ += n;
+                              if (ec || self->timed_out_) {
+                                self->timer_.cancel();
+                                return self->close();
+                              }
+                              self->drain();
+                            });
   }
 
   void close() {
@@ -331,8 +330,8 @@ void https_door::impl::accept(tcp::acceptor& a) {
       socket.set_option(tcp::no_delay(true), ignored);
       if (tls) {
         auto s = std::make_shared<session<beast::ssl_stream<beast::tcp_stream>>>(
-            *this, cid, beast::ssl_stream<beast::tcp_stream>(beast::tcp_stream(std::move(socket)),
-                                                             *tls));
+            *this, cid,
+            beast::ssl_stream<beast::tcp_stream>(beast::tcp_stream(std::move(socket)), *tls));
         s->run();
       } else {
         auto s = std::make_shared<session<beast::tcp_stream>>(*this, cid,
@@ -353,8 +352,17 @@ https_door::~https_door() {
   stop();
 }
 
-result<void> https_door::start(door_id id, request_sink sink, std::stop_token) {
-  auto& d = *impl_;
+result<void> https_door::start(door_id id, request_sink sink, std::stop_token stop) {
+  auto r = impl_->start(id, std::move(sink), std::move(stop));
+  if (!r)
+    spdlog::critical("{}", r.error().message);
+  return r;
+}
+
+result<void> https_door::impl::start(door_id door, request_sink s, std::stop_token) {
+  auto& d = *this;
+  const door_id id = door;
+  request_sink sink = std::move(s);
   d.id = id;
   d.sink = std::move(sink);
   const auto& c = d.config;
@@ -377,9 +385,9 @@ result<void> https_door::start(door_id id, request_sink sink, std::stop_token) {
       d.tls->use_private_key_file(c.tls_server_key, ssl::context::pem);
     } catch (const boost::system::system_error& e) {
       d.tls.reset();
-      return make_error(errc::argument_invalid,
-                        "https: cannot load --tls-server-cert/--tls-server-key: " +
-                            std::string(e.what()));
+      return make_error(
+          errc::argument_invalid,
+          "https: cannot load --tls-server-cert/--tls-server-key: " + std::string(e.what()));
     }
   }
   for (const auto& address : c.listen) {
@@ -396,9 +404,9 @@ result<void> https_door::start(door_id id, request_sink sink, std::stop_token) {
                         "https: cannot resolve '" + address + "': " + ec.message());
     const tcp::endpoint ep = results.begin()->endpoint();
     if (c.insecure && !is_loopback(ep.address()))
-      return make_error(errc::argument_invalid,
-                        "https: plain HTTP (--https-insecure) only on a loopback address, not '" +
-                            address + "'");
+      return make_error(
+          errc::argument_invalid,
+          "https: plain HTTP (--https-insecure) only on a loopback address, not '" + address + "'");
     auto a = std::make_unique<tcp::acceptor>(d.ioc);
     a->open(ep.protocol(), ec);
     if (!ec)
@@ -411,10 +419,9 @@ result<void> https_door::start(door_id id, request_sink sink, std::stop_token) {
       return make_error(errc::argument_invalid,
                         "https: cannot listen on '" + address + "': " + ec.message());
     const auto local = a->local_endpoint();
-    d.listening.push_back(
-        (local.address().is_v6() ? "[" + local.address().to_string() + "]"
-                                  : local.address().to_string()) +
-        ":" + std::to_string(local.port()));
+    d.listening.push_back((local.address().is_v6() ? "[" + local.address().to_string() + "]"
+                                                   : local.address().to_string()) +
+                          ":" + std::to_string(local.port()));
     spdlog::info("https: listening on {} ({})", d.listening.back(),
                  d.tls ? "TLS" : "plain HTTP, --https-insecure");
     d.acceptors.push_back(std::move(a));

@@ -211,8 +211,8 @@ inline result<parsed_target> parse_target(std::string_view target) {
       continue;
     const std::size_t eq = item.find('=');
     auto key = decode_component(item.substr(0, eq));
-    auto value = decode_component(eq == std::string_view::npos ? std::string_view{}
-                                                               : item.substr(eq + 1));
+    auto value =
+        decode_component(eq == std::string_view::npos ? std::string_view{} : item.substr(eq + 1));
     if (!key || !value)
       return make_error(errc::argument_invalid,
                         "query: " + (key ? value.error().message : key.error().message));
@@ -323,17 +323,20 @@ inline route_result route(const http_request& req, const response_context& ctx =
         if (ec == std::errc{} && p == v->data() + v->size() && n >= 1 && n <= 1000)
           top = static_cast<std::uint32_t>(n);
       }
-      return routed{operation::registry_list, rights::registry_read, {}, registry_list_request{top}};
+      return routed{
+          operation::registry_list, rights::registry_read, {}, registry_list_request{top}};
     }
     auto device = device_at(1);
     if (!device)
       return bad_request(device.error().message, ctx);
     if (s.size() == 2) {  // /devices/{id}
       if (m == "GET")
-        return routed{operation::registry_get, rights::registry_read, {},
-                      registry_get_request{*device}};
+        return routed{
+            operation::registry_get, rights::registry_read, {}, registry_get_request{*device}};
       if (m == "DELETE")
-        return routed{operation::registry_delete, rights::registry_write, {},
+        return routed{operation::registry_delete,
+                      rights::registry_write,
+                      {},
                       registry_delete_request{{}, *device, if_match(req.headers)}};
       if (m == "PUT") {
         auto update = codec::decode_device_update(req.body);
@@ -344,7 +347,9 @@ inline route_result route(const http_request& req, const response_context& ctx =
                                  " in the body is not the device " +
                                  auth::detail::printable(*device) + " of the path",
                              ctx);
-        return routed{operation::registry_put, rights::registry_write, {},
+        return routed{operation::registry_put,
+                      rights::registry_write,
+                      {},
                       registry_put_request{{}, std::move(*update), if_match(req.headers)}};
       }
       return not_allowed("GET, PUT, DELETE");
@@ -388,8 +393,8 @@ inline route_result route(const http_request& req, const response_context& ctx =
     if (s.size() == 3) {
       if (m != "GET")
         return not_allowed("GET");
-      return routed{operation::feedback_receive, rights::service_connect, {},
-                    feedback_receive_request{}};
+      return routed{
+          operation::feedback_receive, rights::service_connect, {}, feedback_receive_request{}};
     }
     if (s.size() == 4 || (s.size() == 5 && is(4, "abandon"))) {
       const bool abandon = s.size() == 5;
@@ -398,13 +403,15 @@ inline route_result route(const http_request& req, const response_context& ctx =
       auto token = path_lock_token(s[3]);
       if (!token)
         return error_response(token.error(), ctx);
-      return routed{operation::feedback_settle, rights::service_connect, {},
+      return routed{operation::feedback_settle,
+                    rights::service_connect,
+                    {},
                     feedback_settle_request{{}, *token, !abandon}};
     }
   }
 
-  return bad_request("no endpoint " + auth::detail::printable(req.target.substr(
-                                          0, req.target.find('?'))) +
+  return bad_request("no endpoint " +
+                         auth::detail::printable(req.target.substr(0, req.target.find('?'))) +
                          " (docs/https.md lists them)",
                      ctx);
 }
@@ -468,7 +475,8 @@ inline http_response message_response(const std::string& device, const message& 
   if (msg.enqueued_time_utc)
     h.emplace_back("iothub-enqueuedtime", codec::format_iso8601(*msg.enqueued_time_utc));
   h.emplace_back("iothub-sequencenumber", std::to_string(msg.sequence_number));
-  h.emplace_back("iothub-deliverycount", std::to_string(std::min<std::uint32_t>(msg.delivery_count, 255)));
+  h.emplace_back("iothub-deliverycount",
+                 std::to_string(std::min<std::uint32_t>(msg.delivery_count, 255)));
   add_if(h, "iothub-userid", msg.user_id);
   h.emplace_back("iothub-ack", std::string(to_string(msg.ack)));
   if (msg.creation_time_utc)
@@ -533,8 +541,7 @@ inline http_response respond(const routed& r, const reply_value& what,
       out.headers.emplace_back("iothub-enqueuedtime",
                                codec::format_iso8601(f->batch->enqueued_time_utc));
       out.headers.emplace_back("iothub-userid", f->batch->user_id);
-      out.headers.emplace_back("iothub-deliverycount",
-                               std::to_string(f->batch->delivery_count));
+      out.headers.emplace_back("iothub-deliverycount", std::to_string(f->batch->delivery_count));
       out.headers.emplace_back("Content-Type",
                                "application/vnd.microsoft.iothub.feedback.json; charset=utf-8");
       out.body = codec::encode_feedback_json(f->batch->records);

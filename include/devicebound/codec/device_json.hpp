@@ -130,8 +130,8 @@ inline result<device_identity_update> decode_device_update(std::string_view body
   device_identity_update u;
   std::string problem;
   // An optional member of `o` that must be of `kind` (or null when `null_ok`).
-  const auto member = [&](const json& o, const char* path, const char* name,
-                          json::value_t kind, bool null_ok) -> const json* {
+  const auto member = [&](const json& o, const char* path, const char* name, json::value_t kind,
+                          bool null_ok) -> const json* {
     const auto it = o.find(name);
     if (it == o.end() || (null_ok && it->is_null()))
       return nullptr;
@@ -175,8 +175,9 @@ inline result<device_identity_update> decode_device_update(std::string_view body
     if (const json* t = member(*a, "authentication.type", "type", json::value_t::string, true)) {
       const auto at = parse_auth_type(t->get_ref<const std::string&>());
       if (!at)
-        return fail("authentication.type: " + detail::quote_for_message(t->get_ref<const std::string&>()) +
-                    " is not sas, selfSigned, certificateAuthority or none");
+        return fail(
+            "authentication.type: " + detail::quote_for_message(t->get_ref<const std::string&>()) +
+            " is not sas, selfSigned, certificateAuthority or none");
       u.auth = *at;
     }
     if (!problem.empty())
@@ -208,8 +209,7 @@ inline result<device_identity_update> decode_device_update(std::string_view body
                                json::value_t::object, true)) {
       for (const auto& [name, out] :
            {std::pair<const char*, std::string*>{"primaryThumbprint", &u.primary_thumbprint},
-            std::pair<const char*, std::string*>{"secondaryThumbprint",
-                                                 &u.secondary_thumbprint}}) {
+            std::pair<const char*, std::string*>{"secondaryThumbprint", &u.secondary_thumbprint}}) {
         const std::string path = std::string("authentication.x509Thumbprint.") + name;
         if (const json* v = member(*x, path.c_str(), name, json::value_t::string, true))
           *out = v->get<std::string>();
@@ -224,8 +224,7 @@ inline result<device_identity_update> decode_device_update(std::string_view body
     return fail(problem);
 
   if (const json* c = member(doc, "capabilities", "capabilities", json::value_t::object, true)) {
-    if (const json* e =
-            member(*c, "capabilities.iotEdge", "iotEdge", json::value_t::boolean, true))
+    if (const json* e = member(*c, "capabilities.iotEdge", "iotEdge", json::value_t::boolean, true))
       u.iot_edge = e->get<bool>();
   }
   if (!problem.empty())
