@@ -28,6 +28,11 @@
 #include <thread>
 #include <vector>
 
+#if __has_include(<devicebound/registry.hpp>)
+#include <devicebound/registry.hpp>
+#define DEVICEBOUND_TEST_HTTPS_REGISTRY 1  // the identity registry is wired into the router
+#endif
+
 #include "engine_loop.hpp"
 #include "https_door.hpp"
 #include "router.hpp"
@@ -267,6 +272,7 @@ struct fixture_options {
   bool tls = true;
   bool auth = false;
   std::chrono::milliseconds request_timeout = 10s;
+  bool registry = false;  ///< the router runs the identity registry (when it exists)
 };
 
 class hub_under_test {
@@ -277,7 +283,19 @@ class hub_under_test {
     hc.feedback_batch_interval = 0s;
     hc.max_queue_depth = 5;
     hub_ = hub(hc);
-    router_.emplace(hub_, router_options{});
+    router_options ro;
+#ifdef DEVICEBOUND_TEST_HTTPS_REGISTRY
+    if (o.registry) {
+      ro.identities = &registry_;
+      ro.view = &ids_;
+      ro.new_key = [n = 0]() mutable {
+        std::string bytes(32, '\0');
+        bytes[0] = static_cast<char>(++n);
+        return auth::shared_access_key::from_bytes(bytes);
+      };
+    }
+#endif
+    router_.emplace(hub_, std::move(ro));
     if (o.auth) {
       const auto pk = auth::shared_access_key::from_base64(policy_key_b64).value();
       ids_.set_policies({{"service", pk, {}, auth::access_rights::service_connect},
@@ -323,13 +341,22 @@ class hub_under_test {
     door_->stop();
   }
 
-  client connect() { return client(port_, client_tls_ ? &*client_tls_ : nullptr); }
-  test_door& service() { return test_; }
-  std::uint16_t port() const { return port_; }
+  client connect() {
+    return client(port_, client_tls_ ? &*client_tls_ : nullptr);
+  }
+  test_door& service() {
+    return test_;
+  }
+  std::uint16_t port() const {
+    return port_;
+  }
 
  private:
   test_support::temp_dir dir_{"devicebound-https"};
   identity_view ids_;
+#ifdef DEVICEBOUND_TEST_HTTPS_REGISTRY
+  registry registry_;
+#endif
   hub hub_;
   std::optional<router> router_;
   std::unique_ptr<https_door> door_;
@@ -622,6 +649,88 @@ TEST(https_door, TokensAreCheckedAndRefusalsChangeNothing) {
           .status,
       200u);
 }
+
+// --- the registry (SPEC 12.1-12.4) ---------------------------------------------------------------
+
+#ifdef DEVICEBOUND_TEST_HTTPS_REGISTRY
+
+TEST(https_door, RegistryCreateGetListUpdateDeleteEndToEnd) {
+  fixture_options o;
+  o.tls = false;
+  o.registry = true;
+  hub_under_test h(o);
+  auto c = h.connect();
+  const std::vector<std::pair<std::string, std::string>> json = {
+      {"Content-Type", "application/json; charset=utf-8"}};
+  // Node's Registry.create: empty keys, no If-Match -> generated keys.
+  auto created = c.request(
+      "PUT", "/devices/newdev?api-version=2021-04-12", json,
+      R"({"deviceId":"newdev","authentication":{"type":"sas","symmetricKey":{"primaryKey":"","secondaryKey":""}}})");
+  ASSERT_EQ(created.status, 200u) << created.body;
+  auto d = nlohmann::json::parse(created.body);
+  EXPECT_EQ(d["deviceId"], "newdev");
+  EXPECT_EQ(d["status"], "enabled");
+  EXPECT_EQ(d["connectionState"], "Disconnected");
+  const std::string etag = d["etag"].get<std::string>();
+  EXPECT_EQ(created.header("etag"), "\"" + etag + "\"");
+  ASSERT_TRUE(d["authentication"]["symmetricKey"]["primaryKey"].is_string());
+  EXPECT_EQ(
+      auth::base64_decode(d["authentication"]["symmetricKey"]["primaryKey"].get<std::string>())
+          ->size(),
+      32u);
+
+  // No If-Match on an existing device: 409; a stale etag: 412; bad JSON: 400. Nothing changes.
+  auto again = c.request("PUT", "/devices/newdev", json, R"({"deviceId":"newdev"})");
+  EXPECT_EQ(again.status, 409u);
+  EXPECT_EQ(again.error_code(), "DeviceAlreadyExists");
+  auto stale = c.request("PUT", "/devices/newdev", {{"If-Match", "\"999\""}},
+                         R"({"deviceId":"newdev","status":"disabled"})");
+  EXPECT_EQ(stale.status, 412u);
+  EXPECT_EQ(stale.error_code(), "PreconditionFailed");
+  EXPECT_EQ(c.request("PUT", "/devices/newdev", json, "{\"deviceId\":").status, 400u);
+  auto got = c.request("GET", "/devices/newdev?api-version=2021-04-12");
+  ASSERT_EQ(got.status, 200u);
+  EXPECT_EQ(nlohmann::json::parse(got.body)["etag"], etag);
+  EXPECT_EQ(nlohmann::json::parse(got.body)["status"], "enabled");
+
+  // A C2D message to the new device, received over HTTPS; the count shows in the JSON.
+  h.service().send("newdev", c2d("n1"));
+  EXPECT_EQ(
+      nlohmann::json::parse(c.request("GET", "/devices/newdev").body)["cloudToDeviceMessageCount"],
+      1);
+  auto m = c.request("GET", "/devices/newdev/messages/devicebound");
+  ASSERT_EQ(m.status, 200u);
+  EXPECT_EQ(m.header("iothub-messageid"), "n1");
+
+  // Update with If-Match "*" (Node's Registry.update).
+  auto updated = c.request("PUT", "/devices/newdev", {{"If-Match", "\"*\""}},
+                           R"({"deviceId":"newdev","status":"disabled","statusReason":"lab"})");
+  ASSERT_EQ(updated.status, 200u) << updated.body;
+  const auto u = nlohmann::json::parse(updated.body);
+  EXPECT_EQ(u["status"], "disabled");
+  EXPECT_NE(u["etag"], etag);
+
+  // List: all, and top.
+  auto all = c.request("GET", "/devices/?api-version=2021-04-12");
+  ASSERT_EQ(all.status, 200u);
+  bool listed = false;
+  for (const auto& x : nlohmann::json::parse(all.body))
+    listed |= x["deviceId"] == "newdev";
+  EXPECT_TRUE(listed);
+  EXPECT_EQ(nlohmann::json::parse(c.request("GET", "/devices?top=1").body).size(), 1u);
+
+  // Delete: a stale etag is 412; "*" is 204; then 404 everywhere.
+  EXPECT_EQ(c.request("DELETE", "/devices/newdev", {{"If-Match", "\"" + etag + "\""}}).status,
+            412u);
+  EXPECT_EQ(c.request("DELETE", "/devices/newdev", {{"If-Match", "\"*\""}}).status, 204u);
+  auto gone = c.request("GET", "/devices/newdev");
+  EXPECT_EQ(gone.status, 404u);
+  EXPECT_EQ(gone.error_code(), "DeviceNotFound");
+  EXPECT_EQ(c.request("GET", "/devices/newdev/messages/devicebound").status, 404u);
+  EXPECT_EQ(c.request("DELETE", "/devices/newdev").status, 404u);
+}
+
+#endif
 
 }  // namespace
 
