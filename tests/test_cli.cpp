@@ -293,8 +293,8 @@ TEST_F(cli, device_connection_string_works_for_the_device) {
   EXPECT_EXIT_CODE(r, 0);
   const std::string cs = one_json(r)["connectionString"];
   EXPECT_EQ(cs, device("dev1"));
-  // ... and the device can use it (no message yet: exit 4).
-  r = run({"c2d", "receive"}, cs);
+  // ... and the device can use it (no message yet: exit 4); --login wins over the environment.
+  r = run({"c2d", "receive", "--login", cs}, owner());
   EXPECT_EXIT_CODE(r, 4);
   EXPECT_EQ(error_of(r)["code"], "NoMessage");
 

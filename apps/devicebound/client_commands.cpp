@@ -418,6 +418,7 @@ void add_device_commands(CLI::App& app, int& code) {
     });
   });
 
+  a = std::make_shared<device_args>();  // each command its own options
   auto* show = device->add_subcommand("show", "one device's identity");
   add_common(show, a->common);
   show->add_option("--device-id,-d", a->id, "device id")->required();
@@ -430,6 +431,7 @@ void add_device_commands(CLI::App& app, int& code) {
     });
   });
 
+  a = std::make_shared<device_args>();  // each command its own options
   auto* list = device->add_subcommand("list", "the registered devices");
   add_common(list, a->common);
   list->add_option("--top", a->top, "at most this many (1..1000)")->check(CLI::Range(1, 1000));
@@ -454,6 +456,7 @@ void add_device_commands(CLI::App& app, int& code) {
     });
   });
 
+  a = std::make_shared<device_args>();  // each command its own options
   auto* del = device->add_subcommand("delete", "remove a device (its queue goes with it)");
   add_common(del, a->common);
   del->add_option("--device-id,-d", a->id, "device id")->required();
@@ -470,6 +473,7 @@ void add_device_commands(CLI::App& app, int& code) {
     });
   });
 
+  a = std::make_shared<device_args>();  // each command its own options
   auto* conn = device->add_subcommand("connection-string",
                                       "a device's connection string (az: connection-string show)");
   add_common(conn, a->common);
@@ -931,6 +935,7 @@ void add_c2d_commands(CLI::App& app, int& code) {
                 "wait (--timeout) for the feedback on every message sent");
   snd->callback([a, &code] { run(a->common, code, [&] { send(*a); }); });
 
+  a = std::make_shared<c2d_args>();  // each command its own options
   auto* rcv = c2d->add_subcommand("receive", "receive a message as the device (HTTPS or AMQP)");
   add_common(rcv, a->common);
   rcv->add_option("--device-id,-d", a->id, "device id (needed with a service connection string)");
@@ -955,6 +960,7 @@ void add_c2d_commands(CLI::App& app, int& code) {
        {std::tuple{"complete", settle_kind::complete, "complete a received message"},
         std::tuple{"reject", settle_kind::reject, "reject (dead-letter) a received message"},
         std::tuple{"abandon", settle_kind::abandon, "abandon a received message (redelivered)"}}) {
+    a = std::make_shared<c2d_args>();
     auto* cmd = c2d->add_subcommand(name, std::string(help) + " (HTTPS, as the device)");
     add_common(cmd, a->common);
     cmd->add_option("--device-id,-d", a->id, "device id (needed with a service connection string)");
@@ -965,6 +971,7 @@ void add_c2d_commands(CLI::App& app, int& code) {
     });
   }
 
+  a = std::make_shared<c2d_args>();  // each command its own options
   auto* purge = c2d->add_subcommand("purge", "drop every message queued for a device (HTTPS)");
   add_common(purge, a->common);
   purge->add_option("--device-id,-d", a->id, "device id")->required();
@@ -990,7 +997,7 @@ void add_c2d_commands(CLI::App& app, int& code) {
 struct feedback_args {
   common_options common;
   std::vector<std::string> wait_on;
-  bool timeout_given = false;
+  std::string device_id;
 };
 
 void add_feedback_commands(CLI::App& app, int& code) {
@@ -1005,6 +1012,8 @@ void add_feedback_commands(CLI::App& app, int& code) {
   timeout->check(CLI::PositiveNumber);
   watch->add_option("--wait-on-msg,-w", a->wait_on,
                     "stop once feedback for these message ids arrived");
+  watch->add_option("--device-id,-d", a->device_id,
+                    "print only this device's records (every batch is still completed)");
   watch->callback([a, &code, timeout] {
     run(a->common, code, [&] {
       const auto cs = service_login(a->common);
@@ -1017,24 +1026,28 @@ void add_feedback_commands(CLI::App& app, int& code) {
       if (bounded)
         deadline = system_clock{}.now() + a->common.timeout();
       bool first = true;
-      const bool all =
-          watch_feedback(svc, std::set<std::string>(a->wait_on.begin(), a->wait_on.end()), deadline,
-                         stop, [&](const feedback_record& r) {
-                           if (a->common.table()) {
-                             // Streamed: fixed columns (a GUID is 36 characters).
-                             const auto line = [](const std::vector<std::string>& row) {
-                               std::printf("%-38s %-20s %-16s %s\n", row[0].c_str(), row[1].c_str(),
-                                           row[2].c_str(), row[3].c_str());
-                             };
-                             if (first)
-                               line(feedback_head);
-                             line(feedback_row(r));
-                             std::fflush(stdout);
-                             first = false;
-                           } else {
-                             print_json(feedback_json(r));
-                           }
-                         });
+      const auto on_record = [&](const feedback_record& r) {
+        if (!a->device_id.empty() && r.device_id != a->device_id)
+          return;
+        if (!a->common.table()) {
+          print_json(feedback_json(r));
+          return;
+        }
+        // Streamed: fixed columns (a GUID is 36 characters).
+        const auto line = [](const std::vector<std::string>& row) {
+          std::cout << row[0] << std::string(row[0].size() < 38 ? 38 - row[0].size() : 1, ' ')
+                    << row[1] << std::string(row[1].size() < 20 ? 20 - row[1].size() : 1, ' ')
+                    << row[2] << std::string(row[2].size() < 16 ? 16 - row[2].size() : 1, ' ')
+                    << row[3] << '\n';
+        };
+        if (first)
+          line(feedback_head);
+        first = false;
+        line(feedback_row(r));
+        std::cout << std::flush;
+      };
+      const std::set<std::string> wanted(a->wait_on.begin(), a->wait_on.end());
+      const bool all = watch_feedback(svc, wanted, deadline, stop, on_record);
       if (!a->wait_on.empty() && !all && !stop.stopped())
         throw failure{"Timeout", static_cast<std::uint32_t>(errc::timeout),
                       "no feedback for every --wait-on-msg id within the time-out",
