@@ -760,10 +760,10 @@ void receive_amqp(const c2d_args& a) {
   if (!a.id.empty() && a.id != *cs.device_id)
     throw usage("--device-id '" + a.id + "' is not the connection string's DeviceId");
   const std::string id = *cs.device_id;
+  stop_on_signal stop;  // before the connection: its I/O thread inherits the blocked signals
   amqp::device_connection dev(amqp_of(a.common, cs));
   if (auto o = dev.open(); !o)
     throw from_error(o.error());
-  stop_on_signal stop;
   auto m = dev.receive(a.common.timeout(), stop.token());
   if (!m)
     throw from_error(m.error());
@@ -850,12 +850,13 @@ void send(const c2d_args& a) {
   if (a.expiry_ms)
     base.expiry_time_utc = time_point(std::chrono::milliseconds(*a.expiry_ms));
 
+  stop_on_signal stop;  // before the connection: its I/O thread inherits the blocked signals
   amqp::service_connection svc(amqp_of(a.common, cs));
   if (auto o = svc.open(); !o)
     throw from_error(o.error());
   std::vector<std::string> ids;
   progress_bar bar(a.repeat);
-  for (unsigned i = 0; i < a.repeat; ++i) {
+  for (unsigned i = 0; i < a.repeat && !stop.stopped(); ++i) {
     message m = base;
     if (a.message_id.empty())
       m.message_id = new_guid();
@@ -867,10 +868,14 @@ void send(const c2d_args& a) {
     ids.push_back(*m.message_id);
     bar.update(i + 1);
   }
+  if (ids.size() < a.repeat)
+    throw failure{"Interrupted", 0,
+                  "stopped by a signal after sending " + std::to_string(ids.size()) + " of " +
+                      std::to_string(a.repeat) + " message(s)",
+                  exit_failure};
   std::vector<feedback_record> records;
   bool all = true;
   if (a.wait_on_feedback) {
-    stop_on_signal stop;
     const time_point deadline = system_clock{}.now() + a.common.timeout();
     all =
         watch_feedback(svc, std::set<std::string>(ids.begin(), ids.end()), deadline, stop,
@@ -1018,10 +1023,10 @@ void add_feedback_commands(CLI::App& app, int& code) {
     run(a->common, code, [&] {
       const auto cs = service_login(a->common);
       const bool bounded = timeout->count() > 0;
+      stop_on_signal stop;  // before the connection (its I/O thread inherits the mask)
       amqp::service_connection svc(amqp_of(a->common, cs));
       if (auto o = svc.open(); !o)
         throw from_error(o.error());
-      stop_on_signal stop;
       std::optional<time_point> deadline;
       if (bounded)
         deadline = system_clock{}.now() + a->common.timeout();
