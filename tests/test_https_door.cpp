@@ -569,7 +569,7 @@ TEST(https_door, BadRequestsGetTheirStatusAndChangeNothing) {
   auto wrong = c.request("PATCH", "/devices/dev1/messages/devicebound");
   EXPECT_EQ(wrong.status, 405u);
   EXPECT_EQ(wrong.header("allow"), "GET");
-  // The registry is answered by the router (501 until it is wired).
+  // The registry is the router's (501 in a fixture without it).
   EXPECT_NE(c.request("GET", "/devices/dev1").status, 0u);
   // The connection survived all of that (keep-alive), and nothing moved.
   EXPECT_EQ(h.service().depth("dev1"), 1u);
