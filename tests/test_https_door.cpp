@@ -296,6 +296,19 @@ class hub_under_test {
     }
 #endif
     router_.emplace(hub_, std::move(ro));
+#ifdef DEVICEBOUND_TEST_HTTPS_REGISTRY
+    if (o.registry && o.auth) {
+      // The registry is the source of truth: seed it with the keys set above.
+      identity_seed seed;
+      seed.policies = ids_.policies();
+      for (const char* id : {"dev1", "dev2"})
+        seed.devices.push_back(
+            {id, auth::shared_access_key::from_base64(device_key_b64).value(), {}});
+      EXPECT_TRUE(router_->begin_batch());
+      router_->seed_identities(seed, system_clock{}.now());
+      EXPECT_TRUE(router_->end_batch());
+    }
+#endif
     if (o.auth) {
       const auto pk = auth::shared_access_key::from_base64(policy_key_b64).value();
       ids_.set_policies({{"service", pk, {}, auth::access_rights::service_connect},
@@ -556,7 +569,7 @@ TEST(https_door, BadRequestsGetTheirStatusAndChangeNothing) {
   auto wrong = c.request("PATCH", "/devices/dev1/messages/devicebound");
   EXPECT_EQ(wrong.status, 405u);
   EXPECT_EQ(wrong.header("allow"), "GET");
-  // The registry is answered by the router (501 until it is wired).
+  // The registry is the router's (501 in a fixture without it).
   EXPECT_NE(c.request("GET", "/devices/dev1").status, 0u);
   // The connection survived all of that (keep-alive), and nothing moved.
   EXPECT_EQ(h.service().depth("dev1"), 1u);
@@ -728,6 +741,54 @@ TEST(https_door, RegistryCreateGetListUpdateDeleteEndToEnd) {
   EXPECT_EQ(gone.error_code(), "DeviceNotFound");
   EXPECT_EQ(c.request("GET", "/devices/newdev/messages/devicebound").status, 404u);
   EXPECT_EQ(c.request("DELETE", "/devices/newdev").status, 404u);
+}
+
+TEST(https_door, ADeviceCreatedOverRestUsesItsKeysAndIsRefusedOnceDeletedOrDisabled) {
+  fixture_options o;
+  o.tls = false;
+  o.auth = true;
+  o.registry = true;
+  hub_under_test h(o);
+  auto c = h.connect();
+  const std::string owner = service_token(4'000'000'000, "iothubowner");
+  // The service policy cannot write the registry.
+  EXPECT_EQ(c.request("PUT", "/devices/restdev", {{"Authorization", service_token()}},
+                      R"({"deviceId":"restdev"})")
+                .status,
+            401u);
+  auto created = c.request("PUT", "/devices/restdev?api-version=2021-04-12",
+                           {{"Authorization", owner}}, R"({"deviceId":"restdev"})");
+  ASSERT_EQ(created.status, 200u) << created.body;
+  const std::string key =
+      nlohmann::json::parse(created.body)["authentication"]["symmetricKey"]["primaryKey"]
+          .get<std::string>();
+  const auto token = [&](std::uint64_t se = 4'000'000'000) {
+    return to_string(auth::generate_sas_token(std::string(hub_host) + "/devices/restdev",
+                                              auth::shared_access_key::from_base64(key).value(),
+                                              se));
+  };
+  const std::string recv = "/devices/restdev/messages/devicebound";
+  EXPECT_EQ(c.request("GET", recv, {{"Authorization", token()}}).status, 204u);
+  h.service().send("restdev", c2d("r1"));
+  auto m = c.request("GET", recv, {{"Authorization", token()}});
+  ASSERT_EQ(m.status, 200u);
+  EXPECT_EQ(c.request("DELETE", "/devices/restdev/messages/devicebound/" + etag_token(m),
+                      {{"Authorization", token()}})
+                .status,
+            204u);
+
+  // Disabled: refused from then on.
+  ASSERT_EQ(c.request("PUT", "/devices/restdev", {{"Authorization", owner}, {"If-Match", "*"}},
+                      R"({"deviceId":"restdev","status":"disabled"})")
+                .status,
+            200u);
+  EXPECT_EQ(c.request("GET", recv, {{"Authorization", token()}}).status, 401u);
+  // Deleted: refused too, and gone from the registry.
+  EXPECT_EQ(
+      c.request("DELETE", "/devices/restdev", {{"Authorization", owner}, {"If-Match", "*"}}).status,
+      204u);
+  EXPECT_EQ(c.request("GET", recv, {{"Authorization", token()}}).status, 401u);
+  EXPECT_EQ(c.request("GET", "/devices/restdev", {{"Authorization", owner}}).status, 404u);
 }
 
 #endif

@@ -88,6 +88,13 @@ duration duration_arg(const std::string& s, const std::string& what) {
   return *d;
 }
 
+/// Prints what CLI11 prints (the error, or --help / --version) and returns our
+/// exit code: 0 for --help / --version, `exit_config` (2) for every usage error,
+/// not CLI11's own codes (105 for a validation error, 109 for an unknown flag, ...).
+int usage_exit(const CLI::App& app, const CLI::Error& e) {
+  return app.exit(e) == 0 ? int{exit_ok} : int{exit_config};
+}
+
 }  // namespace
 
 /// Reads the TOML file into `c` (only the keys present; see docs/mqtt-quickstart.md).
@@ -345,7 +352,7 @@ std::variant<daemon_config, int> load_config(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    return usage_exit(app, e);
   }
 
   daemon_config cfg;
@@ -444,7 +451,7 @@ std::variant<daemon_config, int> load_config(int argc, char** argv) {
     std::fprintf(stderr, "devicebound-hub: %s\n", e.what());
     return int{exit_config};
   } catch (const CLI::Error& e) {
-    return app.exit(e);
+    return usage_exit(app, e);
   }
   return cfg;
 }

@@ -316,7 +316,7 @@ int main(int argc, char** argv) {
   }
 #endif
 #ifdef DEVICEBOUND_WITH_HTTPS_DOOR
-  // The HTTPS door (docs/https.md): same identities as the AMQP door (the registry's view).
+  // The HTTPS door (docs/https.md): tokens checked against the registry's view.
   std::unique_ptr<https_door> https;
   if (!cfg.https.listen.empty()) {
     https_door_config hc;
