@@ -138,6 +138,7 @@ describe('devicebound up with the official Node SDKs', { skip }, () => {
 
   it('a second up on the same state directory is refused (5) and starts nothing', async () => {
     const second = up(['--state-dir', info.state_dir, ...(await ports())]);
+    second.ready.catch(() => {});
     const { code } = await within(second.exited, 30000, 'the second up to exit');
     assert.equal(code, EXIT_UNAVAILABLE, second.stderr);
     assert.match(second.stderr, /in use by another `devicebound up`/);
