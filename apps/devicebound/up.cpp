@@ -895,10 +895,16 @@ void add_up_command(CLI::App& app, int& code) {
   up->add_option("--state-dir", opts->state_dir,
                  "where keys, certificates and queues live (default $XDG_STATE_HOME/devicebound "
                  "or ~/.local/state/devicebound)");
-  up->add_option("-d,--device", opts->devices, "create this device if it is new (repeatable)");
-  up->add_option("--host", opts->hosts,
-                 "a name or address clients use, added to the certificate (repeatable); the "
-                 "first names the hub (HostName, default localhost)");
+  // One value per flag, repeated: `--device a --device b`.
+  const auto repeatable = [](CLI::Option* opt) {
+    opt->expected(1)->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  };
+  repeatable(
+      up->add_option("-d,--device", opts->devices, "create this device if it is new (repeatable)"));
+  repeatable(
+      up->add_option("--host", opts->hosts,
+                     "a name or address clients use, added to the certificate (repeatable); the "
+                     "first names the hub (HostName, default localhost)"));
   up->add_option("--bind", opts->bind,
                  "the address the front doors listen on (default 127.0.0.1; 0.0.0.0 for the "
                  "network)");
@@ -909,10 +915,9 @@ void add_up_command(CLI::App& app, int& code) {
   up->add_option("--plugin", opts->plugin, "the broker plugin devicebound_mosquitto_plugin.so");
   up->add_option("--hub", opts->hub, "the devicebound-hub program");
   up->add_option("--mosquitto", opts->mosquitto, "the mosquitto program");
-  up->add_option("--hub-arg", opts->hub_args,
-                 "pass a flag to devicebound-hub, e.g. --hub-arg=--lock-duration=30s "
-                 "(repeatable)")
-      ->allow_extra_args(false);
+  repeatable(up->add_option("--hub-arg", opts->hub_args,
+                            "pass a flag to devicebound-hub, e.g. --hub-arg=--lock-duration=30s "
+                            "(repeatable)"));
   up->add_flag("--insecure", opts->insecure,
                "plain MQTT, AMQP and HTTP without TLS (tests; loopback --bind only)");
   up->add_flag("-v,--verbose", opts->verbose, "show every line mosquitto and the hub log");

@@ -6,14 +6,46 @@
 //                                                          and completes, feedback says Success
 //   node client.js send DEVICE MESSAGE_ID                  send only (the device is offline)
 //   node client.js receive mqtt|amqp DEVICE MESSAGE_ID     the device receives it and completes
+//   node client.js registry-get DEVICE                     GET /devices/DEVICE over HTTPS with
+//                                                          the service string's key (SPEC 12.1)
 //
 // The JSON line is in DEVICEBOUND_UP_JSON. NODE_EXTRA_CA_CERTS must name its
 // ca_file before node starts (azure-iothub has no CA option): up.test.js runs
 // this file as a child for that reason, as a user's app would be started.
 const assert = require('node:assert/strict');
+const crypto = require('node:crypto');
 const fs = require('node:fs');
+const https = require('node:https');
 const { WAIT, within } = require('../node/harness');
 const { c2d, feedbackCollector, openDevice, openService } = require('../node/sdk');
+
+/**
+ * GET /devices/{id} on the printed HTTPS port, with a SAS token signed by the
+ * service connection string's policy (SPEC 12.6): Node's https with the CA
+ * trusted through NODE_EXTRA_CA_CERTS, as azure-iothub's Registry would.
+ */
+function registryGet(up, id) {
+  const cs = Object.fromEntries(up.service_connection_string.split(';').map((kv) => {
+    const i = kv.indexOf('=');
+    return [kv.slice(0, i), kv.slice(i + 1)];
+  }));
+  const host = cs.HostName.split(':')[0];
+  const se = Math.floor(Date.now() / 1000) + 3600;
+  const sig = crypto.createHmac('sha256', Buffer.from(cs.SharedAccessKey, 'base64')).update(`${host}\n${se}`).digest('base64');
+  const token = `SharedAccessSignature sr=${host}&sig=${encodeURIComponent(sig)}&se=${se}&skn=${cs.SharedAccessKeyName}`;
+  return new Promise((resolve, reject) => {
+    const req = https.request({
+      host, port: up.ports.https, method: 'GET', path: `/devices/${encodeURIComponent(id)}?api-version=2021-04-12`,
+      headers: { Authorization: token },
+    }, (res) => {
+      let body = '';
+      res.on('data', (d) => { body += d; });
+      res.on('end', () => (res.statusCode === 200 ? resolve(JSON.parse(body)) : reject(new Error(`HTTP ${res.statusCode}: ${body}`))));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
 
 async function main() {
   const up = JSON.parse(process.env.DEVICEBOUND_UP_JSON);
@@ -55,6 +87,12 @@ async function main() {
       const [transport, id, messageId] = args;
       const msg = await received(transport, id, messageId);
       assert.equal(msg.data.toString(), `queued ${messageId}`);
+    } else if (mode === 'registry-get') {
+      const [id] = args;
+      const device = await within(registryGet(up, id), WAIT, 'GET /devices over HTTPS');
+      assert.equal(device.deviceId, id);
+      assert.equal(device.status, 'enabled');
+      assert.equal(device.authentication.symmetricKey.primaryKey, up.devices[id].match(/SharedAccessKey=([^;]+)/)[1]);
     } else {
       throw new Error(`unknown mode ${mode}`);
     }

@@ -136,6 +136,11 @@ describe('devicebound up with the official Node SDKs', { skip }, () => {
     await client(info, 'roundtrip', 'amqp', 'dev-amqp', 'up-amqp-1');
   });
 
+  it('HTTPS: the registry answers over TLS with the printed CA and the service key', async (t) => {
+    if (info.ports.https === 0) return t.skip('this devicebound-hub has no HTTPS door');
+    await client(info, 'registry-get', 'dev-mqtt');
+  });
+
   it('a second up on the same state directory is refused (5) and starts nothing', async () => {
     const second = up(['--state-dir', info.state_dir, ...(await ports())]);
     second.ready.catch(() => {});
