@@ -97,9 +97,12 @@ run_up() {
   local rc=0
   step "node --test tests/sdk/up"
   (cd "$sdk" && node --test --test-concurrency=1 --test-timeout=300000 up/up.test.js) || rc=1
-  if [[ ! -x "$venv/bin/python" ]]; then
-    echo "test_sdk: up: no venv $venv (run the python part first)" >&2
-    return 1
+  if [[ ! -x "$venv/bin/python" ]] || ! cmp -s "$sdk/requirements.txt" "$venv/.requirements.txt"; then
+    step "venv $venv with tests/sdk/requirements.txt (for up)"
+    rm -rf "$venv"
+    python3 -m venv "$venv" || return 1
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$sdk/requirements.txt" || return 1
+    cp "$sdk/requirements.txt" "$venv/.requirements.txt"
   fi
   local pytest=("$venv/bin/python" -m pytest -p no:cacheprovider -q -rs "$sdk/up")
   if unshare -n true 2>/dev/null && command -v ip >/dev/null; then
