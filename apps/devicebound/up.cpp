@@ -384,8 +384,16 @@ bool open_state_dir(const fs::path& dir, int& lock_fd) {
                          " is in use by another `devicebound up` (stop it, or choose another "
                          "--state-dir)"};
   const fs::path version = dir / "version";
-  if (!fs::exists(version))
+  if (!fs::exists(version)) {
+    // Never write keys into a directory that holds something else.
+    for (const auto& e : fs::directory_iterator(dir))
+      if (e.path().filename() != "lock")
+        throw up_failure{exit_unavailable, "--state-dir " + dir.string() +
+                                               " is not empty and has no devicebound version "
+                                               "file: choose an empty or new directory"};
+    write_text(version, std::to_string(state_version) + "\n", 0644);
     return true;
+  }
   const std::string text = read_text(version);
   int v = 0;
   try {
@@ -586,7 +594,8 @@ int run_up(const up_options& o) {
   const programs prog = find_programs(o);
   const fs::path state = fs::absolute(o.state_dir.empty() ? default_state_dir() : o.state_dir);
   int lock_fd = -1;
-  const bool first_run = open_state_dir(state, lock_fd);
+  if (open_state_dir(state, lock_fd))
+    say("a new state directory: " + state.string());
 
   // The ports, before anything is started: a taken port is reported, not half-started.
   port_plan ports;
@@ -629,8 +638,6 @@ int run_up(const up_options& o) {
     say("made a server certificate for " + list);
   }
   const seed_file seed = ensure_seed(state / "seed");
-  if (first_run)
-    write_text(state / "version", std::to_string(state_version) + "\n", 0644);
   fs::create_directories(state / "mosquitto");
   fs::create_directories(state / "log");
 
@@ -856,7 +863,8 @@ int run_up(const up_options& o) {
                 << "  Python:  IoTHubDeviceClient.create_from_connection_string(cs, "
                    "server_verification_cert=open('"
                 << tls.ca_cert << "').read())\n"
-                << "  OpenSSL: export SSL_CERT_FILE=" << tls.ca_cert << "\n";
+                << "  Python back ends (uamqp), OpenSSL: export SSL_CERT_FILE=" << tls.ca_cert
+                << "\n";
     if (ports.mqtt != 8883)
       std::cout << "\nNote: the Python device SDK connects to port 8883 only; MQTT is on "
                 << ports.mqtt << ".\n";

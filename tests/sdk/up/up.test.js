@@ -227,6 +227,21 @@ describe('devicebound up fails clearly', { skip }, () => {
     await refused([...(await ports()), '--plugin', '/nonexistent/devicebound_mosquitto_plugin.so'], /--plugin .*no such file/);
   });
 
+  it('a non-empty directory without a version file: exit 5, nothing written', async () => {
+    const dir = tmp();
+    try {
+      fs.writeFileSync(path.join(dir, 'notes.txt'), 'mine\n');
+      const run = up(['--state-dir', dir, ...(await ports())]);
+      run.ready.catch(() => {});
+      const { code } = await within(run.exited, 30000, 'devicebound up to exit');
+      assert.equal(code, EXIT_UNAVAILABLE, run.stderr);
+      assert.match(run.stderr, /is not empty and has no devicebound version file/);
+      assert.deepEqual(fs.readdirSync(dir).sort(), ['lock', 'notes.txt']);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('a state directory of a newer devicebound: exit 5, left as it was', async () => {
     const dir = tmp();
     try {
