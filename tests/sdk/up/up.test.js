@@ -97,6 +97,19 @@ function processesMentioning(text) {
   return pids;
 }
 
+/** `up` on free ports, again on others if one was taken meanwhile (by another process). */
+async function upOnFreePorts(args) {
+  for (let attempt = 1; ; attempt += 1) {
+    const portArgs = await ports();
+    const run = up([...args, ...portArgs]);
+    try {
+      return { run, info: await run.ready, portArgs };
+    } catch (e) {
+      if (attempt === 3 || !/ is taken/.test(e.message)) throw e;
+    }
+  }
+}
+
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'devicebound-up-'));
 const ports = async () => ['--mqtt-port', String(await freePort()), '--amqp-port', String(await freePort()),
   '--https-port', String(await freePort())];
@@ -108,9 +121,8 @@ describe('devicebound up with the official Node SDKs', { skip }, () => {
 
   before(async () => {
     dir = tmp();
-    run = up(['--state-dir', path.join(dir, 'state'), ...(await ports()), '--device', 'dev-mqtt',
-      '--device', 'dev-amqp', '--hub-arg=--feedback-batch-interval=0s']);
-    info = await run.ready;
+    ({ run, info } = await upOnFreePorts(['--state-dir', path.join(dir, 'state'), '--device', 'dev-mqtt',
+      '--device', 'dev-amqp', '--hub-arg=--feedback-batch-interval=0s']));
   });
 
   after(async () => {
@@ -156,9 +168,8 @@ describe('devicebound up restarts from its state directory', { skip }, () => {
     const dir = tmp();
     const state = path.join(dir, 'state');
     try {
-      const args = ['--state-dir', state, ...(await ports())];
-      const first = up([...args, '--device', 'dev-restart']);
-      const before = await first.ready;
+      const { run: first, info: before, portArgs } = await upOnFreePorts(['--state-dir', state, '--device', 'dev-restart']);
+      const args = ['--state-dir', state, ...portArgs];
       await client(before, 'send', 'dev-restart', 'up-queued-1');
       const { pids } = before;
       assert.ok(alive(pids.mosquitto) && alive(pids.hub), JSON.stringify(pids));
