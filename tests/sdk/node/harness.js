@@ -203,13 +203,15 @@ function renderMosquittoConf({ plainPort, tlsPort, certs, dataDir, authFile }) {
     DATA_DIR: dataDir,
     PLUGIN: programs.plugin,
     PLUGIN_OPTIONS: `plugin_opt_auth_file ${authFile}`,
+    // A user who can write DATA_DIR: ours, who made it (as root, mosquitto would
+    // otherwise switch to "mosquitto").
+    USER: os.userInfo().username,
   };
   for (const [name, value] of Object.entries(values)) text = text.split(`@${name}@`).join(value);
   if (text.split('\n').some((l) => !l.startsWith('#') && l.includes('@'))) {
     throw new Error('unreplaced @NAME@ in the rendered mosquitto.conf');
   }
-  // As root, mosquitto would switch to user "mosquitto", who cannot read the temporary files.
-  return `${text}\nuser ${os.userInfo().username}\n`;
+  return text;
 }
 
 /**
