@@ -495,10 +495,9 @@ std::optional<registry_keys> read_registry(const fs::path& db_path, std::string&
 
 // --- the configuration files ------------------------------------------------------------------
 
-/// broker/mosquitto.conf.in (compiled in), filled in. The template's `user`
-/// line, if any, is replaced: the broker runs as the invoking user, who owns
-/// the state directory (as root, mosquitto would switch to user `mosquitto`,
-/// who could not write it).
+/// broker/mosquitto.conf.in (compiled in), filled in. `@USER@` is the invoking
+/// user, who owns the state directory (as root, mosquitto would otherwise
+/// switch to user `mosquitto`, who could not write it).
 std::string mosquitto_conf(const port_plan& ports, const std::string& bind, bool insecure,
                            const fs::path& state, const tls_files& tls, const std::string& plugin) {
   const passwd* pw = ::getpwuid(::geteuid());
@@ -521,10 +520,12 @@ std::string mosquitto_conf(const port_plan& ports, const std::string& bind, bool
   std::string line;
   bool header = true;  // the template's opening comment explains the @NAME@s: not copied
   bool in_tls_listener = false;
+  bool has_user = false;
   while (std::getline(in, line)) {
     header = header && line.rfind('#', 0) == 0;
-    if (header || line.rfind("user ", 0) == 0)
+    if (header)
       continue;
+    has_user = has_user || line.rfind("user ", 0) == 0;
     if (line.rfind('#', 0) != 0) {
       for (const auto& [name, value] : values) {
         const std::string key = "@" + std::string(name) + "@";
@@ -546,7 +547,8 @@ std::string mosquitto_conf(const port_plan& ports, const std::string& bind, bool
       continue;
     out += line + "\n";
   }
-  out += "\n# devicebound up: the broker runs as the user who ran it\nuser " + user + "\n";
+  if (!has_user)
+    out += "\n# devicebound up: the broker runs as the user who ran it\nuser " + user + "\n";
   return out;
 }
 
