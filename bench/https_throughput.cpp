@@ -33,6 +33,8 @@
 #include <chrono>
 #include <condition_variable>
 #include <devicebound/hub.hpp>
+#include <devicebound/registry.hpp>
+#include <devicebound/token_source.hpp>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -107,7 +109,19 @@ class filler final : public front_door {
   std::size_t replies_ = 0;
 };
 
-/// The baseline: reads a request, answers GET with a fixed 200 and DELETE with 204.
+/// What the raw server answers a registry PUT with: a device JSON of the size ours has.
+const std::string fixed_device_json =
+    R"({"deviceId":"dev-00000","generationId":"638000000000000000","etag":"1",)"
+    R"("connectionState":"Disconnected","status":"enabled","statusReason":null,)"
+    R"("connectionStateUpdatedTime":"0001-01-01T00:00:00Z","statusUpdatedTime":"0001-01-01T00:00:00Z",)"
+    R"("lastActivityTime":"0001-01-01T00:00:00Z","cloudToDeviceMessageCount":0,)"
+    R"("authentication":{"symmetricKey":{"primaryKey":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",)"
+    R"("secondaryKey":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="},)"
+    R"("x509Thumbprint":{"primaryThumbprint":null,"secondaryThumbprint":null},"type":"sas"},)"
+    R"("capabilities":{"iotEdge":false}})";
+
+/// The baseline: reads a request, answers GET with a fixed 200, PUT with a fixed
+/// device JSON and DELETE with 204.
 class raw_server {
  public:
   explicit raw_server(ssl::context* tls) : tls_(tls), acceptor_(ioc_) {
@@ -148,6 +162,11 @@ class raw_server {
         res.set("iothub-ack", "none");
         res.set("iothub-app-k", "v");
         res.body() = std::string(64, 'x');
+      } else if (req.method() == http::verb::put) {
+        res.result(200);
+        res.set(http::field::etag, "\"1\"");
+        res.set(http::field::content_type, "application/json; charset=utf-8");
+        res.body() = fixed_device_json;
       } else {
         res.result(204);
       }
@@ -250,6 +269,61 @@ row device_loop(std::uint16_t port, ssl::context* tls, std::size_t n) {
   return out;
 }
 
+/// One client connection creating `n` devices (`dev-0` …) with `PUT /devices/{id}`
+/// and no keys (the registry generates them), as `Registry.create` sends it.
+row registry_create(std::uint16_t port, ssl::context* tls, std::size_t n) {
+  net::io_context ioc;
+  tcp::socket sock(ioc);
+  sock.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), port));
+  sock.set_option(tcp::no_delay(true));
+  std::optional<ssl::stream<tcp::socket>> secure;
+  if (tls) {
+    secure.emplace(std::move(sock), *tls);
+    SSL_set_tlsext_host_name(secure->native_handle(), "localhost");
+    secure->handshake(ssl::stream_base::client);
+  }
+  beast::flat_buffer buf;
+  std::vector<double> lat;
+  lat.reserve(n);
+  const auto t0 = steady::now();
+  for (std::size_t i = 0; i < n; ++i) {
+    const auto t = steady::now();
+    const std::string id = "dev-" + std::to_string(i);
+    http::request<http::string_body> put{http::verb::put,
+                                         "/devices/" + id + "?api-version=2021-04-12", 11};
+    put.set(http::field::host, "localhost");
+    put.set(http::field::content_type, "application/json; charset=utf-8");
+    put.body() = R"({"deviceId":")" + id +
+                 R"(","status":"enabled","authentication":{"type":"sas","symmetricKey":)"
+                 R"({"primaryKey":"","secondaryKey":""}}})";
+    put.prepare_payload();
+    http::response<http::string_body> res;
+    beast::error_code ec;
+    if (secure) {
+      http::write(*secure, put, ec);
+      if (!ec)
+        http::read(*secure, buf, res, ec);
+    } else {
+      http::write(sock, put, ec);
+      if (!ec)
+        http::read(sock, buf, res, ec);
+    }
+    if (ec || res.result_int() != 200)
+      break;
+    lat.push_back(std::chrono::duration<double, std::micro>(steady::now() - t).count());
+  }
+  const double secs = std::chrono::duration<double>(steady::now() - t0).count();
+  row out;
+  out.done = lat.size();
+  if (lat.empty())
+    return out;
+  out.rate = static_cast<double>(lat.size()) / secs;
+  std::sort(lat.begin(), lat.end());
+  out.p50 = lat[lat.size() / 2];
+  out.p99 = lat[std::min(lat.size() - 1, lat.size() * 99 / 100)];
+  return out;
+}
+
 /// The hub and its HTTPS door, in this process.
 class hub_process {
  public:
@@ -257,7 +331,10 @@ class hub_process {
     hub_config hc;
     hc.max_queue_depth = 10000;
     hub_ = hub(hc);
-    router_.emplace(hub_, router_options{});
+    router_options ro;
+    ro.identities = &identities_;  // an in-memory registry, keys from the system's randomness
+    ro.new_key = keys_from(system_token_source());
+    router_.emplace(hub_, std::move(ro));
     https_door_config c;
     c.listen = {"127.0.0.1:0"};
     c.insecure = !tls;
@@ -282,6 +359,7 @@ class hub_process {
 
  private:
   hub hub_;
+  registry identities_;
   std::optional<router> router_;
   std::unique_ptr<https_door> door_;
   filler filler_;
@@ -344,6 +422,36 @@ int main() {
                    raw.done, ours.done, n);
       rc = 1;
     }
+  }
+  // The registry: creating devices over REST (TLS), as the SDKs' Registry.create does.
+  std::size_t devices = smoke ? 50 : 10000;
+  if (const char* m = std::getenv("DEVICEBOUND_BENCH_DEVICES"))
+    devices = static_cast<std::size_t>(std::strtoull(m, nullptr, 10));
+  row raw, ours;
+  {
+    raw_server s(&server_tls);
+    raw = registry_create(s.port(), &client_tls, devices);
+  }
+  {
+    hub_process h(true, certs);
+    if (!h.fill(0)) {  // returns once the doors have started
+      std::fprintf(stderr, "https_throughput: the hub did not start\n");
+      return 1;
+    }
+    ours = registry_create(h.port(), &client_tls, devices);
+  }
+  std::printf("registry: %zu devices created with PUT /devices/{id} (keys generated), TLS\n",
+              devices);
+  std::printf("  %-34s %10s %10s %10s\n", "", "devices/s", "p50 us", "p99 us");
+  std::printf("  raw Beast, fixed 200 device JSON     %10.0f %10.1f %10.1f\n", raw.rate, raw.p50,
+              raw.p99);
+  std::printf("  devicebound registry (in memory)     %10.0f %10.1f %10.1f\n", ours.rate, ours.p50,
+              ours.p99);
+  std::printf("  ratio devicebound / raw: %.2f\n", raw.rate > 0 ? ours.rate / raw.rate : 0);
+  if (raw.done != devices || ours.done != devices) {
+    std::fprintf(stderr, "https_throughput: only %zu (raw) and %zu (devicebound) of %zu created\n",
+                 raw.done, ours.done, devices);
+    rc = 1;
   }
   return rc;
 }
