@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The official Azure IoT SDKs, unchanged, against devicebound-hub (tests/sdk/):
 #
-#   scripts/test_sdk.sh [node|python]...     (default: both)
+#   scripts/test_sdk.sh [node|python|up]...     (default: all three)
 #
 #   node    npm ci in tests/sdk (azure-iothub, azure-iot-device(-amqp/-mqtt/-http),
 #           pinned in its package-lock.json), then node --test tests/sdk/node/*.test.js
@@ -9,6 +9,11 @@
 #           azure-iot-device), then pytest tests/sdk/python inside a private
 #           network namespace (`unshare -n`, loopback up): uamqp always uses
 #           port 5671 and the Python device SDK 8883.
+#   up      `devicebound up` (tests/sdk/up/): node --test tests/sdk/up/up.test.js on
+#           free ports (Node service + device SDKs, restart, failure modes), then
+#           pytest tests/sdk/up in a private network namespace (the Python device
+#           SDK on 8883). Needs $DEVICEBOUND_CLI, else <build>/apps/devicebound
+#           (it finds the hub and the plugin itself), and the node part's npm ci.
 #
 # Needs the daemon and the broker plugin: $DEVICEBOUND_HUB and
 # $DEVICEBOUND_BROKER_PLUGIN, else <build>/apps/devicebound-hub and
@@ -37,7 +42,7 @@ venv=${DEVICEBOUND_SDK_VENV:-$build/venv-sdk-tests}
 step() { printf '\n--- test_sdk: %s\n' "$*"; }
 
 parts=("$@")
-((${#parts[@]})) || parts=(node python)
+((${#parts[@]})) || parts=(node python up)
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/devicebound-sdk-XXXXXX")
 trap 'rm -rf "$work"' EXIT
@@ -82,11 +87,40 @@ run_python() {
   return "$rc"
 }
 
+# `devicebound up` (issue 13): it makes its own CA and state, so it needs none of the above.
+run_up() {
+  export DEVICEBOUND_CLI=${DEVICEBOUND_CLI:-$build/apps/devicebound}
+  if [[ ! -d "$sdk/node_modules/azure-iothub" ]]; then
+    step "npm ci in tests/sdk (for up)"
+    (cd "$sdk" && npm ci --no-audit --no-fund) || return 1
+  fi
+  local rc=0
+  step "node --test tests/sdk/up"
+  (cd "$sdk" && node --test --test-concurrency=1 --test-timeout=300000 up/up.test.js) || rc=1
+  if [[ ! -x "$venv/bin/python" ]] || ! cmp -s "$sdk/requirements.txt" "$venv/.requirements.txt"; then
+    step "venv $venv with tests/sdk/requirements.txt (for up)"
+    rm -rf "$venv"
+    python3 -m venv "$venv" || return 1
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$sdk/requirements.txt" || return 1
+    cp "$sdk/requirements.txt" "$venv/.requirements.txt"
+  fi
+  local pytest=("$venv/bin/python" -m pytest -p no:cacheprovider -q -rs "$sdk/up")
+  if unshare -n true 2>/dev/null && command -v ip >/dev/null; then
+    step "pytest tests/sdk/up in a private network namespace"
+    DEVICEBOUND_SDK_NETNS=1 unshare -n bash -c 'ip link set lo up && exec "$@"' bash "${pytest[@]}" || rc=1
+  else
+    step "pytest tests/sdk/up: no private network namespace here (unshare -n failed)"
+    "${pytest[@]}" || rc=1
+  fi
+  return "$rc"
+}
+
 for part in "${parts[@]}"; do
   case "$part" in
     node) run_node || failed+=(node) ;;
     python) run_python || failed+=(python) ;;
-    *) echo "test_sdk: unknown part '$part' (node, python)" >&2; exit 2 ;;
+    up) run_up || failed+=(up) ;;
+    *) echo "test_sdk: unknown part '$part' (node, python, up)" >&2; exit 2 ;;
   esac
 done
 

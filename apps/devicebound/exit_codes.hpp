@@ -1,4 +1,8 @@
 // Exit codes of `devicebound` (docs/cli.md). Scripts branch on them; keep them stable.
+// `devicebound up` uses ok (stopped by SIGINT/SIGTERM), failure (a child ended on
+// its own, or the state could not be written), usage, and unavailable for every
+// reason it cannot start: a port taken, mosquitto, the plugin or the hub missing,
+// the state directory in use, foreign or from a newer devicebound.
 #pragma once
 
 namespace devicebound::cli {
