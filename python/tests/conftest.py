@@ -240,6 +240,9 @@ def render_conf(path: Path, *, plain_port: int, tls_address: str | None, tls_por
     else:
         # No TLS listener: cut the template from the TLS listener on.
         text = text[: text.index("# Stock Azure IoT device SDKs")]
+    # The options line first: the header's comment names @PLUGIN_OPTIONS@ too,
+    # and several options there would start lines outside the comment.
+    text = text.replace("\n@PLUGIN_OPTIONS@\n", "\n" + values.pop("PLUGIN_OPTIONS") + "\n")
     for name, value in values.items():
         text = text.replace(f"@{name}@", value)
     if "@" in "".join(line for line in text.splitlines() if not line.startswith("#")):
@@ -263,16 +266,22 @@ def plugin_path() -> Path:
 
 @pytest.fixture
 def start_broker(tmp_path, plugin_path):
-    """start_broker(auth_file=None, tls=False) -> Broker; stopped at teardown."""
+    """start_broker(auth_file=None, tls=False, registry_db=None, options=()) -> Broker;
+    stopped at teardown. `options` are more plugin_opt_ lines."""
     brokers: list[Broker] = []
     count = [0]
 
-    def start(auth_file: Path | None = None, tls: bool = False) -> Broker:
+    def start(auth_file: Path | None = None, tls: bool = False, registry_db: Path | None = None,
+              options: tuple[str, ...] | list[str] = ()) -> Broker:
         count[0] += 1
         workdir = tmp_path / f"broker{count[0]}"
         data_dir = workdir / "data"
         data_dir.mkdir(parents=True)
-        options = [f"plugin_opt_auth_file {auth_file}"] if auth_file else []
+        options = list(options)
+        if auth_file:
+            options.append(f"plugin_opt_auth_file {auth_file}")
+        if registry_db:
+            options.append(f"plugin_opt_registry_db {registry_db}")
         last_error = None
         for _ in range(3):  # a port picked free may be taken before mosquitto binds it
             plain_port = free_port()

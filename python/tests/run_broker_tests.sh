@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the broker-level Python tests: the devicebound mosquitto plugin
-# (test_broker_plugin.py) and the official Azure IoT Python device SDK against
+# (test_broker_plugin.py; test_broker_registry.py for the hub's registry as its
+# identity source) and the official Azure IoT Python device SDK against
 # it over TLS (test_stock_sdk.py).
 #
 #   python/tests/run_broker_tests.sh [pytest args...]
@@ -38,4 +39,4 @@ if [[ ! -x "$venv/bin/python" ]] || ! cmp -s "$here/requirements-broker.txt" "$s
 fi
 
 cd "$here"
-exec "$venv/bin/python" -m pytest -p no:cacheprovider "$@" test_broker_plugin.py test_stock_sdk.py
+exec "$venv/bin/python" -m pytest -p no:cacheprovider "$@" test_broker_plugin.py test_broker_registry.py test_stock_sdk.py

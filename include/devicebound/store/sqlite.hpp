@@ -8,8 +8,12 @@
 /// with an error that says so. See docs/architecture.md, "Durability".
 #pragma once
 
+#include <fcntl.h>
 #include <sqlite3.h>
+#include <sys/file.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstring>
@@ -66,8 +70,12 @@ constexpr std::optional<sqlite_sync> parse_sqlite_sync(std::string_view s) noexc
 /// Settings of a `sqlite_store`.
 struct sqlite_options {
   sqlite_sync sync = sqlite_sync::full;
-  /// Hold the file's lock for as long as the store is open, so a second hub on
-  /// the same file is refused (SQLITE_BUSY) instead of corrupting both.
+  /// Hold a lock for as long as the store is open, so a second hub on the same
+  /// file is refused (503001) instead of corrupting both. The lock is an
+  /// advisory `flock` on the database file (independent of SQLite's own
+  /// `fcntl` locks), not SQLite's exclusive locking mode: readers such as the
+  /// broker plugin, which reads the identity registry (docs/architecture.md),
+  /// must still be able to open the file.
   bool exclusive = true;
   /// Run `PRAGMA quick_check` at open: a damaged file is refused before use.
   /// Reads the whole file once.
@@ -367,6 +375,9 @@ class sqlite_store {
 
   result<void> open_file() {
     sqlite3* raw = nullptr;
+    if (options_.exclusive && path_ != ":memory:")
+      if (auto r = owner_.take(path_); !r)
+        return make_error(errc::server_busy, "sqlite store '" + path_ + "': " + r.error().message);
     const int rc =
         sqlite3_open_v2(path_.c_str(), &raw,
                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
@@ -374,9 +385,6 @@ class sqlite_store {
     if (rc != SQLITE_OK)
       return failure(rc, "opening");
     sqlite3_extended_result_codes(db_.get(), 1);
-    if (options_.exclusive)
-      if (auto r = exec("PRAGMA locking_mode=EXCLUSIVE", "taking the file lock"); !r)
-        return r;
     // the first read of the file: a file that is not a database fails here
     if (auto r = exec("SELECT count(*) FROM sqlite_master", "reading the schema"); !r)
       return r;
@@ -396,7 +404,7 @@ class sqlite_store {
       return make_error(
           errc::server_error,
           "sqlite store '" + path_ + "': cannot use WAL mode (journal_mode is " + *mode + ")");
-    // with `exclusive`, a write transaction takes the lock now and keeps it
+    // a write transaction now: a file another writer holds is refused here
     if (auto r = exec("BEGIN IMMEDIATE", "taking the write lock"); !r)
       return r;
     if (auto r = exec("COMMIT", "taking the write lock"); !r)
@@ -1052,6 +1060,50 @@ class sqlite_store {
   }
 
   // declared after the connection, so the statements are finalized before it closes
+  /// The one-hub-per-file lock (`sqlite_options::exclusive`): an advisory
+  /// `flock` on the database file, held until the connection has closed (the
+  /// descriptor is closed after SQLite's, so its `fcntl` locks are not dropped).
+  class owner_lock {
+   public:
+    owner_lock() = default;
+    owner_lock(owner_lock&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
+    owner_lock& operator=(owner_lock&& o) noexcept {
+      if (this != &o) {
+        release();
+        fd_ = std::exchange(o.fd_, -1);
+      }
+      return *this;
+    }
+    ~owner_lock() { release(); }
+    result<void> take(const std::string& lock_path) {
+      const int fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+      if (fd < 0)
+        return make_error(errc::server_error,
+                          "cannot open '" + lock_path + "': " + std::strerror(errno));
+      if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        const int e = errno;
+        ::close(fd);
+        if (e == EWOULDBLOCK)
+          return make_error(errc::server_busy,
+                            "another process has this store open (one hub per store)");
+        return make_error(errc::server_error,
+                          "cannot lock '" + lock_path + "': " + std::strerror(e));
+      }
+      release();
+      fd_ = fd;
+      return {};
+    }
+
+   private:
+    void release() noexcept {
+      if (fd_ >= 0)
+        ::close(fd_);
+      fd_ = -1;
+    }
+    int fd_ = -1;
+  };
+
+  owner_lock owner_;  // declared before db_: destroyed after the connection closes
   std::unique_ptr<sqlite3, db_close> db_;
   statements st_;
   std::string path_;

@@ -1,0 +1,855 @@
+// devicebound mosquitto plugin (plugin API v5, mosquitto 2.0).
+//
+// Tells the devicebound hub daemon what plain MQTT does not: that a device
+// subscribed to its device-bound topic, that the broker handed a device-bound
+// message to the device's connection, and that the device left. Enforces the
+// topic ACL of docs/stock-devices.md and authenticates clients with IoT Hub SAS
+// tokens, verified by the same code as the hub's other doors (auth/).
+//
+// Events, all QoS 1, retain 0, published by the broker itself:
+//   devicebound/broker/subscribed/{id}    payload: the filter
+//   devicebound/broker/delivered/{id}     payload: the full device-bound topic
+//   devicebound/broker/disconnected/{id}  payload: empty
+//
+// Options (plugin_opt_<name> in mosquitto.conf):
+//   registry_db  the hub's SQLite store, read-only: devices and policies are
+//                looked up there at CONNECT, and connected devices deleted or
+//                disabled there are disconnected (docs/architecture.md,
+//                "Identity channel to the broker plugin").
+//   registry_busy_timeout_ms  how long a lookup waits for a busy file (250).
+//   auth_file    device and policy keys: the identities when there is no
+//                registry_db, and the fallback until the registry exists.
+//                Without either, any client may connect (test mode).
+//   state_file   where to keep the ids of devices whose persistent session holds
+//                the device-bound subscription, so that a device reconnecting
+//                after a broker restart is announced again (pair it with
+//                mosquitto's `persistence true`).
+//
+// mosquitto runs all plugin callbacks on its one main thread, so the plugin
+// state needs no locking. No exception leaves a callback.
+
+#include <mosquitto_broker.h>
+#include <mosquitto_plugin.h>
+#include <openssl/crypto.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <devicebound/auth/authenticate.hpp>
+#include <exception>
+#include <fstream>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "../../apps/devicebound-hub/auth_file.hpp"
+#include "registry_db.hpp"
+#include "topic_acl.hpp"
+
+#ifdef DEVICEBOUND_HAVE_MOSQUITTO_H
+#include <mosquitto.h>
+#else
+// libmosquitto-dev is not installed: the values of mosquitto.h, which are ABI.
+enum {
+  MOSQ_ERR_SUCCESS = 0,
+  MOSQ_ERR_NOMEM = 1,
+  MOSQ_ERR_INVAL = 3,
+  MOSQ_ERR_NOT_SUPPORTED = 10,
+  MOSQ_ERR_AUTH = 11,
+  MOSQ_ERR_ACL_DENIED = 12,
+  MOSQ_ERR_UNKNOWN = 13
+};
+#define MOSQ_LOG_INFO 0x01
+#define MOSQ_LOG_NOTICE 0x02
+#define MOSQ_LOG_WARNING 0x04
+#define MOSQ_LOG_ERR 0x08
+#define MOSQ_LOG_DEBUG 0x10
+#endif
+
+#define DB_LOG_PREFIX "devicebound: "
+
+namespace {
+
+namespace auth = devicebound::auth;
+namespace broker = devicebound::broker;
+using devicebound::errc;
+using devicebound::result;
+using steady = std::chrono::steady_clock;
+
+constexpr std::string_view event_prefix = "devicebound/broker/";
+// How often the plugin tries to open a registry_db that is not there yet, and
+// how often at most it asks the open one whether the hub committed. The hub
+// commits for messages too, so while it works every check that sees a commit
+// looks each connected device up again (one indexed read each).
+constexpr auto registry_retry_interval = std::chrono::milliseconds(500);
+constexpr auto registry_check_interval = std::chrono::milliseconds(100);
+
+// What the plugin knows about one client id.
+struct client_rec {
+  mosquitto* conn = nullptr;  // the current authenticated connection, null when offline
+  bool subscribed = false;    // its broker session holds devices/{id}/messages/devicebound/#
+  bool persistent = false;    // that session outlives the connection (CleanSession 0)
+  bool device = false;        // the connection authenticated as device {id}
+};
+
+// Where identities come from right now.
+enum class identity_source {
+  none,         // test mode: no registry_db, no auth_file
+  auth_file,    // the auth file (no registry_db, or the registry is not there yet)
+  registry,     // the hub's registry (registry_db)
+  unavailable,  // registry_db configured, not there yet, no auth_file: refuse everyone
+};
+
+struct plugin_state {
+  mosquitto_plugin_id_t* id = nullptr;
+  std::string auth_file;      // empty: none
+  std::string state_file;     // empty: no restart memory
+  std::string registry_path;  // empty: no registry_db
+  std::chrono::milliseconds busy_timeout{250};
+  std::unordered_map<std::string, client_rec> clients;
+  std::optional<devicebound::hubd::auth_registry> file_keys;
+  broker::registry_db registry;
+  std::string registry_problem;  // why the registry is not open (logged when it changes)
+  steady::time_point next_registry_open{};
+  steady::time_point next_registry_check{};
+  bool recheck_pending = false;  // the connected devices are still to be checked
+  bool state_dirty = false;
+  std::time_t state_written_at = 0;
+  // The device being disconnected by kick_revoked_devices: mosquitto checks
+  // its subscriptions again while it does (check_subscription_acls).
+  struct revoked {
+    std::string id;
+    bool deleted = false;
+  };
+  std::optional<revoked> kicking;
+};
+
+plugin_state* g_state = nullptr;
+
+identity_source source() {
+  if (g_state->registry.is_open())
+    return identity_source::registry;
+  if (g_state->file_keys)
+    return identity_source::auth_file;
+  return g_state->registry_path.empty() ? identity_source::none : identity_source::unavailable;
+}
+
+// -------------------------------------------------------------------------- //
+// Identities, from whichever source is current.
+
+result<std::optional<auth::device_credentials>> find_device(std::string_view id) {
+  if (g_state->registry.is_open()) {
+    auto d = g_state->registry.device(id);
+    if (!d)
+      return d.error();
+    if (!*d)
+      return std::optional<auth::device_credentials>{};
+    return std::optional<auth::device_credentials>((*d)->credentials);
+  }
+  if (g_state->file_keys) {
+    const auto& devices = g_state->file_keys->devices;
+    if (auto it = devices.find(id); it != devices.end())
+      return std::optional<auth::device_credentials>(it->second);
+  }
+  return std::optional<auth::device_credentials>{};
+}
+
+result<std::optional<auth::shared_access_policy>> find_policy(std::string_view name) {
+  if (g_state->registry.is_open())
+    return g_state->registry.policy(name);
+  if (g_state->file_keys)
+    if (const auto* p = auth::find_policy(g_state->file_keys->policies, name))
+      return std::optional<auth::shared_access_policy>(*p);
+  return std::optional<auth::shared_access_policy>{};
+}
+
+// -------------------------------------------------------------------------- //
+// Authentication.
+
+void refuse_log(std::string_view id, const std::string& why) {
+  mosquitto_log_printf(MOSQ_LOG_NOTICE, DB_LOG_PREFIX "refused client %.*s: %s",
+                       static_cast<int>(id.size()), id.data(), why.c_str());
+}
+
+devicebound::time_point now_utc() {
+  return std::chrono::time_point_cast<devicebound::duration>(std::chrono::system_clock::now());
+}
+
+// A back end needs a policy that may connect: ServiceConnect (a back end that
+// sends and settles) or DeviceConnect (devices through devicebound's own
+// transport). A registry-only policy opens no MQTT connection (SPEC 12.9.3).
+bool may_connect_as_back_end(auth::access_rights rights) {
+  return auth::includes(rights, auth::access_rights::service_connect) ||
+         auth::includes(rights, auth::access_rights::device_connect);
+}
+
+// Equal bytes, in time that does not depend on where they differ.
+bool same_secret(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
+}
+
+// Username = a policy name, password = that policy's key as base64 (the hub's
+// own connection on the loopback listener: `devicebound-hub --username hub
+// --password KEY`).
+bool auth_policy_key(std::string_view id, std::string_view username, std::string_view password) {
+  auto policy = find_policy(username);
+  if (!policy) {
+    refuse_log(id, policy.error().message);
+    return false;
+  }
+  const auto bytes = auth::base64_decode(password);
+  const bool ok = *policy && bytes && !bytes->empty() &&
+                  (same_secret(*bytes, (*policy)->primary_key.bytes()) ||
+                   same_secret(*bytes, (*policy)->secondary_key.bytes()));
+  if (!ok) {
+    refuse_log(id, "bad back-end credentials (not a SAS token, not a policy's key)");
+    return false;
+  }
+  if (!may_connect_as_back_end((*policy)->rights)) {
+    refuse_log(id, "policy " + std::string(username) + " grants " +
+                       auth::to_string((*policy)->rights) +
+                       ", neither ServiceConnect nor DeviceConnect");
+    return false;
+  }
+  return true;
+}
+
+// Verifies `password` for client `id`. `device` is set when the username has
+// the device form `{host}/{id}/?...`: the token must then act for device `id`
+// of hub `{host}`.
+bool authenticate_client(std::string_view id, const char* username, const char* password,
+                         const std::optional<broker::device_username>& device) {
+  if (password == nullptr) {
+    refuse_log(id, "no credentials");
+    return false;
+  }
+  const std::string_view text = password;
+  if (!device && username != nullptr && !text.starts_with(auth::sas_token_prefix))
+    return auth_policy_key(id, username, text);
+
+  auto token = auth::parse_sas_token(text);
+  if (!token) {
+    refuse_log(id, std::string(text.starts_with(auth::sas_token_prefix) ? "MalformedSasToken: "
+                                                                        : "NotASasToken: ") +
+                       token.error().message);
+    return false;
+  }
+  // The hub's host: the device's username names it; a back end's token is
+  // taken for whatever hub it names (the broker is given no host name).
+  std::string host;
+  if (device) {
+    host = std::string(device->host);
+  } else {
+    auto scope = auth::parse_sas_resource(token->resource);
+    if (!scope) {
+      refuse_log(id, "MalformedSasToken: " + scope.error().message);
+      return false;
+    }
+    host = scope->host;
+  }
+  std::vector<auth::shared_access_policy> policies;
+  if (token->key_name) {
+    auto policy = find_policy(*token->key_name);
+    if (!policy) {
+      refuse_log(id, policy.error().message);
+      return false;
+    }
+    if (*policy)
+      policies.push_back(std::move(**policy));
+  }
+  std::optional<std::string> lookup_error;
+  const auth::device_key_lookup lookup =
+      [&](std::string_view device_id) -> std::optional<auth::device_credentials> {
+    auto d = find_device(device_id);
+    if (!d) {
+      lookup_error = d.error().message;
+      return std::nullopt;
+    }
+    return *d;
+  };
+  auto who = auth::authenticate(*token, host, policies, lookup, now_utc());
+  if (lookup_error) {
+    refuse_log(id, *lookup_error);
+    return false;
+  }
+  if (!who) {
+    refuse_log(id, who.error().message);
+    return false;
+  }
+  if (!device) {
+    if (who->is_device()) {
+      refuse_log(id,
+                 "a device's token on a back-end connection (a device connects with "
+                 "username {host}/{deviceId}/?api-version=...)");
+      return false;
+    }
+    if (!may_connect_as_back_end(who->rights)) {
+      refuse_log(id, "policy " + *who->policy + " grants " + auth::to_string(who->rights) +
+                         ", neither ServiceConnect nor DeviceConnect");
+      return false;
+    }
+    return true;
+  }
+  // A device: its own key, or a policy with DeviceConnect acting for it (SPEC 12.7.4).
+  if (auto allowed = auth::authorize(*who, auth::access_rights::device_connect, id); !allowed) {
+    refuse_log(id, allowed.error().message);
+    return false;
+  }
+  if (!who->device_id) {
+    // A hub-wide policy token: `authenticate` did not look the device up.
+    auto d = find_device(id);
+    if (!d || !*d || !(*d)->enabled) {
+      refuse_log(id, !d ? d.error().message
+                        : (!*d ? "UnknownDevice: device is not registered"
+                               : "DeviceDisabled: device is disabled"));
+      return false;
+    }
+  }
+  return true;
+}
+
+// -------------------------------------------------------------------------- //
+// Events.
+
+void emit(std::string_view kind, std::string_view id, std::string_view payload) {
+  std::string topic(event_prefix);
+  topic.append(kind).append("/").append(id);
+  const int rc = mosquitto_broker_publish_copy(
+      nullptr, topic.c_str(), static_cast<int>(payload.size()), payload.data(), 1, false, nullptr);
+  if (rc != MOSQ_ERR_SUCCESS)
+    mosquitto_log_printf(MOSQ_LOG_ERR, DB_LOG_PREFIX "could not publish %s (error %d)",
+                         topic.c_str(), rc);
+}
+
+std::string devicebound_filter(std::string_view id) {
+  std::string f(broker::devices_prefix);
+  f.append(id).append(broker::devicebound_suffix).append("#");
+  return f;
+}
+
+void emit_subscribed(std::string_view id) {
+  emit("subscribed", id, devicebound_filter(id));
+}
+
+void set_subscribed(client_rec& rec, bool subscribed) {
+  if (rec.subscribed != subscribed) {
+    rec.subscribed = subscribed;
+    if (rec.persistent)
+      g_state->state_dirty = true;
+  }
+}
+
+// A back end subscribed to `filter`: announce every online device whose
+// session holds the device-bound subscription and whose event topic the
+// filter matches, so that a hub that (re)starts learns who is there.
+void announce_online(const std::string& filter) {
+  for (const auto& [id, rec] : g_state->clients) {
+    if (rec.conn == nullptr || !rec.subscribed)
+      continue;
+    const std::string topic = std::string(event_prefix) + "subscribed/" + id;
+    if (broker::filter_matches(filter.c_str(), topic.c_str()))
+      emit_subscribed(id);
+  }
+}
+
+// -------------------------------------------------------------------------- //
+// State file: ids of devices whose persistent session holds the subscription.
+
+void state_write() {
+  if (g_state->state_file.empty()) {
+    g_state->state_dirty = false;
+    return;
+  }
+  const std::string tmp = g_state->state_file + ".tmp";
+  bool ok = true;
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    ok = static_cast<bool>(out);
+    for (const auto& [id, rec] : g_state->clients)
+      if (ok && rec.subscribed && rec.persistent && id.find_first_of("\r\n") == std::string::npos)
+        ok = static_cast<bool>(out << id << '\n');
+    out.close();
+    ok = ok && !out.fail();
+  }
+  if (ok && std::rename(tmp.c_str(), g_state->state_file.c_str()) == 0) {
+    g_state->state_dirty = false;
+    g_state->state_written_at = std::time(nullptr);
+  } else {
+    mosquitto_log_printf(MOSQ_LOG_ERR, DB_LOG_PREFIX "cannot write %s",
+                         g_state->state_file.c_str());
+    std::remove(tmp.c_str());
+  }
+}
+
+void state_read() {
+  if (g_state->state_file.empty())
+    return;
+  std::ifstream in(g_state->state_file);
+  std::string line;
+  while (in && std::getline(in, line)) {  // no file: first start
+    if (!line.empty() && line.back() == '\r')
+      line.pop_back();
+    if (line.empty())
+      continue;
+    client_rec& rec = g_state->clients[line];
+    rec.subscribed = true;
+    rec.persistent = true;
+  }
+}
+
+// -------------------------------------------------------------------------- //
+// Identity sources.
+
+// (Re)loads the auth file; on failure keeps the keys it had.
+bool auth_file_reload() {
+  auto loaded = devicebound::hubd::load_auth_file(g_state->auth_file);
+  if (!loaded) {
+    mosquitto_log_printf(MOSQ_LOG_ERR, DB_LOG_PREFIX "auth_file refused: %s",
+                         loaded.error().message.c_str());
+    return false;
+  }
+  mosquitto_log_printf(
+      MOSQ_LOG_NOTICE, DB_LOG_PREFIX "auth_file %s: %lu device(s), %lu policy(ies)",
+      g_state->auth_file.c_str(), static_cast<unsigned long>(loaded->devices.size()),
+      static_cast<unsigned long>(loaded->policies.size()));
+  g_state->file_keys = std::move(*loaded);
+  return true;
+}
+
+// Disconnects every connected device that the current source no longer lets
+// in: deleted, disabled, or (after a switch of source) unknown to it. False
+// when the source could not be read: nobody was disconnected.
+bool kick_revoked_devices() {
+  std::vector<plugin_state::revoked> kick;
+  for (const auto& [id, rec] : g_state->clients) {
+    if (rec.conn == nullptr || !rec.device)
+      continue;
+    auto d = find_device(id);
+    if (!d) {
+      if (!g_state->recheck_pending)  // once, not at every retry
+        mosquitto_log_printf(MOSQ_LOG_WARNING,
+                             DB_LOG_PREFIX "cannot check the connected devices: %s (tried again)",
+                             d.error().message.c_str());
+      return false;
+    }
+    if (!*d || !(*d)->enabled)
+      kick.push_back({id, !*d});
+  }
+  for (const auto& k : kick) {
+    mosquitto_log_printf(MOSQ_LOG_NOTICE, DB_LOG_PREFIX "disconnecting device %s: %s", k.id.c_str(),
+                         k.deleted ? "it is no longer registered" : "it is disabled");
+    // Without its will: the hub already knows (it made the change).
+    g_state->kicking = k;
+    mosquitto_kick_client_by_clientid(k.id.c_str(), false);
+    g_state->kicking.reset();
+    if (k.deleted) {
+      // Its persistent session's subscription is not announced again.
+      if (auto it = g_state->clients.find(k.id); it != g_state->clients.end()) {
+        if (it->second.conn == nullptr) {
+          if (it->second.persistent && it->second.subscribed)
+            g_state->state_dirty = true;
+          g_state->clients.erase(it);
+        }
+      }
+    }
+  }
+  return true;
+}
+
+// Tries to open registry_db; logs when the reason it cannot changes.
+void registry_try_open() {
+  std::string why;
+  // Probing never waits for a lock: a locked file is tried again later.
+  const auto status =
+      g_state->registry.open(g_state->registry_path, std::chrono::milliseconds(0), why);
+  if (status == broker::registry_open::ready) {
+    g_state->registry_problem.clear();
+    // Lookups and change checks may wait up to the busy timeout.
+    g_state->registry.set_busy_timeout(g_state->busy_timeout);
+    mosquitto_log_printf(MOSQ_LOG_NOTICE,
+                         DB_LOG_PREFIX
+                         "registry_db %s: devices and policies come from the hub's "
+                         "registry%s",
+                         g_state->registry_path.c_str(),
+                         g_state->file_keys ? " (auth_file no longer used)" : "");
+    // who came in through the auth file and is not registered
+    g_state->recheck_pending = !kick_revoked_devices();
+    return;
+  }
+  if (why != g_state->registry_problem) {
+    g_state->registry_problem = why;
+    if (g_state->file_keys)
+      mosquitto_log_printf(MOSQ_LOG_WARNING,
+                           DB_LOG_PREFIX
+                           "registry_db not usable yet: %s; using auth_file %s "
+                           "until it is",
+                           why.c_str(), g_state->auth_file.c_str());
+    else
+      mosquitto_log_printf(MOSQ_LOG_WARNING,
+                           DB_LOG_PREFIX
+                           "registry_db not usable yet: %s; no auth_file: every "
+                           "client is refused until it is",
+                           why.c_str());
+  }
+}
+
+void registry_tick() {
+  const auto now = steady::now();
+  if (!g_state->registry.is_open()) {
+    if (now >= g_state->next_registry_open) {
+      g_state->next_registry_open = now + registry_retry_interval;
+      registry_try_open();
+    }
+    return;
+  }
+  if (now < g_state->next_registry_check)
+    return;
+  g_state->next_registry_check = now + registry_check_interval;
+  // The tick never waits for a busy file: it tries again at the next check.
+  // Only a CONNECT waits (up to the busy timeout), for its own answer.
+  struct no_wait {
+    no_wait() { g_state->registry.set_busy_timeout(std::chrono::milliseconds(0)); }
+    ~no_wait() { g_state->registry.set_busy_timeout(g_state->busy_timeout); }
+  } during_tick;
+  auto changed = g_state->registry.changed();
+  if (!changed) {
+    if (changed.error().message != g_state->registry_problem) {
+      g_state->registry_problem = changed.error().message;
+      mosquitto_log_printf(MOSQ_LOG_WARNING, DB_LOG_PREFIX "%s (tried again)",
+                           changed.error().message.c_str());
+    }
+    return;
+  }
+  g_state->registry_problem.clear();
+  if (*changed || g_state->recheck_pending)
+    g_state->recheck_pending = !kick_revoked_devices();
+}
+
+// -------------------------------------------------------------------------- //
+// Callbacks.
+
+int on_basic_auth(int, void* event_data, void*) {
+  auto* ed = static_cast<mosquitto_evt_basic_auth*>(event_data);
+  const char* raw_id = mosquitto_client_id(ed->client);
+  const std::string id = raw_id ? raw_id : "";
+  if (id.empty() || broker::has_wildcard_or_slash(id)) {
+    mosquitto_log_printf(MOSQ_LOG_NOTICE,
+                         DB_LOG_PREFIX "refused client id '%s': it may not contain + # /",
+                         id.c_str());
+    return MOSQ_ERR_AUTH;
+  }
+  const auto device = broker::parse_device_username(ed->username);
+  if (device && device->device != id) {
+    refuse_log(id, "its username names another device");
+    return MOSQ_ERR_AUTH;
+  }
+  switch (source()) {
+    case identity_source::none:
+      break;
+    case identity_source::unavailable:
+      refuse_log(id, "registry_db " + g_state->registry_path + " is not usable yet (" +
+                         g_state->registry_problem + ") and there is no auth_file");
+      return MOSQ_ERR_AUTH;
+    case identity_source::auth_file:
+    case identity_source::registry:
+      if (!authenticate_client(id, ed->username, ed->password, device))
+        return MOSQ_ERR_AUTH;
+      break;
+  }
+
+  client_rec& rec = g_state->clients[id];
+  // From here this connection is the client's current one. A connection it
+  // takes over is disconnected right after this callback and its disconnect
+  // event is not published (see on_disconnect): with a persistent session the
+  // device simply stays online. A clean session ends the old session and its
+  // subscription, so that is reported as a disconnect now.
+  if (rec.conn != nullptr && rec.conn != ed->client && mosquitto_client_clean_session(ed->client))
+    emit("disconnected", id, "");
+  rec.conn = ed->client;
+  rec.device = device.has_value();
+  if (mosquitto_client_clean_session(ed->client)) {
+    if (rec.persistent && rec.subscribed)
+      g_state->state_dirty = true;
+    rec.subscribed = false;
+    rec.persistent = false;
+  } else {
+    if (!rec.persistent && rec.subscribed)
+      g_state->state_dirty = true;
+    rec.persistent = true;
+    // The session keeps the subscription and stock SDKs do not subscribe
+    // again on reconnect: announce the device as subscribed now.
+    if (rec.subscribed)
+      emit_subscribed(id);
+  }
+  return MOSQ_ERR_SUCCESS;
+}
+
+int on_acl_check(int, void* event_data, void*) {
+  auto* ed = static_cast<mosquitto_evt_acl_check*>(event_data);
+  const char* raw_id = mosquitto_client_id(ed->client);
+  if (raw_id == nullptr || ed->topic == nullptr)
+    return MOSQ_ERR_ACL_DENIED;
+  const std::string_view id = raw_id;
+  const std::string_view topic = ed->topic;
+  const bool device = broker::is_device_client(mosquitto_client_username(ed->client), id);
+
+  switch (ed->access) {
+    case MOSQ_ACL_SUBSCRIBE: {
+      if (g_state->kicking && g_state->kicking->id == id) {
+        // mosquitto re-checks a kicked client's subscriptions. A deleted
+        // device's session loses them (a device created again with this id
+        // starts afresh); a disabled one keeps them for when it is enabled.
+        return g_state->kicking->deleted ? MOSQ_ERR_ACL_DENIED : MOSQ_ERR_SUCCESS;
+      }
+      const std::string_view filter = broker::strip_share(topic);
+      const broker::place pl = broker::classify(filter, id);
+      if (!broker::may_read(pl, device))
+        return MOSQ_ERR_ACL_DENIED;
+      if (pl.area == broker::area::devices && pl.owner == broker::owner::self &&
+          pl.rest == "/messages/devicebound/#") {
+        set_subscribed(g_state->clients[std::string(id)], true);
+        emit_subscribed(id);
+      }
+      if (!device && (pl.area == broker::area::broker || pl.area == broker::area::other))
+        announce_online(std::string(filter));
+      return MOSQ_ERR_SUCCESS;
+    }
+    case MOSQ_ACL_UNSUBSCRIBE: {
+      const broker::place pl = broker::classify(broker::strip_share(topic), id);
+      if (pl.area == broker::area::devices && pl.owner == broker::owner::self &&
+          pl.rest == "/messages/devicebound/#") {
+        if (auto it = g_state->clients.find(std::string(id)); it != g_state->clients.end())
+          set_subscribed(it->second, false);
+      }
+      return MOSQ_ERR_SUCCESS;
+    }
+    case MOSQ_ACL_READ: {
+      const broker::place pl = broker::classify(topic, id);
+      if (!broker::may_read(pl, device))
+        return MOSQ_ERR_ACL_DENIED;
+      if (pl.area == broker::area::devices && pl.owner == broker::owner::self &&
+          broker::is_devicebound_rest(pl.rest)) {
+        // Only for the live connection. A message routed to an offline
+        // session is checked again when the device reconnects, just before
+        // mosquitto sends it (connection_check_acl).
+        auto it = g_state->clients.find(std::string(id));
+        if (it != g_state->clients.end() && it->second.conn == ed->client)
+          emit("delivered", id, topic);
+      }
+      return MOSQ_ERR_SUCCESS;
+    }
+    case MOSQ_ACL_WRITE: {
+      const broker::place pl = broker::classify(topic, id);
+      if (!broker::may_write(pl, device))
+        return MOSQ_ERR_ACL_DENIED;
+      if (ed->retain && broker::is_devicebound_topic_of_anyone(topic))
+        return MOSQ_ERR_ACL_DENIED;  // device-bound messages are never retained
+      return MOSQ_ERR_SUCCESS;
+    }
+    default:
+      return MOSQ_ERR_ACL_DENIED;
+  }
+}
+
+int on_disconnect(int, void* event_data, void*) {
+  auto* ed = static_cast<mosquitto_evt_disconnect*>(event_data);
+  const char* raw_id = mosquitto_client_id(ed->client);
+  if (raw_id == nullptr)
+    return MOSQ_ERR_SUCCESS;  // never authenticated
+  const std::string id = raw_id;
+  auto it = g_state->clients.find(id);
+  // Not authenticated, or taken over by a newer connection with the same id,
+  // which is the one that counts.
+  if (it == g_state->clients.end() || it->second.conn != ed->client)
+    return MOSQ_ERR_SUCCESS;
+  it->second.conn = nullptr;
+  emit("disconnected", id, "");
+  if (!it->second.persistent)
+    g_state->clients.erase(it);
+  return MOSQ_ERR_SUCCESS;
+}
+
+int on_tick(int, void*, void*) {
+  if (g_state->state_dirty && std::time(nullptr) != g_state->state_written_at)
+    state_write();
+  if (!g_state->registry_path.empty())
+    registry_tick();
+  return MOSQ_ERR_SUCCESS;
+}
+
+int on_reload(int, void*, void*) {
+  if (!g_state->auth_file.empty())
+    auth_file_reload();
+  return MOSQ_ERR_SUCCESS;
+}
+
+// No exception may unwind into mosquitto (C): a callback that throws refuses
+// what it was asked and logs why.
+template <int (*Callback)(int, void*, void*), int OnError>
+int guarded(int event, void* event_data, void* userdata) {
+  try {
+    return Callback(event, event_data, userdata);
+  } catch (const std::exception& e) {
+    mosquitto_log_printf(MOSQ_LOG_ERR, DB_LOG_PREFIX "event %d failed: %s", event, e.what());
+  } catch (...) {
+    mosquitto_log_printf(MOSQ_LOG_ERR, DB_LOG_PREFIX "event %d failed", event);
+  }
+  return OnError;
+}
+
+struct registration {
+  int event;
+  MOSQ_FUNC_generic_callback cb;
+};
+
+constexpr registration registrations[] = {
+    {MOSQ_EVT_BASIC_AUTH, guarded<on_basic_auth, MOSQ_ERR_AUTH>},
+    {MOSQ_EVT_ACL_CHECK, guarded<on_acl_check, MOSQ_ERR_ACL_DENIED>},
+    {MOSQ_EVT_DISCONNECT, guarded<on_disconnect, MOSQ_ERR_SUCCESS>},
+    {MOSQ_EVT_TICK, guarded<on_tick, MOSQ_ERR_SUCCESS>},
+    {MOSQ_EVT_RELOAD, guarded<on_reload, MOSQ_ERR_SUCCESS>},
+};
+
+void state_free() {
+  delete g_state;
+  g_state = nullptr;
+}
+
+int parse_options(const mosquitto_opt* options, int option_count) {
+  for (int i = 0; i < option_count; ++i) {
+    const std::string_view key = options[i].key;
+    const std::string value = options[i].value ? options[i].value : "";
+    if (key == "auth_file") {
+      g_state->auth_file = value;
+    } else if (key == "state_file") {
+      g_state->state_file = value;
+    } else if (key == "registry_db") {
+      g_state->registry_path = value;
+    } else if (key == "registry_busy_timeout_ms") {
+      char* end = nullptr;
+      const long ms = std::strtol(value.c_str(), &end, 10);
+      if (value.empty() || *end != '\0' || ms < 0 || ms > 10000) {
+        mosquitto_log_printf(MOSQ_LOG_ERR,
+                             DB_LOG_PREFIX
+                             "plugin_opt_registry_busy_timeout_ms must be 0..10000 "
+                             "(milliseconds), not '%s'",
+                             value.c_str());
+        return MOSQ_ERR_INVAL;
+      }
+      g_state->busy_timeout = std::chrono::milliseconds(ms);
+    } else {
+      mosquitto_log_printf(MOSQ_LOG_ERR, DB_LOG_PREFIX "unknown option plugin_opt_%s",
+                           options[i].key);
+      return MOSQ_ERR_INVAL;
+    }
+    if (value.empty()) {
+      mosquitto_log_printf(MOSQ_LOG_ERR, DB_LOG_PREFIX "plugin_opt_%s needs a value",
+                           options[i].key);
+      return MOSQ_ERR_INVAL;
+    }
+  }
+  return MOSQ_ERR_SUCCESS;
+}
+
+int plugin_init(mosquitto_plugin_id_t* identifier, void** userdata, mosquitto_opt* options,
+                int option_count) {
+  g_state = new plugin_state;
+  g_state->id = identifier;
+  if (const int rc = parse_options(options, option_count); rc != MOSQ_ERR_SUCCESS)
+    return rc;
+  if (!g_state->auth_file.empty() && !auth_file_reload())
+    return MOSQ_ERR_INVAL;
+  if (!g_state->registry_path.empty())
+    registry_try_open();
+  if (source() == identity_source::none)
+    mosquitto_log_printf(MOSQ_LOG_WARNING, DB_LOG_PREFIX
+                         "no plugin_opt_registry_db, no plugin_opt_auth_file: test "
+                         "mode, clients are not authenticated");
+  state_read();
+
+  for (std::size_t r = 0; r < std::size(registrations); ++r) {
+    const int rc = mosquitto_callback_register(identifier, registrations[r].event,
+                                               registrations[r].cb, nullptr, g_state);
+    if (rc != MOSQ_ERR_SUCCESS) {
+      mosquitto_log_printf(MOSQ_LOG_ERR,
+                           DB_LOG_PREFIX "cannot register callback for event %d (error %d)",
+                           registrations[r].event, rc);
+      while (r-- > 0)
+        mosquitto_callback_unregister(identifier, registrations[r].event, registrations[r].cb,
+                                      nullptr);
+      return rc;
+    }
+  }
+  *userdata = g_state;
+  const char* mode = "test mode";
+  switch (source()) {
+    case identity_source::registry:
+      mode = "SAS authentication against the hub's registry";
+      break;
+    case identity_source::auth_file:
+      mode = g_state->registry_path.empty() ? "SAS authentication against the auth_file"
+                                            : "SAS authentication against the auth_file until "
+                                              "the registry is there";
+      break;
+    case identity_source::unavailable:
+      mode = "every client refused until the registry is there";
+      break;
+    case identity_source::none:
+      break;
+  }
+  mosquitto_log_printf(MOSQ_LOG_NOTICE, DB_LOG_PREFIX "plugin ready (%s)", mode);
+  return MOSQ_ERR_SUCCESS;
+}
+
+}  // namespace
+
+// -------------------------------------------------------------------------- //
+// Plugin entry points (C linkage: declared in mosquitto_plugin.h).
+
+#if defined(__GNUC__)
+#define DB_EXPORT __attribute__((visibility("default")))
+#else
+#define DB_EXPORT
+#endif
+
+DB_EXPORT int mosquitto_plugin_version(int supported_version_count, const int* supported_versions) {
+  for (int i = 0; i < supported_version_count; ++i)
+    if (supported_versions[i] == 5)
+      return 5;
+  return -1;
+}
+
+DB_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t* identifier, void** userdata,
+                                    struct mosquitto_opt* options, int option_count) {
+  try {
+    const int rc = plugin_init(identifier, userdata, options, option_count);
+    if (rc != MOSQ_ERR_SUCCESS)
+      state_free();
+    return rc;
+  } catch (const std::exception& e) {
+    mosquitto_log_printf(MOSQ_LOG_ERR, DB_LOG_PREFIX "cannot start: %s", e.what());
+  } catch (...) {
+    mosquitto_log_printf(MOSQ_LOG_ERR, DB_LOG_PREFIX "cannot start");
+  }
+  state_free();
+  return MOSQ_ERR_UNKNOWN;
+}
+
+DB_EXPORT int mosquitto_plugin_cleanup(void*, struct mosquitto_opt*, int) {
+  if (g_state == nullptr)
+    return MOSQ_ERR_SUCCESS;
+  try {
+    for (const auto& r : registrations)
+      mosquitto_callback_unregister(g_state->id, r.event, r.cb, nullptr);
+    if (g_state->state_dirty)
+      state_write();
+  } catch (...) {
+    mosquitto_log_printf(MOSQ_LOG_ERR, DB_LOG_PREFIX "cleanup failed");
+  }
+  state_free();
+  return MOSQ_ERR_SUCCESS;
+}
