@@ -264,6 +264,10 @@ function renderMosquittoConf({ plainPort, tlsPort, certs, dataDir, authFile, plu
     PLUGIN: programs.plugin,
     PLUGIN_OPTIONS: pluginOptions ?? `plugin_opt_auth_file ${authFile}`,
   };
+  // The options line first: the template's header comment names @PLUGIN_OPTIONS@ too,
+  // and several option lines put there would leave all but the first uncommented.
+  text = text.split('\n@PLUGIN_OPTIONS@\n').join(`\n${values.PLUGIN_OPTIONS}\n`);
+  delete values.PLUGIN_OPTIONS;
   for (const [name, value] of Object.entries(values)) text = text.split(`@${name}@`).join(value);
   if (text.split('\n').some((l) => !l.startsWith('#') && l.includes('@'))) {
     throw new Error('unreplaced @NAME@ in the rendered mosquitto.conf');

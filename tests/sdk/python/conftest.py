@@ -272,13 +272,13 @@ def stack(tmp_path_factory):
     yield from _stack(tmp_path_factory, https=False, devices=DEVICES)
 
 
-HTTPS_DEVICES = ["py-seeded"]
+HTTPS_DEVICES = ["py-seeded", "py-purge", "py-count"]
 
 
 @pytest.fixture(scope="module")
 def https_stack(tmp_path_factory):
     """The hub with its HTTPS door on 443 and the identity registry (auth on,
-    SQLite store, IoT Hub's default policies); `py-seeded` comes from --auth-file."""
+    SQLite store, IoT Hub's default policies); HTTPS_DEVICES come from --auth-file."""
     yield from _stack(tmp_path_factory, https=True, devices=HTTPS_DEVICES)
 
 

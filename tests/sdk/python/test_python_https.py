@@ -211,93 +211,108 @@ def test_registry_rights(https_stack):
     expect_http_error(lambda: reader.get_device("py-reg-denied"), 404, "the refused create made a device")
 
 
-@pytest.fixture
-def made_device(https_stack):
-    """A device created with create_device_with_sas (keys generated), connected as a
-    stock Python MQTT device with the primary key the registry made; deleted after."""
+def mqtt_device(stack, device_id: str, key: str, what: str):
+    """A stock Python device (MQTT, TLS, 8883), connected: (client, queue of received messages)."""
     from azure.iot.device import IoTHubDeviceClient
 
-    rm = registry(https_stack.service_cs("iothubowner"))
-    made = call_with_timeout(lambda: rm.create_device_with_sas("py-howto", None, None, "enabled"), WAIT,
-                             "create_device_with_sas")
     received: "queue.Queue" = queue.Queue()
     client = IoTHubDeviceClient.create_from_connection_string(
-        https_stack.device_mqtt_cs("py-howto", made.authentication.symmetric_key.primary_key),
-        server_verification_cert=https_stack.certs.ca.read_text(), connection_retry=False)
+        stack.device_mqtt_cs(device_id, key), server_verification_cert=stack.certs.ca.read_text(),
+        connection_retry=False)
     try:
-        try:
-            call_with_timeout(client.connect, WAIT, "device connect with the keys from the registry")
-        except Exception as e:  # noqa: BLE001 - reported with what is known
-            hint = "" if https_stack.plugin_reads_registry else \
-                " (the plugin has no plugin_opt_registry_db: MQTT knows only the auth file)"
-            pytest.fail(f"a device made with create_device_with_sas could not connect over MQTT{hint}: "
-                        f"{type(e).__name__}: {e}")
-        client.on_message_received = received.put
-        yield rm, made, received
+        call_with_timeout(client.connect, WAIT, f"device connect ({what})")
+    except Exception as e:  # noqa: BLE001 - reported with what is known
+        hint = "" if stack.plugin_reads_registry else \
+            " (the plugin has no plugin_opt_registry_db: MQTT knows only the auth file)"
+        pytest.fail(f"{what}: could not connect over MQTT{hint}: {type(e).__name__}: {e}")
+    client.on_message_received = received.put
+    return client, received
+
+
+def test_feedback_over_https_receive_abandon_complete(https_stack):
+    """IoTHubHttpRuntimeManager on a device seeded from --auth-file: Success feedback of a message
+    sent over AMQP and received over MQTT; its batch abandoned comes back, completed is gone."""
+    rm = registry(https_stack.service_cs("service"))
+    client, received = mqtt_device(https_stack, "py-seeded", None, "the seeded device")
+    try:
+        feedback = Feedback(https_stack.service_cs("service"))
+        # Nothing yet: the convenience call returns None on 204 (and on 200, which it discards).
+        assert call_with_timeout(feedback.rt.receive_feedback_notification, WAIT,
+                                 "receive_feedback_notification") is None
+        assert feedback.receive_raw()[0] == 204
+
+        send(rm, "py-seeded", "fb", {"messageId": "py-fb-1", "iothub-ack": "full", "color": "red"})
+        got = received.get(timeout=WAIT)
+        assert (got.data, got.message_id, got.custom_properties) == (b"fb", "py-fb-1", {"color": "red"})
+
+        records, lock = feedback.next_batch()
+        mine = [r for r in records if r.get("originalMessageId") == "py-fb-1"]
+        assert len(mine) == 1, records
+        assert mine[0]["statusCode"] == "Success"
+        assert mine[0]["deviceId"] == "py-seeded"
+        assert mine[0]["deviceGenerationId"], mine[0]
+        assert mine[0]["enqueuedTimeUtc"], mine[0]
+        assert feedback.abandon(lock) is None  # 204
+
+        again, lock2 = feedback.next_batch()
+        assert [r["originalMessageId"] for r in again] == [r["originalMessageId"] for r in records]
+        assert feedback.complete(lock2) is None  # 204
+        assert feedback.receive_raw()[0] == 204
+        assert call_with_timeout(feedback.rt.receive_feedback_notification, WAIT,
+                                 "receive_feedback_notification") is None
+        # The lock of a completed batch is gone: the SDK raises (it accepts only 204).
+        e = expect_http_error(lambda: feedback.rt.complete_feedback_notification(lock2), 412,
+                              "complete_feedback_notification with a used lock token")
+        assert e is not None
     finally:
         call_with_timeout(client.shutdown, WAIT, "device shutdown")
-        try:
-            rm.delete_device("py-howto")
-        finally:
-            rm.amqp_svc_client.disconnect_sync()
+        rm.amqp_svc_client.disconnect_sync()
 
 
-def test_how_to_back_end_end_to_end(https_stack, made_device):
-    rm, made, received = made_device
-    feedback = Feedback(https_stack.service_cs("service"))
-    # Nothing yet: the convenience call returns None on 204 (and on 200, which it discards).
-    assert call_with_timeout(feedback.rt.receive_feedback_notification, WAIT, "receive_feedback_notification") is None
-    assert feedback.receive_raw()[0] == 204
+def test_how_to_back_end_end_to_end(https_stack):
+    """The how-to: create_device_with_sas, the device connects with the keys the registry made
+    and receives what send_c2d_message sent, feedback over HTTPS, delete_device."""
+    rm = registry(https_stack.service_cs("iothubowner"))
+    client = None
+    try:
+        made = call_with_timeout(lambda: rm.create_device_with_sas("py-howto", None, None, "enabled"), WAIT,
+                                 "create_device_with_sas")
+        client, received = mqtt_device(https_stack, "py-howto", made.authentication.symmetric_key.primary_key,
+                                       "a device made with create_device_with_sas")
+        send(rm, "py-howto", "hello from the how-to", {"messageId": "py-howto-1", "iothub-ack": "full"})
+        got = received.get(timeout=WAIT)
+        assert (got.data, got.message_id) == (b"hello from the how-to", "py-howto-1")
 
-    send(rm, "py-howto", "hello from the how-to", {"messageId": "py-howto-1", "iothub-ack": "full", "color": "red"})
-    got = received.get(timeout=WAIT)
-    assert got.data == b"hello from the how-to"
-    assert got.message_id == "py-howto-1"
-    assert got.custom_properties == {"color": "red"}
+        record = Feedback(https_stack.service_cs("service")).collect(["py-howto-1"])["py-howto-1"]
+        assert record["statusCode"] == "Success"
+        assert record["deviceId"] == "py-howto"
+        assert record["deviceGenerationId"] == made.generation_id
 
-    # The batch, abandoned: it comes back (with a lock of its own), then completed: gone.
-    records, lock = feedback.next_batch()
-    mine = [r for r in records if r.get("originalMessageId") == "py-howto-1"]
-    assert len(mine) == 1, records
-    assert mine[0]["statusCode"] == "Success"
-    assert mine[0]["deviceId"] == "py-howto"
-    assert mine[0]["deviceGenerationId"] == made.generation_id
-    assert mine[0]["enqueuedTimeUtc"], mine[0]
-    assert feedback.abandon(lock) is None  # 204
-
-    again, lock2 = feedback.next_batch()
-    assert [r["originalMessageId"] for r in again] == [r["originalMessageId"] for r in records]
-    assert feedback.complete(lock2) is None  # 204
-    assert feedback.receive_raw()[0] == 204
-    assert call_with_timeout(feedback.rt.receive_feedback_notification, WAIT, "receive_feedback_notification") is None
-    # The lock of a completed batch is gone: the SDK raises (it accepts only 204).
-    expect_http_error(lambda: feedback.rt.complete_feedback_notification(lock2), 412,
-                      "complete_feedback_notification with a used lock token")
-
-    # The device shows as connected in the registry; the message count is 0 again.
-    now = call_with_timeout(lambda: rm.get_device("py-howto"), WAIT, "get_device")
-    assert now.connection_state == "Connected", vars(now)
-    assert now.cloud_to_device_message_count == 0
+        now = call_with_timeout(lambda: rm.get_device("py-howto"), WAIT, "get_device")
+        assert now.connection_state == "Connected", vars(now)
+        assert now.cloud_to_device_message_count == 0
+        assert call_with_timeout(lambda: rm.delete_device("py-howto"), WAIT, "delete_device") is None
+        expect_http_error(lambda: rm.get_device("py-howto"), 404, "get_device after delete_device")
+        # A deleted device's connection is closed and it is refused (the plugin reads the registry).
+        helpers.wait_until(lambda: not client.connected, WAIT, "the deleted device's MQTT connection to close")
+    finally:
+        if client is not None:
+            call_with_timeout(client.shutdown, WAIT, "device shutdown")
+        rm.amqp_svc_client.disconnect_sync()
 
 
 def test_purge_counts_and_gives_purged_feedback(https_stack):
     rm = registry(https_stack.service_cs("iothubowner"))
     try:
-        call_with_timeout(lambda: rm.create_device_with_sas("py-purge", None, None, "enabled"), WAIT,
-                          "create_device_with_sas")
         ids = [f"py-purge-{i}" for i in range(3)]
         for i in ids:
             send(rm, "py-purge", i, {"messageId": i, "iothub-ack": "full"})
         send(rm, "py-purge", "no ack", {"messageId": "py-purge-none"})
-        assert call_with_timeout(lambda: rm.get_device("py-purge"), WAIT, "get_device") \
-            .cloud_to_device_message_count == 4
 
         result = call_with_timeout(
             lambda: rm.protocol.cloud_to_device_messages.purge_cloud_to_device_message_queue("py-purge"), WAIT,
             "purge_cloud_to_device_message_queue")
         assert (result.device_id, result.total_messages_purged) == ("py-purge", 4)
-        assert call_with_timeout(lambda: rm.get_device("py-purge"), WAIT, "get_device") \
-            .cloud_to_device_message_count == 0
         again = call_with_timeout(
             lambda: rm.protocol.cloud_to_device_messages.purge_cloud_to_device_message_queue("py-purge"), WAIT,
             "purge of an empty queue")
@@ -310,5 +325,22 @@ def test_purge_counts_and_gives_purged_feedback(https_stack):
         expect_http_error(
             lambda: rm.protocol.cloud_to_device_messages.purge_cloud_to_device_message_queue("py-purge-none"), 404,
             "purge of an unknown device")
+    finally:
+        rm.amqp_svc_client.disconnect_sync()
+
+
+def test_registry_counts_queued_messages(https_stack):
+    """get_device's cloudToDeviceMessageCount (SPEC 12.4) follows the queue."""
+    rm = registry(https_stack.service_cs("iothubowner"))
+    try:
+        for i in range(2):
+            send(rm, "py-count", f"c{i}", {"messageId": f"py-count-{i}"})
+        assert call_with_timeout(lambda: rm.get_device("py-count"), WAIT, "get_device") \
+            .cloud_to_device_message_count == 2
+        call_with_timeout(
+            lambda: rm.protocol.cloud_to_device_messages.purge_cloud_to_device_message_queue("py-count"), WAIT,
+            "purge_cloud_to_device_message_queue")
+        assert call_with_timeout(lambda: rm.get_device("py-count"), WAIT, "get_device") \
+            .cloud_to_device_message_count == 0
     finally:
         rm.amqp_svc_client.disconnect_sync()
