@@ -9,6 +9,9 @@
 /// 2. Memory, measured with glibc mallinfo2(): heap bytes per idle device, and
 ///    heap bytes per queued message beyond the body and strings put in, at a
 ///    queue fill of 10 and of 50. Target: at most 160 B per queued message.
+///    Also heap bytes per registered idle device: a hub entry plus an identity
+///    registry entry (registry.hpp, generated 32-byte keys), in total and
+///    beyond the key material. Target: at most 300 B beyond keys and ids.
 /// 3. Correctness: a locked lifecycle must stay locked when copied or moved
 ///    (a queue that grows relocates its messages); the two lifecycles must
 ///    agree, event by event (random sequences under both delivery-count
@@ -25,7 +28,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <devicebound/hub.hpp>
+#include <devicebound/registry.hpp>
 #include <exception>
+#include <memory>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -733,6 +738,45 @@ memory_result measure_memory(const std::vector<std::string>& ids, std::size_t de
   return out;
 }
 
+/// Heap per device registered in the hub and in the identity registry (what
+/// devicebound-hub holds for an idle device), and the share of its key block.
+struct registry_memory {
+  double hub_only = 0;          ///< hub entry alone (as `per_idle_device`)
+  double hub_and_registry = 0;  ///< hub entry + registry entry, keys included
+  double key_block = 0;         ///< the registry's block holding both keys (2 x 32 B + 2)
+};
+
+registry_memory measure_registry_memory(const std::vector<std::string>& ids, std::size_t devices) {
+  registry_memory out;
+  const auto keys = db::keys_from(db::seeded_token_source(17));
+  {
+    db::hub hub(db::hub_config{}, db::seeded_token_source(11));
+    db::registry reg;
+    const auto m0 = heap_in_use();
+    for (std::size_t d = 0; d < devices; ++d)
+      hub.add_device(ids[d]).value();
+    const auto m1 = heap_in_use();
+    for (std::size_t d = 0; d < devices; ++d) {
+      reg.add(ids[d], hub.generation_id(ids[d]).value(), t0, keys).value();
+      (void)reg.take_changes();  // the router commits them to the store at once
+    }
+    const auto m2 = heap_in_use();
+    out.hub_only = static_cast<double>(m1 - m0) / static_cast<double>(devices);
+    out.hub_and_registry = static_cast<double>(m2 - m0) / static_cast<double>(devices);
+  }
+  {
+    // what a block of two 32-byte keys and their two lengths costs the allocator
+    std::vector<std::unique_ptr<char[]>> blocks;
+    blocks.reserve(devices);
+    const auto m0 = heap_in_use();
+    for (std::size_t d = 0; d < devices; ++d)
+      blocks.push_back(std::make_unique<char[]>(2 + 2 * db::registry::generated_key_bytes));
+    const auto m1 = heap_in_use();
+    out.key_block = static_cast<double>(m1 - m0) / static_cast<double>(devices);
+  }
+  return out;
+}
+
 }  // namespace
 
 int main() {
@@ -875,6 +919,14 @@ int main() {
       std::printf("  %-34s %12.1f %12.1f   target <= 160: %s\n", "overhead per message, fill 50",
                   m50.per_message_overhead, s50.per_message_overhead,
                   m50.per_message_overhead <= 160 ? "met" : "MISSED");
+      const auto reg = measure_registry_memory(ids, mem_devices);
+      const double beyond_keys = reg.hub_and_registry - reg.key_block;
+      memory_ok = memory_ok && beyond_keys <= 300;
+      std::printf("  %-34s %12.1f\n", "bytes per idle device (hub only)", reg.hub_only);
+      std::printf("  %-34s %12.1f\n", "bytes per registered idle device", reg.hub_and_registry);
+      std::printf("  %-34s %12.1f   target <= 300: %s\n", "  beyond keys (hub + registry)",
+                  beyond_keys, beyond_keys <= 300 ? "met" : "MISSED");
+      std::printf("  %-34s %12.1f\n", "  of which the key block", reg.key_block);
     });
   }
 

@@ -21,6 +21,8 @@
 #include <proton/terminus.h>
 #include <proton/transport.h>
 
+#include <algorithm>
+#include <condition_variable>
 #include <cstring>
 #include <deque>
 #include <devicebound/auth/signature.hpp>
@@ -31,6 +33,7 @@
 #include <iostream>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <proton/annotation_key.hpp>
 #include <proton/message.hpp>
 #include <proton/scalar.hpp>
@@ -418,6 +421,7 @@ class amqp_door_e2e : public ::testing::Test {
               dir_.file("auth.txt"),
               "--iothub-hostname",
               hub_host};
+    options_ = o;
     hub_ = std::make_unique<support::hub_daemon>(o);
   }
 
@@ -445,6 +449,7 @@ class amqp_door_e2e : public ::testing::Test {
   support::temp_dir dir_{"devicebound-amqp-"};
   std::unique_ptr<support::mosquitto_broker> broker_;
   std::unique_ptr<support::hub_daemon> hub_;
+  support::hub_daemon::options options_;
   std::uint16_t port_ = 0;
 };
 
@@ -657,6 +662,111 @@ TEST_F(amqp_door_e2e, RefusedSendsCarryTheSdkConditions) {
   proton::message no_to = c2d("dev2", "x", "nt");
   no_to.to("/somewhere/else");
   EXPECT_EQ(svc->outcome(svc->send(s, no_to)).second, "com.microsoft:argument-error");
+}
+
+// --- the identity registry (docs/registry.md) -------------------------------------------------
+
+/// A device-scoped token signed by the `device` policy (DeviceConnect): valid
+/// only while the registry has the device, enabled (SPEC 12.7.4).
+std::string device_policy_token(const std::string& device) {
+  return to_string(
+      devicebound::auth::generate_sas_token(std::string(hub_host) + "/devices/" + device,
+                                            key_of(service_key_b64), expiry_in(3600s), "device"));
+}
+
+/// Asks the daemon over MQTT (admin extension topics, docs/protocol.md) and
+/// waits for its answer; returns the reply topic ("" on timeout).
+std::string admin(std::uint16_t broker_port, std::string_view op, const std::string& device) {
+  namespace mqtt = devicebound::mqtt;
+  const std::string id = "admin-" + mqtt::detail::random_hex(6);
+  std::mutex m;
+  std::condition_variable cv;
+  std::string answer;
+  mqtt::connection_options o;
+  o.port = broker_port;
+  o.connect_timeout = 2s;
+  mqtt::session s(
+      o, id,
+      [&](std::string_view topic, std::string_view) {
+        std::lock_guard<std::mutex> g(m);
+        answer = std::string(topic);
+        cv.notify_all();
+      },
+      nullptr);
+  if (!s.connect(true, {mqtt::protocol::client_filter(mqtt::protocol::party::admin, id)},
+                 std::nullopt))
+    return {};
+  (void)s.publish(
+      mqtt::protocol::request_head(mqtt::protocol::party::admin, id, op) + device + "/%24.rid=1",
+      {});
+  std::unique_lock<std::mutex> g(m);
+  cv.wait_for(g, 10s, [&] { return !answer.empty(); });
+  return answer;
+}
+
+TEST_F(amqp_door_e2e, ADeviceAddedAtRuntimeConnectsAndIsClosedWhenRemoved) {
+  {  // not registered yet: refused
+    client early(port_, sasl_mode::none);
+    ASSERT_TRUE(early.opened());
+    cbs k(early);
+    EXPECT_FALSE(k.ok(device_policy_token("dev9")));
+  }
+  ASSERT_NE(admin(broker_->port(), devicebound::mqtt::protocol::op_add, "dev9"), "");
+
+  auto svc = service();
+  pn_link_t* s = svc->attach(true, "/messages/devicebound");
+  ASSERT_EQ(svc->outcome(svc->send(s, c2d("dev9", "hi", "m-9"))).first, PN_ACCEPTED);
+  auto dev = std::make_unique<client>(port_, sasl_mode::none);
+  ASSERT_TRUE(dev->opened());
+  {
+    cbs k(*dev);
+    ASSERT_TRUE(k.ok(device_policy_token("dev9")));
+  }
+  pn_link_t* r = dev->attach(false, "/devices/dev9/messages/devicebound", 10);
+  auto got = dev->next(r);
+  ASSERT_TRUE(got);
+  EXPECT_EQ(proton::get<std::string>(got->msg.id()), "m-9");
+
+  // removed: the registry revokes it, the door closes its connection
+  ASSERT_NE(admin(broker_->port(), devicebound::mqtt::protocol::op_remove, "dev9"), "");
+  EXPECT_TRUE(dev->wait([&] { return dev->closed(); }));
+  client late(port_, sasl_mode::none);
+  ASSERT_TRUE(late.opened());
+  cbs k(late);
+  EXPECT_FALSE(k.ok(device_policy_token("dev9")));
+  // a device of the auth file is unaffected
+  EXPECT_TRUE(k.ok(device_token("dev1")));
+}
+
+TEST_F(amqp_door_e2e, TheRegistrySurvivesARestart) {
+  // the same daemon with a store file instead of --in-memory
+  hub_->stop();
+  auto o = options_;
+  auto mem = std::find(o.args.begin(), o.args.end(), "--in-memory");
+  ASSERT_NE(mem, o.args.end());
+  *mem = "--store";
+  o.args.insert(mem + 1, dir_.file("hub.db"));
+  hub_ = std::make_unique<support::hub_daemon>(o);
+  ASSERT_NE(admin(broker_->port(), devicebound::mqtt::protocol::op_add, "dev9"), "");
+  hub_->stop();
+  // restarted with an auth file of other keys: the registry keeps what it has
+  // (the file is only a seed), so the first start's keys still sign
+  const std::string other = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+  {
+    std::ofstream f(dir_.file("auth2.txt"));
+    f << "dev1 " << other << "\npolicy service " << other << "\npolicy device " << other << "\n";
+  }
+  auto file = std::find(o.args.begin(), o.args.end(), dir_.file("auth.txt"));
+  ASSERT_NE(file, o.args.end());
+  *file = dir_.file("auth2.txt");
+  hub_ = std::make_unique<support::hub_daemon>(o);
+  client c(port_, sasl_mode::none);
+  ASSERT_TRUE(c.opened());
+  cbs k(c);
+  EXPECT_TRUE(k.ok(device_policy_token("dev9")));  // added at runtime, loaded from the store
+  EXPECT_TRUE(k.ok(device_token("dev1")));         // the key of the first start
+  EXPECT_TRUE(k.ok(service_token()));
+  EXPECT_FALSE(k.ok(service_token(expiry_in(3600s), other)));
 }
 
 }  // namespace

@@ -11,6 +11,8 @@
 #include <devicebound/feedback_batch.hpp>
 #include <devicebound/hub.hpp>
 #include <devicebound/hub_config.hpp>
+#include <devicebound/identity.hpp>
+#include <devicebound/journal.hpp>
 #include <devicebound/lifecycle.hpp>
 #include <devicebound/message.hpp>
 #include <devicebound/service_client.hpp>
@@ -177,6 +179,29 @@ TEST(enum_strings, transports) {
   const auto drops = {faulty::drop_point::request, faulty::drop_point::response};
   expect_all_of(drops, faulty::drop_point::response);
   expect_round_trips(drops, faulty::parse_drop_point);
+}
+
+TEST(enum_strings, identity_registry) {
+  const auto statuses = {device_status::enabled, device_status::disabled};
+  expect_all_of(statuses, device_status::disabled);
+  expect_round_trips(statuses, parse_device_status);
+  const auto types = {auth_type::sas, auth_type::self_signed, auth_type::certificate_authority,
+                      auth_type::none};
+  expect_all_of(types, auth_type::none);
+  expect_round_trips(types, parse_auth_type);
+}
+
+TEST(enum_strings, journal_records_have_distinct_names) {
+  std::set<std::string_view> names;
+  const journal::change records[] = {
+      journal::device_added{},     journal::device_removed{},  journal::message_accepted{},
+      journal::message_changed{},  journal::message_removed{}, journal::feedback_pending{},
+      journal::feedback_batched{}, journal::batch_changed{},   journal::batch_removed{},
+      journal::counters{},         journal::config_changed{},  journal::identity_put{},
+      journal::identity_removed{}, journal::policy_put{},      journal::policy_removed{}};
+  static_assert(std::size(records) == std::variant_size_v<journal::change>);
+  for (const auto& c : records)
+    EXPECT_TRUE(names.insert(journal::name_of(c)).second) << journal::name_of(c);
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "identity_view.hpp"
 #include "router.hpp"
 
 namespace {
@@ -42,7 +43,15 @@ struct grouped_store {
 
 class router_test : public ::testing::Test {
  protected:
-  explicit router_test(router_options o = {}) {
+  explicit router_test(router_options o = {}, bool with_registry = false) {
+    if (with_registry) {
+      o.identities = &registry_;
+      o.view = &view_;
+      o.new_key = keys_from(seeded_token_source(5));
+      o.commit_identities = [this](const journal::change_set& c) {
+        return store_.apply(c);
+      };
+    }
     hub_config c;
     c.feedback_batch_interval = 0s;
     auto h = hub::open(c, store_);
@@ -128,6 +137,8 @@ class router_test : public ::testing::Test {
   }
 
   grouped_store store_;
+  registry registry_;
+  identity_view view_{true};
   hub hub_;
   std::unique_ptr<router> router_;
   reply_to to_{0, "requester"};
@@ -316,6 +327,195 @@ TEST_F(router_test, a_failed_write_releases_nothing_and_refuses_what_follows) {
   EXPECT_EQ(out.error().code, errc::server_error);
   // The hub's memory may be ahead of its store: no further batch runs.
   EXPECT_FALSE(router_->begin_batch());
+}
+
+// --- the identity registry -------------------------------------------------------------------
+
+class registry_router_test : public router_test {
+ protected:
+  registry_router_test() : router_test({}, true) {}
+
+  static device_identity_update sas(std::string id) {
+    device_identity_update u;
+    u.device_id = std::move(id);
+    return u;
+  }
+  template <class T>
+  static std::vector<T> revoked(const std::vector<outbound>& out) {
+    return all<T>(out);
+  }
+};
+
+TEST_F(registry_router_test, devices_added_by_the_admin_have_identities_in_the_view) {
+  EXPECT_TRUE(registry_.contains("dev1"));
+  const auto d = view_.device("dev1");
+  ASSERT_TRUE(d);
+  EXPECT_TRUE(d->enabled);
+  EXPECT_EQ(d->primary_key.bytes().size(), 32u);
+  EXPECT_EQ(store_.inner.load().value().identities.size(), 1u);
+}
+
+TEST_F(registry_router_test, put_creates_the_engine_device_and_identity_in_one_batch) {
+  const int before = store_.commits;
+  const auto r = ask<device_reply>(registry_put_request{"adm", sas("dev2"), std::nullopt});
+  EXPECT_EQ(store_.commits, before + 1);
+  EXPECT_EQ(r.device.identity.device_id, "dev2");
+  EXPECT_EQ(etag_of(r.device.identity), "1");
+  EXPECT_FALSE(r.device.connected);
+  EXPECT_EQ(r.device.cloud_to_device_count, 0u);
+  EXPECT_TRUE(hub_.has_device("dev2"));
+  EXPECT_EQ(hub_.generation_id("dev2").value(), r.device.identity.generation_id);
+  ASSERT_TRUE(view_.device("dev2"));
+  EXPECT_EQ(view_.device("dev2")->primary_key, r.device.identity.primary_key);
+  const auto snap = store_.inner.load().value();
+  EXPECT_EQ(snap.identities.size(), 2u);
+  EXPECT_EQ(snap.devices.size(), 2u);
+}
+
+TEST_F(registry_router_test, put_rules_409_412_and_update) {
+  EXPECT_EQ(ask_error(registry_put_request{"adm", sas("dev1"), std::nullopt}).code,
+            errc::device_already_exists);
+  EXPECT_EQ(ask_error(registry_put_request{"adm", sas("dev1"), std::string("5")}).code,
+            errc::precondition_failed);
+  EXPECT_EQ(ask_error(registry_put_request{"adm", sas("nobody"), std::string("*")}).code,
+            errc::precondition_failed);
+  EXPECT_FALSE(hub_.has_device("nobody"));
+  auto bad = sas("dev3");
+  bad.primary_key = "!!";
+  EXPECT_EQ(ask_error(registry_put_request{"adm", bad, std::nullopt}).code, errc::argument_invalid);
+  EXPECT_FALSE(hub_.has_device("dev3"));
+  const auto r = ask<device_reply>(registry_put_request{"adm", sas("dev1"), std::string("1")});
+  EXPECT_EQ(etag_of(r.device.identity), "2");
+}
+
+TEST_F(registry_router_test, get_and_list_show_live_fields) {
+  (void)batch(items(event(door_status{true, false})));
+  (void)ask<device_reply>(registry_put_request{"adm", sas("dev0"), std::nullopt});
+  (void)ask<sent_reply>(send_request{"svc", "dev0", text("a")});
+  (void)ask<sent_reply>(send_request{"svc", "dev0", text("b")});
+  (void)ask<window_reply>(device_present{"dev1", "c1", 4, nullptr}, t0 + 1s);
+  auto g = ask<device_reply>(registry_get_request{"dev0"});
+  EXPECT_EQ(g.device.cloud_to_device_count, 2u);
+  EXPECT_FALSE(g.device.connected);
+  g = ask<device_reply>(registry_get_request{"dev1"}, t0 + 2s);
+  EXPECT_TRUE(g.device.connected);
+  EXPECT_EQ(g.device.connection_state_updated, t0 + 1s);
+  EXPECT_EQ(ask_error(registry_get_request{"nobody"}).code, errc::device_not_found);
+  const auto l = ask<devices_reply>(registry_list_request{1000});
+  ASSERT_EQ(l.devices.size(), 2u);
+  EXPECT_EQ(l.devices[0].identity.device_id, "dev0");
+  EXPECT_EQ(l.devices[0].cloud_to_device_count, 2u);
+  EXPECT_EQ(ask<devices_reply>(registry_list_request{1}).devices.size(), 1u);
+}
+
+TEST_F(registry_router_test, delete_drops_queue_and_feedback_and_revokes_everywhere) {
+  (void)ask<sent_reply>(send_request{"svc", "dev1", text("a", ack_mode::full)});
+  (void)ask<sent_reply>(send_request{"svc", "dev1", text("b", ack_mode::full)});
+  const auto m = ask<message_reply>(receive_request{"dev1"});
+  ASSERT_TRUE(m.msg);
+  (void)ask<done_reply>(settle_request{"dev1", *m.msg->lock_token, disposition::reject});
+  EXPECT_EQ(ask_error(registry_delete_request{"adm", "dev1", std::string("9")}).code,
+            errc::precondition_failed);
+  EXPECT_TRUE(hub_.has_device("dev1"));
+  auto out =
+      batch(items(asked(to_.address, registry_delete_request{"adm", "dev1", std::string("*")})));
+  const auto replies = all<reply>(out);
+  ASSERT_EQ(replies.size(), 1u);
+  EXPECT_TRUE(std::holds_alternative<done_reply>(replies[0].what));
+  const auto rv = all<device_revoked>(out);
+  ASSERT_EQ(rv.size(), 1u);
+  EXPECT_EQ(rv[0].device, "dev1");
+  EXPECT_TRUE(rv[0].deleted);
+  EXPECT_EQ(door_of(outbound{rv[0]}), every_door);
+  EXPECT_FALSE(hub_.has_device("dev1"));
+  EXPECT_FALSE(registry_.contains("dev1"));
+  EXPECT_FALSE(view_.device("dev1"));
+  const auto snap = store_.inner.load().value();
+  EXPECT_TRUE(snap.messages.empty());
+  EXPECT_TRUE(snap.identities.empty());
+  for (const auto& p : snap.pending)
+    EXPECT_NE(p.record.device_id, "dev1");
+  EXPECT_EQ(ask_error(registry_delete_request{"adm", "dev1", std::nullopt}).code,
+            errc::device_not_found);
+}
+
+TEST_F(registry_router_test, disabling_revokes_and_the_view_refuses_the_device) {
+  auto u = sas("dev1");
+  u.status = device_status::disabled;
+  auto out = batch(items(asked(to_.address, registry_put_request{"adm", u, std::string("*")})));
+  const auto rv = all<device_revoked>(out);
+  ASSERT_EQ(rv.size(), 1u);
+  EXPECT_FALSE(rv[0].deleted);
+  ASSERT_TRUE(view_.device("dev1"));
+  EXPECT_FALSE(view_.device("dev1")->enabled);
+  // C2D to a disabled device is still accepted (docs/registry.md)
+  (void)ask<sent_reply>(send_request{"svc", "dev1", text("queued")});
+  // disabled again: nothing new to revoke
+  out = batch(items(asked(to_.address, registry_put_request{"adm", u, std::string("*")})));
+  EXPECT_TRUE(all<device_revoked>(out).empty());
+}
+
+TEST_F(registry_router_test, a_failed_commit_answers_nothing_and_leaves_the_view) {
+  store_.fail_commit = true;
+  ASSERT_TRUE(router_->begin_batch());
+  router_->handle(asked(to_.address, registry_put_request{"adm", sas("dev9"), std::nullopt}), t0);
+  router_->handle(asked(to_.address, registry_delete_request{"adm", "dev1", std::nullopt}), t0);
+  auto out = router_->end_batch();
+  ASSERT_FALSE(out);  // no reply, no device_revoked
+  EXPECT_FALSE(view_.device("dev9"));
+  EXPECT_TRUE(view_.device("dev1"));
+}
+
+TEST_F(registry_router_test, a_failed_registry_write_stops_the_router) {
+  store_.inner.fail_next_apply(make_error(errc::server_error, "I/O error"));
+  ASSERT_TRUE(router_->begin_batch());
+  router_->handle(asked(to_.address, registry_put_request{"adm", sas("dev1"), std::string("*")}),
+                  t0);
+  auto out = router_->end_batch();
+  ASSERT_FALSE(out);
+  EXPECT_FALSE(router_->begin_batch());
+}
+
+TEST_F(registry_router_test, seeding_an_empty_registry) {
+  // a fresh registry on a hub that already has dev1 (a store from before the registry)
+  registry_ = registry{};
+  identity_seed seed;
+  seed.default_policies = true;
+  seed.devices.push_back({"filed", auth::shared_access_key::from_bytes(std::string(32, 'k')),
+                          auth::shared_access_key::from_bytes(std::string(32, 'l'))});
+  ASSERT_TRUE(router_->begin_batch());
+  router_->seed_identities(seed, t0);
+  router_->register_configured({"flagged"}, t0);
+  ASSERT_TRUE(router_->end_batch());
+  EXPECT_EQ(registry_.policy_count(), 5u);
+  EXPECT_TRUE(registry_.get_policy("iothubowner"));
+  EXPECT_EQ(registry_.get("filed").value().primary_key.bytes(), std::string(32, 'k'));
+  EXPECT_TRUE(hub_.has_device("filed"));
+  EXPECT_TRUE(registry_.contains("dev1"));
+  EXPECT_TRUE(registry_.contains("flagged"));
+  EXPECT_EQ(view_.policies().size(), 5u);
+  EXPECT_TRUE(view_.device("dev1"));
+  EXPECT_TRUE(view_.device("flagged"));
+  // a second start seeds nothing more
+  const auto policies = registry_.policies();
+  ASSERT_TRUE(router_->begin_batch());
+  router_->seed_identities(seed, t0);
+  ASSERT_TRUE(router_->end_batch());
+  EXPECT_EQ(registry_.policies(), policies);
+  EXPECT_EQ(store_.inner.load().value().policies, policies);
+}
+
+TEST_F(registry_router_test, auto_registered_devices_get_identities) {
+  router_options o;
+  o.auto_register = true;
+  o.identities = &registry_;
+  o.view = &view_;
+  o.new_key = keys_from(seeded_token_source(9));
+  router_.reset();
+  router_ = std::make_unique<router>(hub_, std::move(o), store_.group());
+  (void)ask<sent_reply>(send_request{"svc", "auto1", text("hi")});
+  EXPECT_TRUE(registry_.contains("auto1"));
+  EXPECT_TRUE(view_.device("auto1"));
 }
 
 }  // namespace

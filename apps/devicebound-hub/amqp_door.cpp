@@ -192,6 +192,9 @@ struct amqp_door::impl {
 
   explicit impl(amqp_door_config c) : config(std::move(c)) {}
 
+  /// Whether tokens are verified (an enabled identity view), or test mode.
+  bool auth_on() const noexcept { return config.identities && config.identities->enabled(); }
+
   void emit(std::string address, request r) {
     if (sink)
       sink(inbound{reply_to{id, std::move(address)}, std::move(r)});
@@ -400,9 +403,8 @@ struct amqp_door::impl {
   /// Verifies a SAS token (CBS put-token, SASL PLAIN) and keeps it as a grant.
   result<auth::principal> authenticate(conn_state& c, std::string_view token, time_point now) {
     result<auth::principal> who = make_error(errc::unauthorized, "");
-    if (config.auth) {
-      who = auth::authenticate(token, config.iothub_hostname, config.auth->policies,
-                               config.auth->device_lookup(), now);
+    if (auth_on()) {
+      who = config.identities->authenticate(token, config.iothub_hostname, now);
     } else {
       // Test mode: a well-formed, unexpired token speaks for whom it names.
       auto t = auth::parse_sas_token(token);
@@ -443,7 +445,7 @@ struct amqp_door::impl {
 
   /// Whether a live grant of `c` allows what `l` needs; `why` says why not.
   bool authorized(conn_state& c, const link_state& l, time_point now, std::string* why) {
-    if (!config.auth || l.needs == auth::access_rights::none)
+    if (!auth_on() || l.needs == auth::access_rights::none)
       return true;
     std::string last = "no SAS token was put on this connection's $cbs link";
     for (const auto& g : c.grants) {
@@ -463,7 +465,7 @@ struct amqp_door::impl {
 
   /// Prunes expired grants and closes the links no grant covers any more.
   void check_expiries(conn_state& c, time_point now) {
-    if (!config.auth || c.grants.empty())
+    if (!auth_on() || c.grants.empty())
       return;
     for (auto& [pl, l] : c.links) {
       if (!l.open || l.needs == auth::access_rights::none)
@@ -971,7 +973,32 @@ struct amqp_door::impl {
                pending_push{std::move(*out), p.msg.sequence_number, false, *p.msg.lock_token});
   }
 
-  void deliver(conn_state&, device_revoked&) {}
+  /// A device was deleted or disabled (committed): its grants go, its links
+  /// close, and a connection left with no grant that had one for it closes
+  /// (a device's own connection). Sent to every connection; most have nothing of it.
+  void deliver(conn_state& c, device_revoked& r) {
+    const char* why = r.deleted ? "the device was deleted from the registry"
+                                : "the device was disabled in the registry";
+    const auto before = c.grants.size();
+    std::erase_if(c.grants, [&](const grant& g) { return g.who.device_id == r.device; });
+    const bool had_grant = c.grants.size() != before;
+    bool closed_link = false;
+    for (auto& [pl, l] : c.links) {
+      if (!l.open || l.device != r.device)
+        continue;
+      link_gone(c, l);
+      set_condition(pn_link_condition(pl), "amqp:unauthorized-access", why);
+      pn_link_close(pl);
+      closed_link = true;
+    }
+    if (had_grant && c.grants.empty()) {
+      spdlog::info("amqp: connection {}: closing: device '{}': {}", c.id, r.device, why);
+      set_condition(pn_connection_condition(c.pn), "amqp:unauthorized-access", why);
+      pn_connection_close(c.pn);
+    } else if (closed_link) {
+      spdlog::info("amqp: connection {}: closed the links of device '{}': {}", c.id, r.device, why);
+    }
+  }
   void deliver(conn_state& c, feedback_push& p) {
     link_state* l = link_for_push(c, p.connection);
     if (!l)
@@ -1104,9 +1131,9 @@ result<void> amqp_door::start(door_id id, request_sink sink, std::stop_token) {
     return make_error(errc::timeout, "the AMQP listeners did not open");
   for (const auto& b : d.bound)
     spdlog::info("amqp: listening on {} ({}; {})", b, d.ssl ? "TLS" : "plain AMQP, no TLS",
-                 d.config.auth ? "SAS tokens verified for host " + d.config.iothub_hostname
-                               : std::string("TEST MODE: tokens are not verified"));
-  if (!d.config.auth)
+                 d.auth_on() ? "SAS tokens verified for host " + d.config.iothub_hostname
+                             : std::string("TEST MODE: tokens are not verified"));
+  if (!d.auth_on())
     spdlog::warn(
         "amqp: no --auth-file: TEST MODE, any well-formed SAS token is accepted and links need "
         "no token at all; never expose this port");
@@ -1124,8 +1151,15 @@ void amqp_door::release(std::span<const outbound> items) {
   std::lock_guard<std::mutex> g(d.mailbox_m);
   for (const auto& item : items) {
     std::optional<std::uint64_t> conn;
-    if (std::holds_alternative<device_revoked>(item))
-      continue;  // TODO(step 9): close the device's links and connections
+    if (std::holds_alternative<device_revoked>(item)) {
+      // every connection checks whether it has something of that device
+      for (const auto& [id, pc] : d.live) {
+        d.mailbox[id].push_back(item);
+        if (std::find(touched.begin(), touched.end(), pc) == touched.end())
+          touched.push_back(pc);
+      }
+      continue;
+    }
     if (const auto* r = std::get_if<reply>(&item)) {
       const std::string_view a = r->to.address;
       conn = parse_u64(a.substr(0, a.find(':')));

@@ -19,8 +19,8 @@
 #include <string_view>
 #include <vector>
 
-#include "auth_file.hpp"
 #include "front_door.hpp"
+#include "identity_view.hpp"
 
 namespace devicebound::hubd {
 
@@ -35,9 +35,11 @@ struct amqp_door_config {
   bool insecure = false;
   /// The host SAS tokens must name in `sr` (compared without case and port).
   std::string iothub_hostname = "localhost";
-  /// Keys and policies; nullopt: test mode (any well-formed token is accepted
+  /// The hub's identities and policies (the router writes them after each
+  /// commit), shared with the other doors; must outlive the door. Null, or a
+  /// view that is not `enabled()`: test mode (any well-formed token is accepted
   /// and speaks for whom it names; links need no token at all).
-  std::optional<auth_registry> auth;
+  const identity_view* identities = nullptr;
   /// Credit granted on links the door receives on (C2D send, CBS, telemetry).
   std::uint32_t link_credit = 64;
 };

@@ -24,7 +24,9 @@
 #include <condition_variable>
 #include <csignal>
 #include <cstdio>
+#include <devicebound/clock.hpp>
 #include <devicebound/hub.hpp>
+#include <devicebound/registry.hpp>
 #include <devicebound/store/sqlite.hpp>
 #include <devicebound/validate.hpp>
 #include <devicebound/version.hpp>
@@ -36,9 +38,11 @@
 
 #ifdef DEVICEBOUND_WITH_AMQP_DOOR
 #include "amqp_door.hpp"
+#include "auth_file.hpp"
 #endif
 #include "config.hpp"
 #include "engine_loop.hpp"
+#include "identity_view.hpp"
 #include "mqtt_door.hpp"
 #include "router.hpp"
 
@@ -109,6 +113,61 @@ class wal_flusher {
  private:
   std::jthread thread_;
 };
+
+/// Loads the registry from the store and reads `--auth-file` as the seed of
+/// what the registry lacks; an exit code on failure.
+int open_registry(const daemon_config& cfg, sqlite_store* store, registry& identities,
+                  identity_seed& seed) {
+  if (store) {
+    auto snap = store->load_identities();
+    if (!snap) {
+      spdlog::critical("cannot read the identity registry from the store: {} [{}]",
+                       snap.error().message, snap.error().numeric());
+      return exit_store_open;
+    }
+    if (auto r = identities.restore(snap->identities, snap->policies); !r) {
+      spdlog::critical("the store's identity registry is unusable: {}", r.error().message);
+      return exit_store_open;
+    }
+  }
+  if (cfg.amqp.auth_file.empty())
+    return exit_ok;  // test mode: no policies, devices get generated keys
+#ifndef DEVICEBOUND_WITH_AMQP_DOOR
+  spdlog::critical("--auth-file: this devicebound-hub was built without SAS authentication");
+  return exit_config;
+#else
+  auto a = load_auth_file(cfg.amqp.auth_file);
+  if (!a) {
+    spdlog::critical("bad --auth-file: {}", a.error().message);
+    return exit_config;
+  }
+  spdlog::info(
+      "auth file {}: {} device key(s), {} policy(ies) (a seed: the registry keeps what it has)",
+      cfg.amqp.auth_file, a->devices.size(), a->policies.size());
+  seed.policies = a->policies;
+  seed.default_policies = true;
+  for (const auto& [id, keys] : a->devices)
+    seed.devices.push_back({id, keys.primary_key, keys.secondary_key});
+  return exit_ok;
+#endif
+}
+
+/// Seeds the registry, registers the --device flags and publishes every
+/// identity to the doors' view, in one committed batch before the doors start.
+int seed_registry(router& rt, const identity_seed& seed, const std::vector<std::string>& devices) {
+  const time_point now = system_clock{}.now();
+  auto fail = [](const error& e) {
+    spdlog::critical("cannot seed the identity registry: {} [{}]", e.message, e.numeric());
+    return exit_store_failed;
+  };
+  if (auto r = rt.begin_batch(); !r)
+    return fail(r.error());
+  rt.seed_identities(seed, now);
+  rt.register_configured(devices, now);
+  if (auto r = rt.end_batch(); !r)
+    return fail(r.error());
+  return exit_ok;
+}
 
 /// Opens the store and the hub on it (or an in-memory hub); an exit code on failure.
 int open_hub(daemon_config& cfg, std::unique_ptr<sqlite_store>& store, hub& h) {
@@ -192,7 +251,22 @@ int main(int argc, char** argv) {
   if (const int code = open_hub(cfg, store, h); code != exit_ok)
     return code;
 
+  // The identity registry (docs/registry.md): loaded from the store; what it
+  // lacks is seeded from --auth-file (or IoT Hub's default policies) below.
+  registry identities;
+  identity_view view(!cfg.amqp.auth_file.empty());
+  identity_seed seed;
+  if (const int code = open_registry(cfg, store.get(), identities, seed); code != exit_ok)
+    return code;
+
   router_options ro;
+  ro.identities = &identities;
+  ro.view = &view;
+  ro.new_key = keys_from(system_token_source());
+  if (store)
+    ro.commit_identities = [s = store.get()](const journal::change_set& c) {
+      return s->apply(c);
+    };
   ro.max_in_flight = cfg.max_in_flight;
   ro.auto_register = cfg.auto_register;
   ro.log = [](log_level l, std::string_view line) {
@@ -211,6 +285,8 @@ int main(int argc, char** argv) {
     };
   }
   router rt(h, std::move(ro), std::move(group));
+  if (const int code = seed_registry(rt, seed, cfg.devices); code != exit_ok)
+    return code;
   std::optional<wal_flusher> flusher;
   if (store && cfg.store.sync == sqlite_sync::normal)
     flusher.emplace(store->path() + "-wal", std::chrono::milliseconds(100));
@@ -226,16 +302,7 @@ int main(int argc, char** argv) {
     ac.tls_key_password = cfg.amqp.tls_server_key_password;
     ac.insecure = cfg.amqp.insecure;
     ac.iothub_hostname = cfg.amqp.iothub_hostname;
-    if (!cfg.amqp.auth_file.empty()) {
-      auto a = load_auth_file(cfg.amqp.auth_file);
-      if (!a) {
-        spdlog::critical("bad --auth-file: {}", a.error().message);
-        return exit_config;
-      }
-      spdlog::info("auth file {}: {} device key(s), {} policy(ies)", cfg.amqp.auth_file,
-                   a->devices.size(), a->policies.size());
-      ac.auth = std::move(*a);
-    }
+    ac.identities = &view;
     amqp = std::make_unique<amqp_door>(std::move(ac));
     doors.push_back(amqp.get());
   }

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <deque>
 #include <devicebound/hub.hpp>
+#include <devicebound/registry.hpp>
 #include <functional>
 #include <map>
 #include <optional>
@@ -26,6 +27,7 @@
 #include <vector>
 
 #include "front_door.hpp"
+#include "identity_view.hpp"
 
 namespace devicebound::hubd {
 
@@ -46,6 +48,33 @@ struct router_options {
   /// line of that level is wanted (lines are only built then).
   std::function<void(log_level, std::string_view)> log;
   std::function<bool(log_level)> log_enabled;
+
+  // --- the identity registry (SPEC 12) ---------------------------------------------------
+  /// The hub's one registry (on the engine thread, like the hub); null: registry
+  /// requests are answered `not_supported` and devices get no identity.
+  registry* identities = nullptr;
+  /// Commits the registry's change records to the hub's store (inside the
+  /// batch's commit group); empty: not stored (an in-memory hub).
+  std::function<result<void>(const journal::change_set&)> commit_identities;
+  /// Where the doors read identities; written after each committed batch.
+  identity_view* view = nullptr;
+  /// Random keys for devices registered without keys (32 bytes each).
+  key_source new_key;
+};
+
+/// What the registry is seeded with where it has nothing (first start, or a
+/// store from before the registry): the auth file's policies or IoT Hub's
+/// default ones when it has no policy, and the auth file's devices it lacks.
+struct identity_seed {
+  std::vector<auth::shared_access_policy> policies;
+  /// With no `policies`: create IoT Hub's default policies with generated keys.
+  bool default_policies = false;
+  struct device {
+    std::string id;
+    auth::shared_access_key primary_key;
+    auth::shared_access_key secondary_key;
+  };
+  std::vector<device> devices;
 };
 
 /// How a device takes its messages right now.
@@ -69,17 +98,64 @@ class router {
 
   /// Devices of the configuration are registered at start only if absent: a
   /// restart keeps their generation ids and queues. Inside a batch.
-  void register_configured(const std::vector<std::string>& devices) {
+  void register_configured(const std::vector<std::string>& devices, time_point now = {}) {
     for (const auto& id : devices) {
       if (!hub_->has_device(id)) {
-        (void)register_device(id, {});
+        (void)register_device(id, {}, now);
         continue;
       }
+      ensure_identity(id, now);
       devices_.try_emplace(id);
       const auto gen = hub_->generation_id(id);
       log(log_level::info, "device '", id, "' is registered (generation ",
           gen ? std::string_view(*gen) : std::string_view("?"), ")");
     }
+  }
+
+  /// Seeds what the registry lacks (`seed`: policies when it has none, the
+  /// auth file's devices it does not have), then gives every device of the engine
+  /// an identity (generated keys) and publishes the whole registry to the
+  /// identity view once the batch commits. Call it at start, inside a batch,
+  /// before `register_configured`.
+  void seed_identities(const identity_seed& seed, time_point now) {
+    registry* reg = options_.identities;
+    if (!reg)
+      return;
+    if (reg->policy_count() == 0) {
+      auto policies = seed.policies;
+      if (policies.empty() && seed.default_policies && options_.new_key)
+        policies = auth::make_default_policies(options_.new_key);
+      for (auto& p : policies) {
+        const std::string name = p.name;
+        if (auto r = reg->put_policy(std::move(p)); !r)
+          log(log_level::error, "cannot seed policy '", name, "': ", r.error().message);
+        else
+          log(log_level::info, "seeded policy '", name, "'");
+      }
+    }
+    // the auth file's devices, where the registry has none of that id (it never overrides)
+    for (const auto& d : seed.devices) {
+      if (reg->contains(d.id))
+        continue;
+      auto g = hub_->has_device(d.id) ? hub_->generation_id(d.id) : hub_->add_device(d.id);
+      if (!g) {
+        log(log_level::error, "cannot seed device '", d.id, "': ", g.error().message);
+        continue;
+      }
+      devices_.try_emplace(d.id);
+      auto r = reg->add(d.id, *g, d.primary_key, d.secondary_key, now, options_.new_key);
+      if (!r)
+        log(log_level::error, "cannot seed device '", d.id, "': ", r.error().message);
+      else
+        log(log_level::info, "seeded device '", d.id, "' from the auth file");
+    }
+    commit_identities();
+    // a store from before the registry (or devices the engine had without one)
+    if (reg->size() != hub_->device_count()) {
+      for (const auto& d : hub_->snapshot().devices)
+        ensure_identity(d.device_id, now);
+    }
+    full_view_ = true;
   }
 
   /// Opens a batch: the store's commit group.
@@ -88,6 +164,8 @@ class router {
       return make_error(errc::invalid_operation, "a batch is already open");
     if (const auto& f = hub_->store_failure())
       return *f;
+    if (registry_failed_)
+      return *registry_failed_;
     if (group_.begin)
       if (auto r = group_.begin(); !r)
         return r;
@@ -97,7 +175,7 @@ class router {
 
   /// Applies one request; its reply and the pushes it causes wait in the outbox.
   void handle(inbound in, time_point now) {
-    if (hub_->store_failure())
+    if (hub_->store_failure() || registry_failed_)
       return;  // the batch fails at end_batch; nothing more is done
     std::visit([&](auto& r) { on(in.from, r, now); }, in.what);
   }
@@ -117,11 +195,16 @@ class router {
   result<std::vector<outbound>> end_batch() {
     const bool was_open = std::exchange(in_batch_, false);
     std::vector<outbound> out = std::exchange(outbox_, {});
+    auto view = std::exchange(view_changes_, {});
+    const bool full = std::exchange(full_view_, false);
     if (const auto& f = hub_->store_failure())
       return *f;
+    if (registry_failed_)
+      return *registry_failed_;
     if (was_open && group_.commit)
       if (auto r = group_.commit(); !r)
         return r.error();
+    publish(view, full);
     return out;
   }
 
@@ -149,6 +232,8 @@ class router {
 
   struct device_state {
     presence mode = presence::absent;
+    time_point state_changed{};  ///< `connectionStateUpdatedTime`
+    time_point last_activity{};  ///< `lastActivityTime`
     door_id door = 0;
     std::string connection;
     std::uint32_t window = 0;
@@ -233,15 +318,108 @@ class router {
       dirty_.insert(it->first);
   }
 
+  // --- the identity registry ------------------------------------------------------------
+
+  /// A change the identity view takes after the commit.
+  struct view_change {
+    std::string device;
+    std::optional<device_identity> identity;  ///< nullopt: erased
+  };
+
+  /// Commits the registry's records; a failure stops the router like a hub
+  /// store failure does (nothing of the batch is acknowledged).
+  void commit_identities() {
+    registry* reg = options_.identities;
+    if (!reg || !reg->has_changes())
+      return;
+    auto changes = reg->take_changes();
+    for (const auto& c : changes) {
+      if (const auto* p = std::get_if<journal::identity_put>(&c))
+        view_changes_.push_back({p->identity.device_id, p->identity});
+      else if (const auto* x = std::get_if<journal::identity_removed>(&c))
+        view_changes_.push_back({x->device_id, std::nullopt});
+      else
+        policies_changed_ = true;
+    }
+    if (!options_.commit_identities)
+      return;
+    if (auto r = options_.commit_identities(changes); !r) {
+      log(log_level::error, "the store refused the registry's change: ", r.error().message);
+      registry_failed_ = r.error();
+    }
+  }
+
+  /// Writes the committed identity changes to the doors' view.
+  void publish(const std::vector<view_change>& changes, bool full) {
+    identity_view* v = options_.view;
+    const bool policies = std::exchange(policies_changed_, false);
+    if (!v || !options_.identities)
+      return;
+    if (full) {
+      options_.identities->for_each([&](const device_identity& d) { v->put_device(d); });
+      v->set_policies(options_.identities->policies());
+      return;
+    }
+    for (const auto& c : changes) {
+      if (c.identity)
+        v->put_device(*c.identity);
+      else
+        v->erase_device(c.device);
+    }
+    if (policies)
+      v->set_policies(options_.identities->policies());
+  }
+
+  /// Gives a device of the engine an identity with generated keys, if it has none.
+  void ensure_identity(const std::string& id, time_point now) {
+    registry* reg = options_.identities;
+    if (!reg || reg->contains(id))
+      return;
+    auto g = hub_->generation_id(id);
+    if (!g)
+      return;
+    if (auto r = reg->add(id, *g, now, options_.new_key); !r) {
+      log(log_level::error, "cannot give device '", id, "' an identity: ", r.error().message);
+      return;
+    }
+    log(log_level::info, "device '", id, "' has an identity (generated keys)");
+    commit_identities();
+  }
+
+  device_view view_of(const device_identity& d, time_point now) {
+    device_view v;
+    v.identity = d;
+    if (auto it = devices_.find(d.device_id); it != devices_.end()) {
+      v.connected = it->second.mode != presence::absent;
+      v.connection_state_updated = it->second.state_changed;
+      v.last_activity = it->second.last_activity;
+    }
+    if (auto n = hub_->queue_depth(d.device_id, now))
+      v.cloud_to_device_count = *n;
+    return v;
+  }
+
+  /// The engine and router side of a deleted device (its identity is gone or going).
+  void forget_device(const std::string& id, bool deleted) {
+    if (deleted) {
+      if (auto it = devices_.find(id); it != devices_.end())
+        devices_.erase(it);
+      if (auto it = dirty_.find(id); it != dirty_.end())
+        dirty_.erase(it);
+    }
+    outbox_.emplace_back(device_revoked{every_door, id, deleted});
+  }
+
   // --- devices ---------------------------------------------------------------------------
 
-  bool register_device(const std::string& id, std::string_view by) {
+  bool register_device(const std::string& id, std::string_view by, time_point now = {}) {
     auto r = hub_->add_device(id);
     if (!r) {
       log(log_level::error, "cannot register device '", id, "': ", r.error().message);
       return false;
     }
     devices_.try_emplace(id);
+    ensure_identity(id, now);
     if (by.empty())
       log(log_level::info, "registered device '", id, "' (generation ", *r, ")");
     else
@@ -250,10 +428,16 @@ class router {
   }
 
   /// Whether `id` is registered, registering it when auto-register is on.
-  bool known_device(const std::string& id) {
+  bool known_device(const std::string& id, time_point now) {
     if (hub_->has_device(id))
       return true;
-    return options_.auto_register && register_device(id, {});
+    return options_.auto_register && register_device(id, {}, now);
+  }
+
+  /// A device did something: its `lastActivityTime`.
+  void touch(const std::string& id, time_point now) {
+    if (auto it = devices_.find(id); it != devices_.end())
+      it->second.last_activity = now;
   }
 
   std::uint32_t clamp_window(std::uint32_t asked) const {
@@ -263,7 +447,7 @@ class router {
   // --- requests --------------------------------------------------------------------------
 
   void on(const reply_to& from, send_request& r, time_point now) {
-    if (!known_device(r.device))
+    if (!known_device(r.device, now))
       return fail(from,
                   make_error(errc::device_not_found,
                              "device '" + r.device +
@@ -279,12 +463,13 @@ class router {
   }
 
   void on(const reply_to& from, receive_request& r, time_point now) {
-    if (!known_device(r.device))
+    if (!known_device(r.device, now))
       return fail(
           from, make_error(errc::device_not_found, "device '" + r.device + "' is not registered"));
     auto m = hub_->receive(r.device, now);
     if (!m)
       return fail(from, m.error());
+    touch(r.device, now);
     answer(from, message_reply{std::move(*m)});
   }
 
@@ -292,6 +477,7 @@ class router {
     auto s = hub_->settle(r.device, r.token, r.how, now);
     if (!s)
       return fail(from, s.error());
+    touch(r.device, now);
     log(log_level::debug, "device '", r.device, "' ", to_string(r.how), " ", r.token.to_string());
     answer(from, done_reply{});
   }
@@ -351,11 +537,15 @@ class router {
     services_.erase(it);
   }
 
-  void on(const reply_to& from, add_device_request& r, time_point) {
+  void on(const reply_to& from, add_device_request& r, time_point now) {
+    if (options_.identities && options_.identities->contains(r.device))
+      return fail(from, make_error(errc::device_already_exists,
+                                   "device '" + r.device + "' already exists"));
     auto g = hub_->add_device(r.device);
     if (!g)
       return fail(from, g.error());
     devices_.try_emplace(r.device);
+    ensure_identity(r.device, now);
     log(log_level::info, "'", r.admin, "' registered device '", r.device, "' (generation ", *g,
         ")");
     answer(from, generation_reply{std::move(*g)});
@@ -365,24 +555,83 @@ class router {
     auto x = hub_->remove_device(r.device, std::nullopt, now);
     if (!x)
       return fail(from, x.error());
-    if (auto it = devices_.find(r.device); it != devices_.end())
-      devices_.erase(it);
-    if (auto it = dirty_.find(r.device); it != dirty_.end())
-      dirty_.erase(it);
+    if (options_.identities && options_.identities->contains(r.device)) {
+      (void)options_.identities->remove(r.device, std::nullopt);
+      commit_identities();
+    }
+    forget_device(r.device, true);
     log(log_level::info, "'", r.admin, "' removed device '", r.device, "'");
     answer(from, done_reply{});
   }
 
   void on(const reply_to& from, ping_request&, time_point) { answer(from, done_reply{}); }
 
-  // The identity registry (step 9): not wired yet.
-  template <class Registry>
-  requires std::same_as<Registry, registry_put_request> ||
-           std::same_as<Registry, registry_get_request> ||
-           std::same_as<Registry, registry_list_request> ||
-           std::same_as<Registry, registry_delete_request>
-  void on(const reply_to& from, Registry&, time_point) {
-    fail(from, make_error(errc::not_supported, "the identity registry is not available"));
+  static error no_registry() {
+    return make_error(errc::not_supported, "the identity registry is not available");
+  }
+
+  void on(const reply_to& from, registry_put_request& r, time_point now) {
+    registry* reg = options_.identities;
+    if (!reg)
+      return fail(from, no_registry());
+    const bool was_enabled = [&] {
+      auto d = reg->get(r.update.device_id);
+      return d && d->status == device_status::enabled;
+    }();
+    // the engine side of a new device: registered last, after every check of the registry
+    auto generation = [this](std::string_view id) -> result<std::string> {
+      if (hub_->has_device(id))
+        return hub_->generation_id(id);
+      return hub_->add_device(id);
+    };
+    auto p = reg->put(r.update, r.if_match, generation, now, options_.new_key);
+    if (!p)
+      return fail(from, p.error());
+    devices_.try_emplace(p->device.device_id);
+    commit_identities();
+    log(log_level::info, "'", r.admin, "' ", p->created ? "created" : "updated", " device '",
+        p->device.device_id, "' (etag ", etag_of(p->device), ", ", to_string(p->device.status),
+        ")");
+    const bool disabled = p->device.status == device_status::disabled;
+    answer(from, device_reply{view_of(p->device, now)});
+    if (disabled && was_enabled)
+      forget_device(p->device.device_id, false);
+  }
+
+  void on(const reply_to& from, registry_get_request& r, time_point now) {
+    registry* reg = options_.identities;
+    if (!reg)
+      return fail(from, no_registry());
+    auto d = reg->get(r.device);
+    if (!d)
+      return fail(from, d.error());
+    answer(from, device_reply{view_of(*d, now)});
+  }
+
+  void on(const reply_to& from, registry_list_request& r, time_point now) {
+    registry* reg = options_.identities;
+    if (!reg)
+      return fail(from, no_registry());
+    devices_reply out;
+    for (auto& d : reg->list(r.top))
+      out.devices.push_back(view_of(d, now));
+    answer(from, std::move(out));
+  }
+
+  void on(const reply_to& from, registry_delete_request& r, time_point now) {
+    registry* reg = options_.identities;
+    if (!reg)
+      return fail(from, no_registry());
+    if (auto c = reg->check_remove(r.device, r.if_match); !c)
+      return fail(from, c.error());
+    if (hub_->has_device(r.device))
+      if (auto x = hub_->remove_device(r.device, std::nullopt, now); !x)
+        return fail(from, x.error());
+    (void)reg->remove(r.device, r.if_match);
+    commit_identities();
+    forget_device(r.device, true);
+    log(log_level::info, "'", r.admin, "' deleted device '", r.device, "'");
+    answer(from, done_reply{});
   }
 
   void on(const reply_to& from, refused_request& r, time_point) { fail(from, r.why); }
@@ -390,7 +639,7 @@ class router {
   // --- presence --------------------------------------------------------------------------
 
   void on(const reply_to& from, device_present& p, time_point now) {
-    if (!known_device(p.device)) {
+    if (!known_device(p.device, now)) {
       if (p.delivery_tag)
         log(log_level::warn, "device '", p.device,
             "' subscribed but is not registered: nothing will be delivered");
@@ -416,6 +665,9 @@ class router {
         d.pushed.clear();
       }
     }
+    if (d.mode != presence::pushed)
+      d.state_changed = now;
+    d.last_activity = now;
     d.mode = presence::pushed;
     d.door = from.door;
     d.connection = p.connection;
@@ -425,13 +677,14 @@ class router {
     answer(from, window_reply{d.window});
   }
 
-  void on(const reply_to& from, device_absent& a, time_point) {
+  void on(const reply_to& from, device_absent& a, time_point now) {
     auto it = devices_.find(a.device);
     if (it == devices_.end() || it->second.mode == presence::absent || it->second.door != from.door)
       return;
     if (a.connection && *a.connection != it->second.connection)
       return;  // the will of an older connection: not the current presence
     it->second.mode = presence::absent;
+    it->second.state_changed = now;
     log(log_level::info, "device '", a.device, a.connection ? "' detached (" : "' disconnected (",
         it->second.pushed.size(), " message(s) in flight stay locked until their locks expire)");
   }
@@ -562,6 +815,11 @@ class router {
   std::map<std::string, service_state, std::less<>> services_;
   std::string last_feedback_target_;
   std::map<door_id, bool> doors_up_;
+  // the identity registry: what the view takes after the commit
+  std::vector<view_change> view_changes_;
+  bool policies_changed_ = false;
+  bool full_view_ = false;
+  std::optional<error> registry_failed_;
 };
 
 }  // namespace devicebound::hubd

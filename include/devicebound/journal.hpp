@@ -20,9 +20,11 @@
 #include <variant>
 #include <vector>
 
+#include "auth/policy.hpp"
 #include "errors.hpp"
 #include "feedback_batch.hpp"
 #include "hub_config.hpp"
+#include "identity.hpp"
 #include "lifecycle.hpp"
 #include "message.hpp"
 
@@ -130,10 +132,36 @@ struct config_changed {
   friend bool operator==(const config_changed&, const config_changed&) = default;
 };
 
+/// The identity registry (registry.hpp) stored a device identity: created or
+/// replaced whole (SPEC 12.2).
+struct identity_put {
+  device_identity identity;
+  friend bool operator==(const identity_put&, const identity_put&) = default;
+};
+
+/// A device identity was deleted (its engine side is a `device_removed`).
+struct identity_removed {
+  std::string device_id;
+  friend bool operator==(const identity_removed&, const identity_removed&) = default;
+};
+
+/// A shared access policy was created or replaced (SPEC 12.9).
+struct policy_put {
+  auth::shared_access_policy policy;
+  friend bool operator==(const policy_put&, const policy_put&) = default;
+};
+
+/// A shared access policy was deleted.
+struct policy_removed {
+  std::string name;
+  friend bool operator==(const policy_removed&, const policy_removed&) = default;
+};
+
 /// One change. Applied in order; a `change_set` is atomic.
-using change = std::variant<device_added, device_removed, message_accepted, message_changed,
-                            message_removed, feedback_pending, feedback_batched, batch_changed,
-                            batch_removed, counters, config_changed>;
+using change =
+    std::variant<device_added, device_removed, message_accepted, message_changed, message_removed,
+                 feedback_pending, feedback_batched, batch_changed, batch_removed, counters,
+                 config_changed, identity_put, identity_removed, policy_put, policy_removed>;
 
 /// The changes of one hub operation: a store applies all of them or none.
 using change_set = std::vector<change>;
@@ -177,6 +205,9 @@ struct snapshot {
   std::vector<stored_message> messages;   ///< by sequence number
   std::vector<feedback_pending> pending;  ///< by record id
   std::vector<stored_batch> batches;      ///< by batch id
+  /// The identity registry: devices by device id, policies by name.
+  std::vector<device_identity> identities;
+  std::vector<auth::shared_access_policy> policies;
   friend bool operator==(const snapshot&, const snapshot&) = default;
 };
 
@@ -185,7 +216,8 @@ inline const char* name_of(const change& c) noexcept {
   static constexpr const char* names[] = {"device_added",     "device_removed",  "message_accepted",
                                           "message_changed",  "message_removed", "feedback_pending",
                                           "feedback_batched", "batch_changed",   "batch_removed",
-                                          "counters",         "config_changed"};
+                                          "counters",         "config_changed",  "identity_put",
+                                          "identity_removed", "policy_put",      "policy_removed"};
   static_assert(std::size(names) == std::variant_size_v<change>);
   return names[c.index()];
 }

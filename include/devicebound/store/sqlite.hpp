@@ -160,6 +160,28 @@ inline constexpr sqlite_migration sqlite_migrations[] = {
     );
     CREATE INDEX feedback_records_by_batch ON feedback_records (batch_id, id);
   )sql"},
+  // the identity registry (registry.hpp). The broker plugin reads these two
+  // tables read-only by these names: never rename a column.
+  {2, R"sql(
+    CREATE TABLE identities (
+      device_id            TEXT PRIMARY KEY,
+      generation_id        TEXT NOT NULL,
+      version              INTEGER NOT NULL,
+      status               TEXT NOT NULL,
+      status_reason        TEXT NOT NULL,
+      status_updated_ms    INTEGER NOT NULL,
+      auth_type            TEXT NOT NULL,
+      primary_key          TEXT NOT NULL,
+      secondary_key        TEXT NOT NULL,
+      primary_thumbprint   TEXT NOT NULL,
+      secondary_thumbprint TEXT NOT NULL,
+      iot_edge             INTEGER NOT NULL);
+    CREATE TABLE policies (
+      name          TEXT PRIMARY KEY,
+      primary_key   TEXT NOT NULL,
+      secondary_key TEXT NOT NULL,
+      rights        INTEGER NOT NULL);
+  )sql"},
 };
 // clang-format on
 
@@ -227,7 +249,7 @@ class sqlite_stmt {
 class sqlite_store {
  public:
   /// The schema this build writes; `open` migrates older ones up to it.
-  static constexpr int schema_version = 1;
+  static constexpr int schema_version = 2;
   /// `PRAGMA application_id` of a devicebound store ("DBs1").
   static constexpr std::int32_t application_id = 0x44427331;
 
@@ -346,6 +368,19 @@ class sqlite_store {
       return r.error();
     if (auto r = load_feedback(s); !r)
       return r.error();
+    if (auto r = load_registry(s); !r)
+      return r.error();
+    return s;
+  }
+
+  /// Reads only the identity registry (identities and policies): what a
+  /// daemon needs beside `load()`'s engine state, without reading the queues again.
+  result<journal::snapshot> load_identities() {
+    if (!db_)
+      return make_error(errc::server_error, "sqlite store '" + path_ + "' is closed");
+    journal::snapshot s;
+    if (auto r = load_registry(s); !r)
+      return r.error();
     return s;
   }
 
@@ -366,7 +401,7 @@ class sqlite_store {
     detail::sqlite_stmt device_insert, device_delete, device_messages_delete, device_records_delete,
         message_insert, message_update, message_delete, record_insert, batch_insert,
         batch_take_records, batch_update, batch_records_delete, batch_delete, state_upsert,
-        config_upsert;
+        config_upsert, identity_upsert, identity_delete, policy_upsert, policy_delete;
   };
 
   sqlite_store() = default;
@@ -567,6 +602,16 @@ class sqlite_store {
          "feedback_batches_dropped) VALUES(1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, "
          "?13, ?14, ?15, ?16)"},
         {&s.config_upsert, "INSERT OR REPLACE INTO config(key, value) VALUES(?1, ?2)"},
+        {&s.identity_upsert,
+         "INSERT OR REPLACE INTO identities(device_id, generation_id, version, status, "
+         "status_reason, status_updated_ms, auth_type, primary_key, secondary_key, "
+         "primary_thumbprint, secondary_thumbprint, iot_edge) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, "
+         "?8, ?9, ?10, ?11, ?12)"},
+        {&s.identity_delete, "DELETE FROM identities WHERE device_id = ?1"},
+        {&s.policy_upsert,
+         "INSERT OR REPLACE INTO policies(name, primary_key, secondary_key, rights) "
+         "VALUES(?1, ?2, ?3, ?4)"},
+        {&s.policy_delete, "DELETE FROM policies WHERE name = ?1"},
     };
     for (const auto& it : items) {
       sqlite3_stmt* raw = nullptr;
@@ -720,6 +765,41 @@ class sqlite_store {
       if (rc != SQLITE_DONE)
         return rc;
     return SQLITE_DONE;
+  }
+
+  int write(const journal::identity_put& c) {
+    const auto& d = c.identity;
+    auto& st = st_.identity_upsert;
+    st.bind_text(1, d.device_id);
+    st.bind_text(2, d.generation_id);
+    st.bind(3, d.version);
+    st.bind_text(4, to_string(d.status));
+    st.bind_text(5, d.status_reason);
+    st.bind(6, d.status_updated);
+    st.bind_text(7, to_string(d.auth));
+    st.bind_text(8, d.primary_key.empty() ? std::string() : d.primary_key.to_base64());
+    st.bind_text(9, d.secondary_key.empty() ? std::string() : d.secondary_key.to_base64());
+    st.bind_text(10, d.primary_thumbprint);
+    st.bind_text(11, d.secondary_thumbprint);
+    st.bind(12, static_cast<std::uint32_t>(d.iot_edge ? 1 : 0));
+    return st.run();
+  }
+  int write(const journal::identity_removed& c) {
+    st_.identity_delete.bind_text(1, c.device_id);
+    return one_row(st_.identity_delete.run());
+  }
+  int write(const journal::policy_put& c) {
+    const auto& p = c.policy;
+    auto& st = st_.policy_upsert;
+    st.bind_text(1, p.name);
+    st.bind_text(2, p.primary_key.to_base64());
+    st.bind_text(3, p.secondary_key.to_base64());
+    st.bind(4, static_cast<std::uint32_t>(p.rights));
+    return st.run();
+  }
+  int write(const journal::policy_removed& c) {
+    st_.policy_delete.bind_text(1, c.name);
+    return one_row(st_.policy_delete.run());
   }
 
   // --- reading ---------------------------------------------------------------------
@@ -993,6 +1073,66 @@ class sqlite_store {
           s.batches[it->second].records.push_back(std::move(rec));
           return rd.why;
         });
+  }
+
+  result<void> load_registry(journal::snapshot& s) {
+    auto key = [](reader& rd, int col, const char* name) {
+      const auto text = rd.text(col, name);
+      if (text.empty())
+        return auth::shared_access_key{};
+      auto k = auth::shared_access_key::from_base64(text);
+      if (!k) {
+        rd.note(name, "is not base64");
+        return auth::shared_access_key{};
+      }
+      return std::move(*k);
+    };
+    auto r = each_row(
+        "SELECT device_id, generation_id, version, status, status_reason, status_updated_ms, "
+        "auth_type, primary_key, secondary_key, primary_thumbprint, secondary_thumbprint, "
+        "iot_edge FROM identities ORDER BY device_id",
+        "identities", [&](sqlite3_stmt* st) -> std::string {
+          reader rd{st, {}};
+          device_identity d;
+          d.device_id = rd.text(0, "device_id");
+          d.generation_id = rd.text(1, "generation_id");
+          d.version = rd.u64(2, "version");
+          const auto status = parse_device_status(rd.text(3, "status"));
+          if (!status)
+            rd.note("status", "is not 'enabled' or 'disabled'");
+          d.status = status.value_or(device_status::disabled);
+          d.status_reason = rd.text(4, "status_reason");
+          d.status_updated = rd.time(5, "status_updated_ms");
+          const auto type = parse_auth_type(rd.text(6, "auth_type"));
+          if (!type)
+            rd.note("auth_type", "is not an authentication type");
+          d.auth = type.value_or(auth_type::none);
+          d.primary_key = key(rd, 7, "primary_key");
+          d.secondary_key = key(rd, 8, "secondary_key");
+          d.primary_thumbprint = rd.text(9, "primary_thumbprint");
+          d.secondary_thumbprint = rd.text(10, "secondary_thumbprint");
+          d.iot_edge = rd.u32(11, "iot_edge", 1) != 0;
+          if (!rd.why.empty())
+            return "device '" + d.device_id + "': " + rd.why;
+          s.identities.push_back(std::move(d));
+          return {};
+        });
+    if (!r)
+      return r.error();
+    return each_row("SELECT name, primary_key, secondary_key, rights FROM policies ORDER BY name",
+                    "policies", [&](sqlite3_stmt* st) -> std::string {
+                      reader rd{st, {}};
+                      auth::shared_access_policy p;
+                      p.name = rd.text(0, "name");
+                      p.primary_key = key(rd, 1, "primary_key");
+                      p.secondary_key = key(rd, 2, "secondary_key");
+                      p.rights = static_cast<auth::access_rights>(
+                          rd.u32(3, "rights", static_cast<std::uint8_t>(auth::access_rights::all)));
+                      if (!rd.why.empty())
+                        return "policy '" + p.name + "': " + rd.why;
+                      s.policies.push_back(std::move(p));
+                      return {};
+                    });
   }
 
   // --- helpers ---------------------------------------------------------------------

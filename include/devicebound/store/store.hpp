@@ -52,6 +52,20 @@ class memory_store {
       s.pending.push_back(r);
     for (const auto& [id, b] : batches_)
       s.batches.push_back(b);
+    for (const auto& [id, d] : identities_)
+      s.identities.push_back(d);
+    for (const auto& [name, p] : policies_)
+      s.policies.push_back(p);
+    return s;
+  }
+
+  /// Only the identity registry (identities and policies), like `sqlite_store`'s.
+  result<journal::snapshot> load_identities() const {
+    journal::snapshot s;
+    for (const auto& [id, d] : identities_)
+      s.identities.push_back(d);
+    for (const auto& [name, p] : policies_)
+      s.policies.push_back(p);
     return s;
   }
 
@@ -149,8 +163,29 @@ class memory_store {
     return {};
   }
 
+  result<void> apply_one(const journal::identity_put& c) {
+    identities_.insert_or_assign(c.identity.device_id, c.identity);
+    return {};
+  }
+  result<void> apply_one(const journal::identity_removed& c) {
+    if (!identities_.erase(c.device_id))
+      return bad("identity '" + c.device_id + "' is not stored");
+    return {};
+  }
+  result<void> apply_one(const journal::policy_put& c) {
+    policies_.insert_or_assign(c.policy.name, c.policy);
+    return {};
+  }
+  result<void> apply_one(const journal::policy_removed& c) {
+    if (!policies_.erase(c.name))
+      return bad("policy '" + c.name + "' is not stored");
+    return {};
+  }
+
   std::optional<hub_config> config_;
   std::optional<journal::counters> counters_;
+  std::map<std::string, device_identity, std::less<>> identities_;
+  std::map<std::string, auth::shared_access_policy, std::less<>> policies_;
   std::map<std::string, std::string, std::less<>> devices_;
   std::map<std::uint64_t, journal::stored_message> messages_;
   std::map<std::uint64_t, journal::feedback_pending> pending_;
