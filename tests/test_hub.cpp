@@ -475,6 +475,14 @@ TEST_F(hub_fixture, Spec_2_6_SizeRuleCountsBodyAndProperties) {
   ASSERT_FALSE(r);
   EXPECT_EQ(r.error().numeric(), 413001u);
   EXPECT_EQ(depth(), 1u);
+
+  // A 64 KB body alone is refused for the `to` the hub sets, and the message says
+  // what was counted.
+  r = h->enqueue("dev1", msg(std::string(65536, 'x')), t0);
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().message,
+            "message is 65570 bytes by the size rule (body + system property values, including "
+            "the 'to' the hub sets, + application property names and values); the limit is 65536");
 }
 
 TEST_F(hub_fixture, Spec_2_10_QueueDepthIsPendingCount) {

@@ -906,6 +906,18 @@ level = "info"
   auto [c4, l4] = refused({"--log-level", "chatty"}, "");
   EXPECT_EQ(c4, 2);
   EXPECT_NE(l4.find("chatty"), std::string::npos) << l4;
+  // Usage errors CLI11 itself finds exit 2 too, not with CLI11's codes (105, 109, ...).
+  auto [c5, l5] = refused({"--in-memory", "--store", dir.file("hub.db")}, "");
+  EXPECT_EQ(c5, 2) << l5;  // conflicting flags (CLI11: 105)
+  EXPECT_NE(l5.find("excludes --store"), std::string::npos) << l5;
+  auto [c6, l6] = refused({"--no-such-flag"}, "");
+  EXPECT_EQ(c6, 2) << l6;  // unknown flag (CLI11: 109)
+  EXPECT_NE(l6.find("--no-such-flag"), std::string::npos) << l6;
+  auto [c7, l7] = refused({"--max-in-flight", "many"}, "");
+  EXPECT_EQ(c7, 2) << l7;  // not a number (CLI11: 105)
+  auto [c8, l8] = refused({"--help"}, "");
+  EXPECT_EQ(c8, 0) << l8;
+  EXPECT_NE(l8.find("--in-memory"), std::string::npos) << l8;
 }
 
 // --- stock (IoT Hub) devices -------------------------------------------------------------------

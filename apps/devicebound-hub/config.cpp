@@ -88,6 +88,13 @@ duration duration_arg(const std::string& s, const std::string& what) {
   return *d;
 }
 
+/// Prints what CLI11 prints (the error, or --help / --version) and returns our
+/// exit code: 0 for --help / --version, `exit_config` (2) for every usage error,
+/// not CLI11's own codes (105 for a validation error, 109 for an unknown flag, ...).
+int usage_exit(const CLI::App& app, const CLI::Error& e) {
+  return app.exit(e) == 0 ? int{exit_ok} : int{exit_config};
+}
+
 }  // namespace
 
 /// Reads the TOML file into `c` (only the keys present; see docs/mqtt-quickstart.md).
@@ -238,6 +245,24 @@ void load_toml(const std::string& path, daemon_config& c) {
   str(am["iothub_hostname"], "amqp.iothub_hostname", c.amqp.iothub_hostname);
   str(am["auth_file"], "amqp.auth_file", c.amqp.auth_file);
 
+  auto hs = t["https"];
+  if (auto l = hs["listen"]; l) {
+    if (auto one = l.value<std::string>()) {
+      c.https.listen.push_back(*one);
+    } else if (const toml::array* a = l.as_array()) {
+      for (const auto& e : *a) {
+        auto v = e.value<std::string>();
+        if (!v)
+          throw config_error(path + ": https.listen must be a string or an array of strings");
+        c.https.listen.push_back(*v);
+      }
+    } else {
+      throw config_error(path + ": https.listen must be a string or an array of strings");
+    }
+  }
+  flag(hs["insecure"], "https.insecure", c.https.insecure);
+  num(hs["request_timeout"], "https.request_timeout", c.https.request_timeout_seconds);
+
   str(t["log"]["level"], "log.level", c.log_level);
 }
 
@@ -254,6 +279,9 @@ std::variant<daemon_config, int> load_config(int argc, char** argv) {
       tls_server_key_password, iothub_hostname, auth_file;
   std::vector<std::string> amqp_listen;
   bool amqp_insecure = false;
+  std::vector<std::string> https_listen;
+  bool https_insecure = false;
+  std::optional<std::uint32_t> https_request_timeout;
   std::optional<std::uint16_t> port;
   std::optional<std::uint32_t> max_delivery, max_depth, max_in_flight;
   std::vector<std::string> devices;
@@ -295,14 +323,23 @@ std::variant<daemon_config, int> load_config(int argc, char** argv) {
   app.add_option("--amqp-listen", amqp_listen,
                  "listen for AMQP 1.0 (the official Azure SDKs) on HOST:PORT (repeatable; IoT "
                  "Hub's port is 5671)");
-  app.add_option("--tls-server-cert", tls_server_cert,
-                 "PEM certificate the AMQP listener presents (TLS); not --tls-cert, which is the "
-                 "MQTT client certificate");
+  app.add_option(
+      "--tls-server-cert", tls_server_cert,
+      "PEM certificate the AMQP and HTTPS listeners present (TLS); not --tls-cert, which is the "
+      "MQTT client certificate");
   app.add_option("--tls-server-key", tls_server_key, "PEM private key of --tls-server-cert");
   app.add_option("--tls-server-key-password", tls_server_key_password,
                  "password of --tls-server-key");
   app.add_flag("--amqp-insecure", amqp_insecure,
                "allow plain AMQP (no TLS) on a non-loopback --amqp-listen address");
+  app.add_option("--https-listen", https_listen,
+                 "serve IoT Hub's REST API over HTTPS on HOST:PORT (repeatable; IoT Hub's port is "
+                 "443; TLS with --tls-server-cert/--tls-server-key; docs/https.md)");
+  app.add_flag("--https-insecure", https_insecure,
+               "plain HTTP instead of HTTPS, on loopback --https-listen addresses only (tests)");
+  app.add_option("--https-request-timeout", https_request_timeout,
+                 "seconds a client has to send one request's header and body before it gets 408 "
+                 "(1..3600, default 30)");
   app.add_option("--iothub-hostname", iothub_hostname,
                  "the IoT Hub host name SAS tokens must name (sr), e.g. myhub.example (default "
                  "localhost)");
@@ -315,7 +352,7 @@ std::variant<daemon_config, int> load_config(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    return usage_exit(app, e);
   }
 
   daemon_config cfg;
@@ -383,6 +420,17 @@ std::variant<daemon_config, int> load_config(int argc, char** argv) {
       cfg.amqp.iothub_hostname = *iothub_hostname;
     if (auth_file)
       cfg.amqp.auth_file = *auth_file;
+    cfg.https.listen.insert(cfg.https.listen.end(), https_listen.begin(), https_listen.end());
+    if (https_insecure)
+      cfg.https.insecure = true;
+    if (https_request_timeout)
+      cfg.https.request_timeout_seconds = *https_request_timeout;
+    if (cfg.https.request_timeout_seconds < 1 || cfg.https.request_timeout_seconds > 3600)
+      throw CLI::ValidationError("--https-request-timeout", "must be 1..3600 seconds");
+    if (!cfg.https.listen.empty() && !cfg.https.insecure && cfg.amqp.tls_server_cert.empty())
+      throw CLI::ValidationError("--https-listen",
+                                 "needs --tls-server-cert and --tls-server-key (or "
+                                 "--https-insecure for plain HTTP on a loopback address)");
     if (cfg.amqp.tls_server_cert.empty() != cfg.amqp.tls_server_key.empty())
       throw CLI::ValidationError("--tls-server-cert", "needs --tls-server-key, and the reverse");
     if (store_path) {
@@ -403,7 +451,7 @@ std::variant<daemon_config, int> load_config(int argc, char** argv) {
     std::fprintf(stderr, "devicebound-hub: %s\n", e.what());
     return int{exit_config};
   } catch (const CLI::Error& e) {
-    return app.exit(e);
+    return usage_exit(app, e);
   }
   return cfg;
 }

@@ -49,6 +49,17 @@ struct amqp_listen_config {
   std::string auth_file;                      ///< empty: test mode (tokens not verified)
 };
 
+/// The HTTPS front door (docs/https.md). No `listen`: no HTTPS door. TLS uses the
+/// AMQP listener's `--tls-server-cert`/`--tls-server-key`; SAS tokens name
+/// `--iothub-hostname`.
+struct https_listen_config {
+  std::vector<std::string>
+      listen;             ///< `--https-listen HOST:PORT` (repeatable; IoT Hub's port is 443)
+  bool insecure = false;  ///< `--https-insecure`: plain HTTP, loopback addresses only
+  /// `--https-request-timeout SECONDS`: deadline to read a request (header and body).
+  std::uint32_t request_timeout_seconds = 30;
+};
+
 struct daemon_config {
   mqtt::connection_options broker = [] {
     mqtt::connection_options o;
@@ -62,6 +73,7 @@ struct daemon_config {
   reconnect_config reconnect;
   store_config store;
   amqp_listen_config amqp;
+  https_listen_config https;
   std::string log_level = "info";
 };
 

@@ -42,6 +42,9 @@
 #endif
 #include "config.hpp"
 #include "engine_loop.hpp"
+#ifdef DEVICEBOUND_WITH_HTTPS_DOOR
+#include "https_door.hpp"
+#endif
 #include "identity_view.hpp"
 #include "mqtt_door.hpp"
 #include "router.hpp"
@@ -312,6 +315,28 @@ int main(int argc, char** argv) {
     return exit_config;
   }
 #endif
+#ifdef DEVICEBOUND_WITH_HTTPS_DOOR
+  // The HTTPS door (docs/https.md): tokens checked against the registry's view.
+  std::unique_ptr<https_door> https;
+  if (!cfg.https.listen.empty()) {
+    https_door_config hc;
+    hc.listen = cfg.https.listen;
+    hc.tls_server_cert = cfg.amqp.tls_server_cert;
+    hc.tls_server_key = cfg.amqp.tls_server_key;
+    hc.tls_key_password = cfg.amqp.tls_server_key_password;
+    hc.insecure = cfg.https.insecure;
+    hc.iothub_hostname = cfg.amqp.iothub_hostname;
+    hc.identities = &view;
+    hc.request_timeout = std::chrono::seconds(cfg.https.request_timeout_seconds);
+    https = std::make_unique<https_door>(std::move(hc));
+    doors.push_back(https.get());
+  }
+#else
+  if (!cfg.https.listen.empty()) {
+    spdlog::critical("--https-listen: this devicebound-hub was built without HTTPS (OpenSSL)");
+    return exit_config;
+  }
+#endif
   engine_loop loop(rt, doors);
 
   spdlog::info(
@@ -362,6 +387,10 @@ int main(int argc, char** argv) {
 #ifdef DEVICEBOUND_WITH_AMQP_DOOR
   if (amqp)
     amqp->stop();
+#endif
+#ifdef DEVICEBOUND_WITH_HTTPS_DOOR
+  if (https)
+    https->stop();
 #endif
   if (end.why != loop_end::cause::door_failed)
     log_stats(h);

@@ -110,11 +110,15 @@ inline result<void> validate_message(const message& m,
   for (const auto& [k, v] : m.app_properties)
     if (auto r = validate_app_property(k, v); !r)
       return r;
+  // The text names everything counted: a body alone can be refused for the `to`
+  // the hub sets (65,536 bytes to device `dev1` count 65,570).
   if (const auto n = message_size(m); n > max_size)
-    return make_error(errc::message_too_large, "message is " + std::to_string(n) +
-                                                   " bytes by the size rule (body + property names "
-                                                   "and values); the limit is " +
-                                                   std::to_string(max_size));
+    return make_error(errc::message_too_large,
+                      "message is " + std::to_string(n) +
+                          " bytes by the size rule (body + system property values, including "
+                          "the 'to' the hub sets, + application property names and values); "
+                          "the limit is " +
+                          std::to_string(max_size));
   return {};
 }
 

@@ -100,7 +100,8 @@ class HubConfig:
     max_queue_depth: int = 50
     """Pending (Enqueued + Invisible) messages per device: 1 .. 10000."""
     max_message_size: int = 64 * 1024
-    """Body plus property names and values, in bytes: 1 .. 1 MiB."""
+    """The size rule's limit, in bytes, 1 .. 1 MiB: body + system property values (with the
+    ``to`` the hub sets) + application property names and values (docs/protocol.md)."""
     feedback_ttl: Duration = timedelta(hours=1)
     feedback_max_delivery_count: int = 10
     feedback_lock_duration: Duration = timedelta(seconds=60)

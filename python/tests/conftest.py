@@ -19,10 +19,10 @@ Environment:
 from __future__ import annotations
 
 import base64
-import getpass
 import hashlib
 import hmac
 import os
+import pwd
 import queue
 import random
 import shutil
@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "broker" / "mosquitto.conf.in"
 MAKE_CERTS = ROOT / "tests" / "support" / "make_test_certs.sh"
 
-# Stock Azure IoT SDKs always connect to port 8883 (SPEC 5.4).
+# Python's stock Azure IoT device SDK always connects to port 8883 (SPEC 5.4).
 SDK_TLS_PORT = 8883
 HUB_HOSTNAME = "devicebound-test.azure-devices.net"
 WAIT = 15.0  # seconds: the longest any single expected event may take
@@ -87,7 +87,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def pick_loopback_for_sdk() -> str:
-    """A random 127.x.y.z whose port 8883 is free: stock SDKs cannot be told
+    """A random 127.x.y.z whose port 8883 is free: the Python SDK cannot be told
     another port, so parallel test runs each take their own loopback address."""
     rng = random.SystemRandom()
     for _ in range(50):
@@ -233,6 +233,9 @@ def render_conf(path: Path, *, plain_port: int, tls_address: str | None, tls_por
         "DATA_DIR": str(data_dir),
         "PLUGIN": str(plugin),
         "PLUGIN_OPTIONS": "\n".join(plugin_options),
+        # The template's rule: a user who can write DATA_DIR. The tests' user made
+        # it (and, as root, mosquitto would otherwise switch to "mosquitto").
+        "USER": pwd.getpwuid(os.geteuid()).pw_name,
     }
     if tls_address is not None:
         values.update(TLS_ADDRESS=tls_address, TLS_PORT=str(tls_port), CA_FILE=str(certs.ca),
@@ -247,9 +250,6 @@ def render_conf(path: Path, *, plain_port: int, tls_address: str | None, tls_por
         text = text.replace(f"@{name}@", value)
     if "@" in "".join(line for line in text.splitlines() if not line.startswith("#")):
         raise AssertionError("unreplaced @NAME@ in the rendered mosquitto.conf")
-    # When run as root, mosquitto would switch to user "mosquitto", who cannot
-    # read the test's temporary files.
-    text += f"\nuser {getpass.getuser()}\n"
     path.write_text(text)
 
 

@@ -9,8 +9,12 @@ test waits for a quiet period.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
+from pathlib import Path
+
+import pytest
 
 from conftest import (
     HUB_HOSTNAME,
@@ -226,6 +230,48 @@ def test_restart_keeps_sessions_and_announces_returning_devices(start_broker, cl
     hub.publish(topic_of("dev1", "%24.mid=after-restart"), b"y")
     assert back.expect().payload == b"y"
     events.expect("delivered", "dev1")
+
+
+def test_broker_started_as_root_keeps_sessions_across_restart(start_broker, clients):
+    """The template's `user` line. Started as root (as CI runs), mosquitto runs as
+    @USER@, here the owner of DATA_DIR; without the line it switched to "mosquitto",
+    could write neither mosquitto.db nor the plugin's state file, and a restart lost
+    device sessions with the messages queued in them."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (CI runs as root): started by another user, "
+                    "mosquitto ignores the user line")
+    broker = start_broker()
+    data = broker.workdir / "data"
+    assert data.stat().st_uid == 0
+    assert "\nuser root\n" in broker.conf.read_text()
+    status = Path(f"/proc/{broker.proc.pid}/status").read_text()
+    assert re.search(r"^Uid:\s+0\s+0\s", status, re.M), status
+
+    events = clients.add(EventListener(broker))
+    dev = device(broker, clients, "dev1")
+    events.expect("subscribed", "dev1")
+    dev.disconnect()
+    events.expect("disconnected", "dev1")
+    # Offline: the broker queues it in dev1's persistent session before its PUBACK.
+    hub = clients.add(MqttClient(broker.plain_port, "backend"))
+    assert hub.connect() == 0
+    queued = topic_of("dev1", "%24.mid=queued-offline")
+    hub.publish(queued, b"kept")
+    hub.disconnect()
+    events.close()
+
+    broker.restart()  # SIGTERM: mosquitto saves its database, the plugin its state
+    log = broker.log_text()
+    assert "Error saving" not in log and "cannot write" not in log, log
+    assert (data / "mosquitto.db").is_file()
+    assert (data / "devicebound-plugin.state").read_text() == "dev1\n"
+
+    events = clients.add(EventListener(broker))
+    back = device(broker, clients, "dev1", subscribe=False)  # the session keeps the subscription
+    events.expect("subscribed", "dev1")
+    received = back.expect()
+    assert (received.topic, received.payload) == (queued, b"kept")
+    events.expect("delivered", "dev1", queued.encode())
 
 
 # --------------------------------------------------------------------------- #

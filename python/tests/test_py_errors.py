@@ -84,6 +84,10 @@ def test_message_too_large(service):
     with pytest.raises(db.MessageTooLargeError) as e:
         service.send("d1", b"x" * 2000)
     assert e.value.code == 413001
+    # The body, plus the 32 bytes of the 'to' the hub sets (/devices/d1/messages/devicebound).
+    assert e.value.message.startswith("message is 2032 bytes by the size rule (body + system property "
+                                      "values, including the 'to' the hub sets, + "), e.value.message
+    assert e.value.message.endswith("the limit is 1024"), e.value.message
     assert service.queue_depth("d1") == 0
 
 

@@ -263,6 +263,9 @@ function renderMosquittoConf({ plainPort, tlsPort, certs, dataDir, authFile, plu
     DATA_DIR: dataDir,
     PLUGIN: programs.plugin,
     PLUGIN_OPTIONS: pluginOptions ?? `plugin_opt_auth_file ${authFile}`,
+    // A user who can write DATA_DIR: ours, who made it (as root, mosquitto would
+    // otherwise switch to "mosquitto").
+    USER: os.userInfo().username,
   };
   // The options line first: the template's header comment names @PLUGIN_OPTIONS@ too,
   // and several option lines put there would leave all but the first uncommented.
@@ -272,8 +275,7 @@ function renderMosquittoConf({ plainPort, tlsPort, certs, dataDir, authFile, plu
   if (text.split('\n').some((l) => !l.startsWith('#') && l.includes('@'))) {
     throw new Error('unreplaced @NAME@ in the rendered mosquitto.conf');
   }
-  // As root, mosquitto would switch to user "mosquitto", who cannot read the temporary files.
-  return `${text}\nuser ${os.userInfo().username}\n`;
+  return text;
 }
 
 /**
