@@ -180,7 +180,7 @@ describe('azure-iothub 1.16.6 Registry against devicebound-hub', { skip }, () =>
     throw new Error(`${id}: connectionState is still ${d?.connectionState}, not ${state}, after 400 GETs`);
   }
 
-  it('delete -> 204; the device is gone, sends to it fail, it is refused on every door', async (t) => {
+  it('delete -> 204; the device is gone, sends to it fail, its MQTT connection closes, it is refused on every door', async (t) => {
     const made = (await create({ deviceId: 'reg-del' })).responseBody;
     const key = made.authentication.symmetricKey.primaryKey;
     const service = await openService(t, stack.serviceCs('service'));
@@ -190,7 +190,7 @@ describe('azure-iothub 1.16.6 Registry against devicebound-hub', { skip }, () =>
     assert.equal((await amqp.inbox.next()).messageId, 'reg-del-0');
     await within(amqp.client.close(), WAIT, 'AMQP device close()');
     // The MQTT connection stays up through the delete: the plugin drops it.
-    await openDevice(t, stack.deviceMqttCs('reg-del', key), 'mqtt', stack.ca);
+    const mqtt = await openDevice(t, stack.deviceMqttCs('reg-del', key), 'mqtt', stack.ca, undefined, { retry: false });
 
     const { httpResponse } = await remove('reg-del');
     assert.equal(httpResponse.statusCode, 204, 'DELETE /devices/{id} status (SPEC 12.3.3)');
@@ -198,10 +198,11 @@ describe('azure-iothub 1.16.6 Registry against devicebound-hub', { skip }, () =>
     assertServiceError(await rejection(remove('reg-del'), 'a second delete'), 'DeviceNotFoundError');
     assertServiceError(await rejection(within(service.send('reg-del', c2d('x', { messageId: 'reg-del-1' })), WAIT, 'send after delete'),
       'send after delete'), 'DeviceNotFoundError');
+    await mqtt.disconnects.next(); // the plugin closed the live MQTT connection
     const again = await Promise.allSettled([
-      openDevice(t, stack.deviceAmqpCs('reg-del', key), 'amqp', stack.ca),
-      openDevice(t, stack.deviceMqttCs('reg-del', key), 'mqtt', stack.ca),
-      openDevice(t, stack.deviceHttpCs('reg-del', key), 'http', stack.ca),
+      openDevice(t, stack.deviceAmqpCs('reg-del', key), 'amqp', stack.ca, undefined, { retry: false }),
+      openDevice(t, stack.deviceMqttCs('reg-del', key), 'mqtt', stack.ca, undefined, { retry: false }),
+      openDevice(t, stack.deviceHttpCs('reg-del', key), 'http', stack.ca, undefined, { retry: false }),
     ]);
     assert.deepEqual(again.slice(0, 2).map((r) => r.status), ['rejected', 'rejected'], 'a deleted device connected again');
     // HTTPS has no connection: its polls are refused; nothing arrives.
@@ -212,8 +213,8 @@ describe('azure-iothub 1.16.6 Registry against devicebound-hub', { skip }, () =>
     const made = (await create({ deviceId: 'reg-dis' })).responseBody;
     const key = made.authentication.symmetricKey.primaryKey;
     // Live over MQTT and HTTPS (AMQP: the next test).
-    await openDevice(t, stack.deviceMqttCs('reg-dis', key), 'mqtt', stack.ca);
-    await openDevice(t, stack.deviceHttpCs('reg-dis', key), 'http', stack.ca);
+    const mqtt = await openDevice(t, stack.deviceMqttCs('reg-dis', key), 'mqtt', stack.ca, undefined, { retry: false });
+    await openDevice(t, stack.deviceHttpCs('reg-dis', key), 'http', stack.ca, undefined, { retry: false });
     await connectionStateBecomes('reg-dis', 'Connected');
 
     const { responseBody: disabled, httpResponse } = await within(registry.update({ ...made, status: 'disabled' }), WAIT,
@@ -224,10 +225,11 @@ describe('azure-iothub 1.16.6 Registry against devicebound-hub', { skip }, () =>
     assert.equal(disabled.generationId, made.generationId);
     assert.deepEqual(disabled.authentication.symmetricKey, made.authentication.symmetricKey);
     // The live MQTT connection closed by the plugin.
+    await mqtt.disconnects.next();
     await connectionStateBecomes('reg-dis', 'Disconnected');
     const refused = await Promise.allSettled([
-      openDevice(t, stack.deviceAmqpCs('reg-dis', key), 'amqp', stack.ca),
-      openDevice(t, stack.deviceMqttCs('reg-dis', key), 'mqtt', stack.ca),
+      openDevice(t, stack.deviceAmqpCs('reg-dis', key), 'amqp', stack.ca, undefined, { retry: false }),
+      openDevice(t, stack.deviceMqttCs('reg-dis', key), 'mqtt', stack.ca, undefined, { retry: false }),
     ]);
     assert.deepEqual(refused.map((r) => r.status), ['rejected', 'rejected'], 'a disabled device connected');
 
@@ -240,7 +242,8 @@ describe('azure-iothub 1.16.6 Registry against devicebound-hub', { skip }, () =>
 
   it('an AMQP device client whose device is disabled learns it at once (its close() does not stall)', async (t) => {
     const made = (await create({ deviceId: 'reg-kick' })).responseBody;
-    const amqp = await openDevice(t, stack.deviceAmqpCs('reg-kick', made.authentication.symmetricKey.primaryKey), 'amqp', stack.ca);
+    const amqp = await openDevice(t, stack.deviceAmqpCs('reg-kick', made.authentication.symmetricKey.primaryKey), 'amqp', stack.ca,
+      undefined, { retry: false });
     await connectionStateBecomes('reg-kick', 'Connected');
     await within(registry.update({ ...made, status: 'disabled' }), WAIT, 'Registry.update(status disabled)');
     await connectionStateBecomes('reg-kick', 'Disconnected');

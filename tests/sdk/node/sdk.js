@@ -11,6 +11,8 @@ const { Client: DeviceClient } = require('azure-iot-device');
 const { Amqp: DeviceAmqp } = require('azure-iot-device-amqp');
 const { Mqtt: DeviceMqtt } = require('azure-iot-device-mqtt');
 const { Http: DeviceHttp } = require('azure-iot-device-http');
+// azure-iot-device's own dependency (pinned in package-lock.json): its retry policies.
+const { NoRetry } = require('azure-iot-common');
 const { Inbox, WAIT, within } = require('./harness');
 
 /** A service Client, opened; closed by `t.after`. */
@@ -107,9 +109,14 @@ const TRANSPORTS = { amqp: DeviceAmqp, mqtt: DeviceMqtt, http: DeviceHttp };
  * default 1 s; azure-iot-device-http's setOptions only calls back when a
  * receive policy is given, so one is always passed with the CA) and drains the
  * queue with GETs until a 204 each time.
+ * With `retry: false` the client gets the SDK's NoRetry policy: a dropped
+ * connection is not re-made but reported at once with a 'disconnect' event
+ * (in `disconnects`); the default policy retries for up to 4 minutes, and keeps
+ * the test process alive that long.
  */
-async function openDevice(t, cs, protocol, ca, onMessage, { pollSeconds = 0.1 } = {}) {
+async function openDevice(t, cs, protocol, ca, onMessage, { pollSeconds = 0.1, retry = true } = {}) {
   const client = DeviceClient.fromConnectionString(cs, TRANSPORTS[protocol]);
+  if (!retry) client.setRetryPolicy(new NoRetry());
   const inbox = new Inbox(`C2D message on ${protocol}`);
   const errors = [];
   const disconnects = new Inbox(`disconnect event on ${protocol}`);
