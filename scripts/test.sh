@@ -138,8 +138,10 @@ stage_node() {
 }
 
 stage_sdk() {
-  # The official Azure SDKs, unchanged: Node azure-iothub and device SDKs (AMQP,
-  # MQTT), Python azure-iot-hub in a private network namespace.
+  # The official Azure SDKs, unchanged: Node azure-iothub (Client, Registry) and
+  # device SDKs (AMQP, MQTT, HTTPS), Python azure-iot-hub (registry, HTTPS
+  # feedback, purge, AMQP sends), each in a private network namespace (IoT Hub's
+  # fixed ports 443, 5671, 8883).
   DEVICEBOUND_HUB="$build/apps/devicebound-hub" \
     DEVICEBOUND_BROKER_PLUGIN="$build/broker/devicebound_mosquitto_plugin.so" \
     DEVICEBOUND_SDK_VENV="$build/venv-sdk-tests" ./scripts/test_sdk.sh

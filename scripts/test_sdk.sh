@@ -5,6 +5,9 @@
 #
 #   node    npm ci in tests/sdk (azure-iothub, azure-iot-device(-amqp/-mqtt/-http),
 #           pinned in its package-lock.json), then node --test tests/sdk/node/*.test.js
+#           inside a private network namespace (`unshare -n`, loopback up):
+#           Node's HTTPS clients (Registry, azure-iot-device-http) always use
+#           port 443, so the HTTPS/registry tests run the hub on 443, 5671, 8883.
 #   python  a venv with tests/sdk/requirements.txt (azure-iot-hub + uamqp,
 #           azure-iot-device), then pytest tests/sdk/python inside a private
 #           network namespace (`unshare -n`, loopback up): uamqp always uses
@@ -25,7 +28,8 @@
 # NODE_EXTRA_CA_CERTS must name the CA before node starts.
 #
 # With DEVICEBOUND_REQUIRE_ALL=1 (scripts/test.sh sets it) a missing part
-# (daemon, plugin, mosquitto, a namespace) fails the tests instead of skipping.
+# (daemon, plugin, mosquitto, a namespace, the daemon's --https-listen) fails
+# the tests instead of skipping.
 # DEVICEBOUND_SDK_VENV names the venv to (re)use (default <build>/venv-sdk-tests).
 # Exit status: non-zero if any step or test failed.
 set -uo pipefail
@@ -56,9 +60,17 @@ failed=()
 run_node() {
   step "npm ci in tests/sdk"
   (cd "$sdk" && npm ci --no-audit --no-fund) || return 1
-  step "node --test tests/sdk/node"
-  (cd "$sdk" && NODE_EXTRA_CA_CERTS="$DEVICEBOUND_SDK_CERTS/ca.crt" \
-    node --test --test-concurrency=1 --test-timeout=300000 node/*.test.js)
+  local node_test=(node --test --test-concurrency=1 --test-timeout=300000)
+  if unshare -n true 2>/dev/null && command -v ip >/dev/null; then
+    step "node --test tests/sdk/node in a private network namespace"
+    # The HTTPS and registry tests need IoT Hub's own ports (443, 5671, 8883):
+    # Node's HTTPS clients take no port (SPEC 12.10). The other tests use free ports.
+    (cd "$sdk" && NODE_EXTRA_CA_CERTS="$DEVICEBOUND_SDK_CERTS/ca.crt" DEVICEBOUND_SDK_NETNS=1 \
+      unshare -n bash -c 'ip link set lo up && exec "$@"' bash "${node_test[@]}" node/*.test.js)
+  else
+    step "node --test tests/sdk/node: no private network namespace here (unshare -n failed)"
+    (cd "$sdk" && NODE_EXTRA_CA_CERTS="$DEVICEBOUND_SDK_CERTS/ca.crt" "${node_test[@]}" node/*.test.js)
+  fi
 }
 
 run_python() {

@@ -14,11 +14,21 @@
 // and passes the directory as DEVICEBOUND_SDK_CERTS, with NODE_EXTRA_CA_CERTS
 // set to its ca.crt. Device SDKs are given the CA with setOptions({ ca }).
 //
+// HTTPS and the identity registry (startHttpsStack): Node's HTTPS clients
+// (azure-iothub Registry, azure-iot-device-http) give https.request the
+// HostName as `host` and no port, so a `host:port` HostName cannot work
+// (SPEC 12.10): the hub listens on IoT Hub's own ports, 443 (HTTPS) and 5671
+// (AMQP), and mosquitto on 8883 (TLS), which needs a private network namespace
+// (scripts/test_sdk.sh runs node in `unshare -n` with DEVICEBOUND_SDK_NETNS=1).
+// There the hub starts first (it creates and seeds the SQLite store, which the
+// plugin reads with plugin_opt_registry_db), then mosquitto.
+//
 // Environment: DEVICEBOUND_HUB, DEVICEBOUND_BROKER_PLUGIN, DEVICEBOUND_MOSQUITTO,
-// DEVICEBOUND_SDK_CERTS, NODE_EXTRA_CA_CERTS, DEVICEBOUND_REQUIRE_ALL=1 (missing
-// parts fail instead of skip), DEVICEBOUND_SDK_KEEP=1 (keep the temporary
-// directory and print its path).
-const { spawn } = require('node:child_process');
+// DEVICEBOUND_SDK_CERTS, NODE_EXTRA_CA_CERTS, DEVICEBOUND_SDK_NETNS=1 (in a
+// private network namespace), DEVICEBOUND_REQUIRE_ALL=1 (missing parts fail
+// instead of skip), DEVICEBOUND_SDK_KEEP=1 (keep the temporary directory and
+// print its path).
+const { execFileSync, spawn } = require('node:child_process');
 const crypto = require('node:crypto');
 const fs = require('node:fs');
 const net = require('node:net');
@@ -78,6 +88,56 @@ function missingParts() {
  */
 function skipUnlessReady(suite) {
   const missing = missingParts();
+  if (missing.length === 0) return false;
+  const why = missing.join('; ');
+  if (process.env.DEVICEBOUND_REQUIRE_ALL === '1') {
+    it(`${suite}: has every part it needs (DEVICEBOUND_REQUIRE_ALL=1)`, () => {
+      throw new Error(`missing part: ${why}`);
+    });
+  }
+  return why;
+}
+
+/** devicebound-hub's --help text ('' if it cannot be run). */
+let hubHelpText;
+function hubHelp() {
+  if (hubHelpText === undefined) {
+    try {
+      hubHelpText = programs.hub ? execFileSync(programs.hub, ['--help'], { encoding: 'utf8', timeout: 20000 }) : '';
+    } catch (e) {
+      hubHelpText = String(e.stdout ?? '');
+    }
+  }
+  return hubHelpText;
+}
+
+/** True when the daemon has the HTTPS front door (step 9). */
+const hubHasHttps = () => /--https-listen\b/.test(hubHelp());
+
+/** True when the plugin knows plugin_opt_registry_db (reads the hub's identity registry). */
+function pluginReadsRegistry() {
+  try {
+    return fs.readFileSync(programs.plugin).includes('registry_db');
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The `skip` option for a suite that needs the HTTPS door, the registry and
+ * IoT Hub's fixed ports: skipped only when the daemon lacks --https-listen (or,
+ * as every suite, a part is missing or there is no private network namespace).
+ * With DEVICEBOUND_REQUIRE_ALL=1 any of these adds a failing test instead.
+ */
+function skipUnlessHttps(suite) {
+  const missing = missingParts();
+  if (programs.hub && !hubHasHttps()) {
+    missing.push(`${programs.hub} has no --https-listen (the HTTPS front door is not built in)`);
+  }
+  if (process.env.DEVICEBOUND_SDK_NETNS !== '1') {
+    missing.push('not in a private network namespace (scripts/test_sdk.sh runs node in `unshare -n`): '
+      + "Node's HTTPS clients take no port, so the hub must listen on 443 (SPEC 12.10)");
+  }
   if (missing.length === 0) return false;
   const why = missing.join('; ');
   if (process.env.DEVICEBOUND_REQUIRE_ALL === '1') {
@@ -191,7 +251,7 @@ function authFileText(devices, policies) {
   ].join('\n');
 }
 
-function renderMosquittoConf({ plainPort, tlsPort, certs, dataDir, authFile }) {
+function renderMosquittoConf({ plainPort, tlsPort, certs, dataDir, authFile, pluginOptions }) {
   let text = fs.readFileSync(template, 'utf8');
   const values = {
     PLAIN_PORT: String(plainPort),
@@ -202,11 +262,15 @@ function renderMosquittoConf({ plainPort, tlsPort, certs, dataDir, authFile }) {
     KEY_FILE: certs.key,
     DATA_DIR: dataDir,
     PLUGIN: programs.plugin,
-    PLUGIN_OPTIONS: `plugin_opt_auth_file ${authFile}`,
+    PLUGIN_OPTIONS: pluginOptions ?? `plugin_opt_auth_file ${authFile}`,
     // A user who can write DATA_DIR: ours, who made it (as root, mosquitto would
     // otherwise switch to "mosquitto").
     USER: os.userInfo().username,
   };
+  // The options line first: the template's header comment names @PLUGIN_OPTIONS@ too,
+  // and several option lines put there would leave all but the first uncommented.
+  text = text.split('\n@PLUGIN_OPTIONS@\n').join(`\n${values.PLUGIN_OPTIONS}\n`);
+  delete values.PLUGIN_OPTIONS;
   for (const [name, value] of Object.entries(values)) text = text.split(`@${name}@`).join(value);
   if (text.split('\n').some((l) => !l.startsWith('#') && l.includes('@'))) {
     throw new Error('unreplaced @NAME@ in the rendered mosquitto.conf');
@@ -311,6 +375,141 @@ async function startStack({ devices = [], hubArgs = [] } = {}) {
   return stack;
 }
 
+/** Resolves once `test(proc.log())` holds; rejects if the process exits first or after `ms`. */
+async function waitForOutput(proc, test, ms, what) {
+  let cleanup = () => {};
+  const seen = new Promise((resolve, reject) => {
+    const check = () => {
+      if (test(proc.log())) resolve();
+    };
+    const exited = () => reject(new Error(`the process exited while waiting for ${what}:\n${proc.log()}`));
+    cleanup = () => {
+      proc.child.stdout.off('data', check);
+      proc.child.stderr.off('data', check);
+      proc.child.off('exit', exited);
+    };
+    proc.child.stdout.on('data', check);
+    proc.child.stderr.on('data', check);
+    proc.child.once('exit', exited);
+    if (proc.child.exitCode !== null || proc.child.signalCode !== null) exited();
+    check();
+  });
+  try {
+    await within(seen, ms, what);
+  } finally {
+    cleanup();
+  }
+}
+
+/** Resolves with whether 127.0.0.1:port can be bound now. */
+const portFree = (port) => new Promise((resolve) => {
+  const s = net.createServer();
+  s.unref();
+  s.once('error', () => resolve(false));
+  s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)));
+});
+
+const IOTHUB_PORTS = { https: 443, amqp: 5671, mqttTls: 8883 };
+/** IoT Hub's default shared access policies (SPEC 12.9.1); the hub gives each its default rights. */
+const DEFAULT_POLICIES = ['iothubowner', 'service', 'device', 'registryRead', 'registryReadWrite'];
+
+/**
+ * devicebound-hub with its HTTPS (443), AMQP (5671) door and the SQLite
+ * identity registry (auth on: --auth-file seeds the policies and `devices`),
+ * then mosquitto (TLS 8883) whose plugin reads that registry. Needs a private
+ * network namespace (skipUnlessHttps). Resolves like startStack; connection
+ * strings carry no port.
+ */
+async function startHttpsStack({ devices = [], hubArgs = [] } = {}) {
+  const { certs, why } = findCerts();
+  if (!certs) throw new Error(why);
+  for (const [name, port] of Object.entries(IOTHUB_PORTS)) {
+    if (!(await portFree(port))) throw new Error(`127.0.0.1:${port} (${name}) is taken, even in this network namespace`);
+  }
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'devicebound-sdk-https-'));
+  const stack = {
+    dir,
+    certs,
+    ca: fs.readFileSync(certs.ca, 'utf8'),
+    hostname: HOSTNAME,
+    deviceKeys: Object.fromEntries(devices.map((d) => [d, newKey()])),
+    policyKeys: Object.fromEntries(DEFAULT_POLICIES.map((p) => [p, newKey()])),
+    processes: [],
+    ports: IOTHUB_PORTS,
+    storeFile: path.join(dir, 'hub.db'),
+  };
+  const authFile = path.join(dir, 'auth');
+  fs.writeFileSync(authFile, authFileText(stack.deviceKeys, stack.policyKeys), { mode: 0o600 });
+  stack.authFile = authFile;
+  stack.stop = async () => {
+    for (const p of stack.processes.reverse()) await stopProcess(p);
+    stack.processes = [];
+    if (process.env.DEVICEBOUND_SDK_KEEP === '1') console.log(`# kept ${dir}`);
+    else fs.rmSync(dir, { recursive: true, force: true });
+  };
+
+  try {
+    const plainPort = await freePort();
+    stack.plainPort = plainPort;
+    stack.mqttTlsPort = IOTHUB_PORTS.mqttTls;
+    stack.amqpPort = IOTHUB_PORTS.amqp;
+    stack.httpsPort = IOTHUB_PORTS.https;
+    const argv = [programs.hub,
+      '--host', '127.0.0.1', '--port', String(plainPort),
+      '--client-id', 'devicebound-hub', '--username', 'iothubowner', '--password', stack.policyKeys.iothubowner,
+      '--store', stack.storeFile,
+      '--amqp-listen', `127.0.0.1:${IOTHUB_PORTS.amqp}`,
+      '--https-listen', `127.0.0.1:${IOTHUB_PORTS.https}`,
+      '--tls-server-cert', certs.cert, '--tls-server-key', certs.key,
+      '--iothub-hostname', HOSTNAME,
+      '--auth-file', authFile,
+      '--feedback-batch-interval', '0s',
+      '--reconnect-initial', '20ms', '--reconnect-max', '200ms',
+      '--log-level', 'debug',
+      ...devices.flatMap((d) => ['--device', d]),
+      ...hubArgs];
+    // The hub first: it creates and seeds the store the plugin reads.
+    const hub = await startProcess(argv, /\bstore '/, WAIT, path.join(dir, 'devicebound-hub.log'));
+    stack.processes.push(hub.child);
+    stack.hubLog = hub.log;
+
+    const dataDir = path.join(dir, 'mosquitto-data');
+    fs.mkdirSync(dataDir);
+    const conf = path.join(dir, 'mosquitto.conf');
+    const pluginOptions = [`plugin_opt_auth_file ${authFile}`];
+    // Without registry_db the plugin knows only the auth file: devices made over REST are
+    // then refused over MQTT, which the registry tests report as a failure.
+    stack.pluginReadsRegistry = pluginReadsRegistry();
+    if (stack.pluginReadsRegistry) pluginOptions.push(`plugin_opt_registry_db ${stack.storeFile}`);
+    fs.writeFileSync(conf, renderMosquittoConf({
+      plainPort, tlsPort: IOTHUB_PORTS.mqttTls, certs, dataDir, authFile, pluginOptions: pluginOptions.join('\n'),
+    }));
+    const broker = await startProcess([programs.mosquitto, '-c', conf], /version \S+ running/, 15000,
+      path.join(dir, 'mosquitto.log'));
+    stack.processes.push(broker.child);
+    stack.mosquittoLog = broker.log;
+
+    await waitForOutput(hub, (log) => /connected to the broker/.test(log) && /amqp: listening on/.test(log), WAIT,
+      'devicebound-hub to connect to the broker and listen for AMQP');
+    await waitForListener(IOTHUB_PORTS.amqp, hub.child);
+    await waitForListener(IOTHUB_PORTS.https, hub.child);
+  } catch (e) {
+    const logs = `\n--- devicebound-hub log\n${stack.hubLog?.() ?? ''}\n--- mosquitto log\n${stack.mosquittoLog?.() ?? ''}`;
+    await stack.stop();
+    throw new Error(`${e.message}${logs}`);
+  }
+
+  // Connection strings (SPEC 12.5): IoT Hub's ports, so no :port anywhere.
+  stack.serviceCs = (policy = 'iothubowner', key = stack.policyKeys[policy]) =>
+    `HostName=${HOSTNAME};SharedAccessKeyName=${policy};SharedAccessKey=${key}`;
+  stack.deviceCs = (id, key = stack.deviceKeys[id]) => `HostName=${HOSTNAME};DeviceId=${id};SharedAccessKey=${key}`;
+  stack.deviceAmqpCs = stack.deviceCs;
+  stack.deviceHttpCs = stack.deviceCs;
+  stack.deviceMqttCs = (id, key = stack.deviceKeys[id]) =>
+    `HostName=${HOSTNAME};DeviceId=${id};SharedAccessKey=${key};GatewayHostName=${HOSTNAME}`;
+  return stack;
+}
+
 /** Calls `fn` and resolves with the error it rejected with (fails if it resolved). */
 async function rejection(promise, what) {
   try {
@@ -354,5 +553,6 @@ class Inbox {
 }
 
 module.exports = {
-  HOSTNAME, WAIT, Inbox, freePort, missingParts, newKey, programs, rejection, skipUnlessReady, startStack, within,
+  HOSTNAME, WAIT, Inbox, freePort, hubHasHttps, missingParts, newKey, programs, rejection, skipUnlessHttps,
+  skipUnlessReady, startHttpsStack, startStack, within,
 };

@@ -1,14 +1,18 @@
 'use strict';
 // Small wrappers around the official SDKs as a user's app would call them:
-// the service Client of azure-iothub and device Clients of azure-iot-device
-// over AMQP (azure-iot-device-amqp) or MQTT (azure-iot-device-mqtt).
+// the service Client and Registry of azure-iothub and device Clients of
+// azure-iot-device over AMQP (azure-iot-device-amqp), MQTT
+// (azure-iot-device-mqtt) or HTTPS (azure-iot-device-http).
 const assert = require('node:assert/strict');
-const { Client: ServiceClient } = require('azure-iothub');
+const { Client: ServiceClient, Registry } = require('azure-iothub');
 const { Message: ServiceMessage } = require('azure-iothub/dist/common-core/message');
 const serviceErrors = require('azure-iothub/dist/common-core/errors');
 const { Client: DeviceClient } = require('azure-iot-device');
 const { Amqp: DeviceAmqp } = require('azure-iot-device-amqp');
 const { Mqtt: DeviceMqtt } = require('azure-iot-device-mqtt');
+const { Http: DeviceHttp } = require('azure-iot-device-http');
+// azure-iot-device's own dependency (pinned in package-lock.json): its retry policies.
+const { NoRetry } = require('azure-iot-common');
 const { Inbox, WAIT, within } = require('./harness');
 
 /** A service Client, opened; closed by `t.after`. */
@@ -96,23 +100,37 @@ async function feedbackCollector(t, client) {
   };
 }
 
+const TRANSPORTS = { amqp: DeviceAmqp, mqtt: DeviceMqtt, http: DeviceHttp };
+
 /**
- * A device Client over `protocol` ('amqp' or 'mqtt'), trusting the test CA,
- * every received message pushed to `inbox`; `onMessage(client, msg)` settles.
+ * A device Client over `protocol` ('amqp', 'mqtt' or 'http'), trusting the test
+ * CA, every received message pushed to `inbox`; `onMessage(client, msg)` settles.
+ * Over HTTP the SDK polls every `pollSeconds` (its receivePolicy `interval`,
+ * default 1 s; azure-iot-device-http's setOptions only calls back when a
+ * receive policy is given, so one is always passed with the CA) and drains the
+ * queue with GETs until a 204 each time.
+ * With `retry: false` the client gets the SDK's NoRetry policy: a dropped
+ * connection is not re-made but reported at once with a 'disconnect' event
+ * (in `disconnects`); the default policy retries for up to 4 minutes, and keeps
+ * the test process alive that long.
  */
-async function openDevice(t, cs, protocol, ca, onMessage) {
-  const client = DeviceClient.fromConnectionString(cs, protocol === 'amqp' ? DeviceAmqp : DeviceMqtt);
+async function openDevice(t, cs, protocol, ca, onMessage, { pollSeconds = 0.1, retry = true } = {}) {
+  const client = DeviceClient.fromConnectionString(cs, TRANSPORTS[protocol]);
+  if (!retry) client.setRetryPolicy(new NoRetry());
   const inbox = new Inbox(`C2D message on ${protocol}`);
   const errors = [];
+  const disconnects = new Inbox(`disconnect event on ${protocol}`);
   client.on('error', (e) => errors.push(e));
+  client.on('disconnect', (d) => disconnects.push(d));
   t.after(() => client.close().catch(() => {}));
-  await client.setOptions({ ca });
+  const options = protocol === 'http' ? { ca, http: { receivePolicy: { interval: pollSeconds } } } : { ca };
+  await within(client.setOptions(options), WAIT, `device Client.setOptions() over ${protocol}`);
   await within(client.open(), WAIT, `device Client.open() over ${protocol}`);
   client.on('message', (msg) => {
     inbox.push(msg);
     if (onMessage) onMessage(client, msg);
   });
-  return { client, inbox, errors };
+  return { client, inbox, errors, disconnects };
 }
 
 /** The application properties of a received azure-iot-common Message, as an object. */
@@ -126,6 +144,6 @@ function appProperties(msg) {
 }
 
 module.exports = {
-  ServiceClient, ServiceMessage, serviceErrors, DeviceClient, DeviceAmqp, DeviceMqtt,
+  ServiceClient, ServiceMessage, Registry, serviceErrors, DeviceClient, DeviceAmqp, DeviceHttp, DeviceMqtt,
   appProperties, assertServiceError, c2d, feedbackCollector, openDevice, openService,
 };
