@@ -47,6 +47,9 @@ constexpr std::size_t max_transfer_bytes = 4u << 20;
 constexpr std::size_t max_pending_pushes = 256;
 /// How often put-token expiries are checked.
 constexpr pn_millis_t expiry_check_ms = 1000;
+/// How long a connection whose device was revoked stays open, its links closed,
+/// so the client's detaches are answered before the close (see `close_at`).
+constexpr int revoked_close_grace_ms = 1000;
 
 /// CBS put-token `type` values (SPEC 10.5.2).
 constexpr std::string_view cbs_type_servicebus = "servicebus.windows.net:sastoken";
@@ -155,6 +158,11 @@ struct conn_state {
   std::uint64_t next_link = 1;
   std::uint64_t next_op = 1;
   std::uint64_t next_tag = 1;
+  /// A revoked device's connection closes at this time: a grace period in which
+  /// the client's own detaches (its `$cbs` links) are still answered, so its
+  /// SDK learns of the end at once instead of waiting for a rundown timer.
+  std::optional<time_point> close_at;
+  std::string close_why;
 };
 
 }  // namespace
@@ -269,7 +277,7 @@ struct amqp_door::impl {
         if (!stopping) {
           // Expiries are checked on each connection's own events.
           for (auto& [pn, c] : conns)
-            if (!c->grants.empty())
+            if (!c->grants.empty() || c->close_at)
               pn_connection_wake(pn);
           pn_proactor_set_timeout(proactor, expiry_check_ms);
         }
@@ -465,6 +473,15 @@ struct amqp_door::impl {
 
   /// Prunes expired grants and closes the links no grant covers any more.
   void check_expiries(conn_state& c, time_point now) {
+    if (c.close_at && now >= *c.close_at) {
+      c.close_at.reset();
+      if (!(pn_connection_state(c.pn) & PN_LOCAL_CLOSED)) {
+        spdlog::info("amqp: connection {}: closing: {}", c.id, c.close_why);
+        set_condition(pn_connection_condition(c.pn), "amqp:unauthorized-access", c.close_why);
+        pn_connection_close(c.pn);
+      }
+      return;
+    }
     if (!auth_on() || c.grants.empty())
       return;
     for (auto& [pl, l] : c.links) {
@@ -992,9 +1009,12 @@ struct amqp_door::impl {
       closed_link = true;
     }
     if (had_grant && c.grants.empty()) {
-      spdlog::info("amqp: connection {}: closing: device '{}': {}", c.id, r.device, why);
-      set_condition(pn_connection_condition(c.pn), "amqp:unauthorized-access", why);
-      pn_connection_close(c.pn);
+      // Not at once: the client detaches its other links when it sees ours
+      // close, and waits for our answers (the Node SDK, 45 s otherwise).
+      spdlog::info("amqp: connection {}: closing in {} ms: device '{}': {}", c.id,
+                   revoked_close_grace_ms, r.device, why);
+      c.close_at = system_clock{}.now() + std::chrono::milliseconds(revoked_close_grace_ms);
+      c.close_why = why;
     } else if (closed_link) {
       spdlog::info("amqp: connection {}: closed the links of device '{}': {}", c.id, r.device, why);
     }
