@@ -159,13 +159,12 @@ struct door_status {
   bool peers_forgot = false;
 };
 
-using request =
-    std::variant<send_request, receive_request, settle_request, purge_request, queue_depth_request,
-                 feedback_receive_request, feedback_settle_request, feedback_attach_request,
-                 feedback_detach_request, add_device_request, remove_device_request, ping_request,
-                 refused_request, device_present, device_absent, device_delivered, door_status,
-                 registry_put_request, registry_get_request, registry_list_request,
-                 registry_delete_request>;
+using request = std::variant<send_request, receive_request, settle_request, purge_request,
+                             queue_depth_request, feedback_receive_request, feedback_settle_request,
+                             feedback_attach_request, feedback_detach_request, add_device_request,
+                             remove_device_request, ping_request, refused_request, device_present,
+                             device_absent, device_delivered, door_status, registry_put_request,
+                             registry_get_request, registry_list_request, registry_delete_request>;
 
 /// One request as the engine thread takes it from a door.
 struct inbound {

@@ -61,7 +61,9 @@ class identity_view {
   }
   /// The lookup `auth::authenticate` takes; valid while this view lives.
   auth::device_key_lookup lookup() const {
-    return [this](std::string_view id) { return device(id); };
+    return [this](std::string_view id) {
+      return device(id);
+    };
   }
   /// Verifies a SAS token against the current identities (SPEC 12.7-12.8).
   result<auth::principal> authenticate(std::string_view token, std::string_view hub_host,

@@ -49,8 +49,8 @@ constexpr std::string_view to_string(auth_type t) noexcept {
   return "sas";
 }
 constexpr std::optional<auth_type> parse_auth_type(std::string_view s) noexcept {
-  for (auto t : {auth_type::sas, auth_type::self_signed, auth_type::certificate_authority,
-                 auth_type::none})
+  for (auto t :
+       {auth_type::sas, auth_type::self_signed, auth_type::certificate_authority, auth_type::none})
     if (to_string(t) == s)
       return t;
   return std::nullopt;
@@ -101,10 +101,10 @@ struct device_identity_update {
 /// fields (SPEC 12.4).
 struct device_view {
   device_identity identity;
-  bool connected = false;                    ///< `connectionState`
-  std::uint64_t cloud_to_device_count = 0;   ///< `cloudToDeviceMessageCount`: queued, not terminal
-  time_point connection_state_updated{};     ///< `connectionStateUpdatedTime`
-  time_point last_activity{};                ///< `lastActivityTime`
+  bool connected = false;                   ///< `connectionState`
+  std::uint64_t cloud_to_device_count = 0;  ///< `cloudToDeviceMessageCount`: queued, not terminal
+  time_point connection_state_updated{};    ///< `connectionStateUpdatedTime`
+  time_point last_activity{};               ///< `lastActivityTime`
 };
 
 }  // namespace devicebound
