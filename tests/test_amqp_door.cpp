@@ -43,6 +43,7 @@
 #include <string>
 
 #include "support/mosquitto.hpp"
+#include "support/required.hpp"
 
 namespace {
 
@@ -389,9 +390,9 @@ class amqp_door_e2e : public ::testing::Test {
  protected:
   void SetUp() override {
     if (!support::mosquitto_broker::available())
-      GTEST_SKIP() << "mosquitto not found at " << support::default_mosquitto;
+      DEVICEBOUND_MISSING_PART("mosquitto not found at " << support::default_mosquitto);
     if (!support::hub_daemon::available())
-      GTEST_SKIP() << "devicebound-hub not found at " << support::default_hub;
+      DEVICEBOUND_MISSING_PART("devicebound-hub not found at " << support::default_hub);
     broker_ = std::make_unique<support::mosquitto_broker>();
     {
       std::ofstream f(dir_.file("auth.txt"));
