@@ -28,7 +28,6 @@
 #include <cstdint>
 #include <devicebound/auth/signature.hpp>
 #include <devicebound/clock.hpp>
-#include <devicebound/codec/protocol.hpp>
 #include <devicebound/transport/mqtt.hpp>
 #include <fstream>
 #include <functional>
@@ -498,7 +497,7 @@ class control {
                  ms timeout) {
     std::unique_lock g(m_);
     return cv_.wait_for(g, timeout, [&] {
-      for (std::size_t i = checked_; i < seen_.size(); ++i)
+      for (std::size_t i = 0; i < seen_.size(); ++i)
         if (pred(seen_[i].first, seen_[i].second))
           return true;
       return false;
@@ -511,7 +510,6 @@ class control {
   void clear() {
     std::lock_guard g(m_);
     seen_.clear();
-    checked_ = 0;
   }
   bool connected() const { return session_->connected(); }
 
@@ -521,7 +519,6 @@ class control {
   std::mutex m_;
   std::condition_variable cv_;
   std::vector<std::pair<std::string, std::string>> seen_;
-  std::size_t checked_ = 0;
   std::atomic<int> rid_{0};
 };
 
