@@ -3,8 +3,8 @@
 // executor `controller` (what the clients run) without it.
 #include <gtest/gtest.h>
 
-#include <devicebound/retry/backoff.hpp>
 #include <devicebound/retry.hpp>
+#include <devicebound/retry/backoff.hpp>
 #include <devicebound/retry/classification.hpp>
 #include <devicebound/retry/controller.hpp>
 #include <devicebound/retry/decision.hpp>

@@ -21,8 +21,8 @@
 
 #include "retry/backoff.hpp"
 #include "retry/classification.hpp"
-#include "retry/decision.hpp"
 #include "retry/controller.hpp"
+#include "retry/decision.hpp"
 #include "retry/episode.hpp"
 #include "retry/policy.hpp"
 #include "retry/profiles.hpp"

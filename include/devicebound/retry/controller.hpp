@@ -137,8 +137,7 @@ class basic_controller {
 
 /// Drives one retry policy by the table of retry/table.hpp (SPEC 8.9).
 template <class Policy = policy, unit_random Random = default_random>
-class controller
-    : public basic_controller<Policy, Random, detail::table_executor<Policy, Random>> {
+class controller : public basic_controller<Policy, Random, detail::table_executor<Policy, Random>> {
   using base = basic_controller<Policy, Random, detail::table_executor<Policy, Random>>;
 
  public:

@@ -88,11 +88,11 @@ class episode {
         begin_retry(e.now);
         return;
       case action::refuse_early_timer:
-        error_ = make_error(
-            errc::invalid_operation,
-            "retry: timer_fired at " + std::to_string(e.now.time_since_epoch().count()) +
-                " ms is before next_attempt_at " +
-                std::to_string(next_attempt_.time_since_epoch().count()) + " ms");
+        error_ =
+            make_error(errc::invalid_operation,
+                       "retry: timer_fired at " + std::to_string(e.now.time_since_epoch().count()) +
+                           " ms is before next_attempt_at " +
+                           std::to_string(next_attempt_.time_since_epoch().count()) + " ms");
         return;
       case action::stop_late:
         decision_ = decision::stop(stop_reason::timeout, e.now);

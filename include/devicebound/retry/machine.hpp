@@ -71,8 +71,7 @@ struct machine_def : msmf::state_machine_def<machine_def<Policy, Random>> {
     static constexpr row r = retry::transition_table[I];
     using target = std::conditional_t<r.target.has_value(),
                                       state_t<r.target.value_or(retry::state::idle)>, msmf::none>;
-    using when =
-        std::conditional_t<r.when == retry::guard::none, msmf::none, guard_fn<r.when>>;
+    using when = std::conditional_t<r.when == retry::guard::none, msmf::none, guard_fn<r.when>>;
     using type = msmf::Row<state_t<r.source>, msm_event<r.on>, target, action_fn<r.act>, when>;
   };
   template <std::size_t... I>
@@ -92,7 +91,8 @@ struct machine_def : msmf::state_machine_def<machine_def<Policy, Random>> {
             ? (found = state_values[I], true)
             : false) ||
        ...);
-    }(std::make_index_sequence<state_values.size()>{});
+    }
+    (std::make_index_sequence<state_values.size()>{});
     return found;
   }
 

@@ -124,9 +124,9 @@ enum class action : std::uint8_t {
 
 /// Every `action`, in declaration order.
 inline constexpr std::array<action, 9> action_values = {
-    action::begin_operation, action::record_success,     action::retry_now,
-    action::schedule_retry,  action::stop,               action::retry_when_due,
-    action::refuse_early_timer, action::stop_late,       action::clear};
+    action::begin_operation,    action::record_success, action::retry_now,
+    action::schedule_retry,     action::stop,           action::retry_when_due,
+    action::refuse_early_timer, action::stop_late,      action::clear};
 
 /// The action's name as the table spells it (`begin_operation`, ...).
 constexpr std::string_view to_string(action a) noexcept {
