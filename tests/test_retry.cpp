@@ -779,9 +779,39 @@ TEST(RetryStrings, EveryEnumParsesItsOwnSpelling) {
   expect_strings_round_trip(rt::stop_reason_values, rt::parse_stop_reason);
   expect_strings_round_trip(rt::state_values, rt::parse_state);
   expect_strings_round_trip(rt::backoff_kind_values, rt::parse_backoff_kind);
+  expect_strings_round_trip(rt::event_kind_values, rt::parse_event_kind);
+  expect_strings_round_trip(rt::guard_values, rt::parse_guard);
+  expect_strings_round_trip(rt::action_values, rt::parse_action);
   static_assert(rt::parse_first_retry("fast") == rt::first_retry::fast);
   static_assert(rt::parse_state("Exhausted") == rt::state::exhausted);
   static_assert(!rt::parse_state("exhausted"), "states parse from their display names");
+}
+
+// retry/table.hpp holds SPEC 8.9's table: every state is reached or left by a row, every
+// (state, event) pair with several rows is split by guards, and each action appears.
+TEST(Spec_8_9, TheTableCoversEveryStateAndAction) {
+  for (rt::state st : rt::state_values) {
+    bool has_reset = false;
+    for (const rt::row& r : rt::transition_table)
+      has_reset = has_reset || (r.source == st && r.on == rt::event_kind::reset &&
+                                r.target == rt::state::idle && r.act == rt::action::clear);
+    EXPECT_TRUE(has_reset) << "no reset row from " << to_string(st);
+  }
+  for (rt::action a : rt::action_values) {
+    bool used = false;
+    for (const rt::row& r : rt::transition_table)
+      used = used || r.act == a;
+    EXPECT_TRUE(used) << to_string(a) << " is in no row";
+  }
+  for (const rt::row& r : rt::transition_table) {
+    int same_pair = 0;
+    for (const rt::row& o : rt::transition_table)
+      same_pair += o.source == r.source && o.on == r.on;
+    if (same_pair > 1) {
+      EXPECT_NE(r.when, rt::guard::none)
+          << to_string(r.source) << " x " << to_string(r.on) << " has rows without guards";
+    }
+  }
 }
 
 TEST(RetryStrings, ErrorCodesParseFromTheirNames) {

@@ -109,6 +109,14 @@ constexpr std::string_view to_string(guard g) noexcept {
   return "none";
 }
 
+/// Parses a `to_string(guard)` spelling; nullopt otherwise.
+constexpr std::optional<guard> parse_guard(std::string_view s) noexcept {
+  for (auto v : guard_values)
+    if (s == to_string(v))
+      return v;
+  return std::nullopt;
+}
+
 /// A row's action. Each one sets the answer returned to the caller (or refuses the event).
 enum class action : std::uint8_t {
   begin_operation,     ///< stamp the operation's start; attempt now
@@ -151,6 +159,14 @@ constexpr std::string_view to_string(action a) noexcept {
       return "clear";
   }
   return "clear";
+}
+
+/// Parses a `to_string(action)` spelling; nullopt otherwise.
+constexpr std::optional<action> parse_action(std::string_view s) noexcept {
+  for (auto v : action_values)
+    if (s == to_string(v))
+      return v;
+  return std::nullopt;
 }
 
 /// One transition. A row without a target is internal: its action runs and the state stays.
