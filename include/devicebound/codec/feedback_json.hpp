@@ -71,6 +71,7 @@ constexpr utf8_step utf8_next(std::string_view s, std::size_t i) noexcept {
 /// U+FFFD, the byte that broke it read again.
 inline void append_json_string(std::string& out, std::string_view s) {
   static constexpr char hex[] = "0123456789abcdef";
+  static constexpr std::string_view escaped = "\"\\\b\f\n\r\t", letters = "\"\\bfnrt";
   out += '"';
   for (std::size_t i = 0; i < s.size();) {
     const auto c = static_cast<unsigned char>(s[i]);
@@ -84,36 +85,15 @@ inline void append_json_string(std::string& out, std::string_view s) {
       continue;
     }
     ++i;
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\b':
-        out += "\\b";
-        break;
-      case '\f':
-        out += "\\f";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      default:
-        if (c < 0x20) {
-          out += "\\u00";
-          out += hex[c >> 4];
-          out += hex[c & 0xF];
-        } else {
-          out += static_cast<char>(c);
-        }
+    if (const auto k = escaped.find(static_cast<char>(c)); k != escaped.npos) {
+      out += '\\';
+      out += letters[k];
+    } else if (c < 0x20) {
+      out += "\\u00";
+      out += hex[c >> 4];
+      out += hex[c & 0xF];
+    } else {
+      out += static_cast<char>(c);
     }
   }
   out += '"';
@@ -331,34 +311,21 @@ class feedback_reader {
     }
     const char c = in_[pos_++];
     end_ = pos_;
-    switch (c) {
-      case '[':
-        return token::begin_array;
-      case ']':
-        return token::end_array;
-      case '{':
-        return token::begin_object;
-      case '}':
-        return token::end_object;
-      case ':':
-        return token::name_separator;
-      case ',':
-        return token::value_separator;
-      case 't':
-        return literal("rue", token::literal_true);
-      case 'f':
-        return literal("alse", token::literal_false);
-      case 'n':
-        return literal("ull", token::literal_null);
-      case '"':
-        return string();
-      case '\0':
-        return token::end_of_input;
-      default:
-        if (c == '-' || (c >= '0' && c <= '9'))
-          return number();
-        return fail_at(pos_, "invalid literal");
-    }
+    if (const auto k = std::string_view("[]{}:,").find(c); k != std::string_view::npos)
+      return static_cast<token>(k);  // in the order of `token`
+    if (c == 't')
+      return literal("rue", token::literal_true);
+    if (c == 'f')
+      return literal("alse", token::literal_false);
+    if (c == 'n')
+      return literal("ull", token::literal_null);
+    if (c == '"')
+      return string();
+    if (c == '-' || (c >= '0' && c <= '9'))
+      return number();
+    if (c == '\0')
+      return token::end_of_input;
+    return fail_at(pos_, "invalid literal");
   }
 
   token literal(std::string_view rest, token t) {
@@ -472,24 +439,10 @@ class feedback_reader {
     const std::string code = {'0', '0', hex[c >> 4], hex[c & 0xF]};
     std::string why = "invalid string: control character U+" + code + " (" + names[c] +
                       ") must be escaped to \\u" + code;
-    switch (c) {
-      case '\b':
-        why += " or \\b";
-        break;
-      case '\t':
-        why += " or \\t";
-        break;
-      case '\n':
-        why += " or \\n";
-        break;
-      case '\f':
-        why += " or \\f";
-        break;
-      case '\r':
-        why += " or \\r";
-        break;
-      default:
-        break;
+    if (const auto k = std::string_view("\b\t\n\f\r").find(static_cast<char>(c));
+        k != std::string_view::npos) {
+      why += " or \\";
+      why += "btnfr"[k];
     }
     end_ = pos_;
     why_ = std::move(why);
@@ -503,33 +456,15 @@ class feedback_reader {
       return false;
     }
     const char e = in_[pos_++];
-    switch (e) {
-      case '"':
-      case '\\':
-      case '/':
-        str_ += e;
-        return true;
-      case 'b':
-        str_ += '\b';
-        return true;
-      case 'f':
-        str_ += '\f';
-        return true;
-      case 'n':
-        str_ += '\n';
-        return true;
-      case 'r':
-        str_ += '\r';
-        return true;
-      case 't':
-        str_ += '\t';
-        return true;
-      case 'u':
-        return unicode_escape();
-      default:
-        fail_at(pos_, "invalid string: forbidden character after backslash");
-        return false;
+    static constexpr std::string_view letters = "\"\\/bfnrt", bytes = "\"\\/\b\f\n\r\t";
+    if (const auto k = letters.find(e); k != letters.npos) {
+      str_ += bytes[k];
+      return true;
     }
+    if (e == 'u')
+      return unicode_escape();
+    fail_at(pos_, "invalid string: forbidden character after backslash");
+    return false;
   }
 
   // Four hex digits, or -1 (and why_ set).
