@@ -215,38 +215,20 @@ class feedback_reader {
   }
 
  private:
+  // clang-format off
   enum class token : std::uint8_t {
-    begin_array,
-    end_array,
-    begin_object,
-    end_object,
-    name_separator,
-    value_separator,
-    string,
-    number,
-    literal_true,
-    literal_false,
-    literal_null,
-    end_of_input,
-    error,
+    begin_array, end_array, begin_object, end_object, name_separator, value_separator,
+    string, number, literal_true, literal_false, literal_null, end_of_input, error
   };
-
+  // As nlohmann/json's lexer names them.
   static constexpr const char* token_name(token t) noexcept {
-    constexpr const char* names[] = {"'['",
-                                     "']'",
-                                     "'{'",
-                                     "'}'",
-                                     "':'",
-                                     "','",
-                                     "string literal",
-                                     "number literal",
-                                     "true literal",
-                                     "false literal",
-                                     "null literal",
-                                     "end of input",
-                                     "<parse error>"};
+    constexpr const char* names[] = {
+        "'['", "']'", "'{'", "'}'", "':'", "','",
+        "string literal", "number literal", "true literal", "false literal", "null literal",
+        "end of input", "<parse error>"};
     return names[static_cast<std::size_t>(t)];
   }
+  // clang-format on
 
   // The record fields, in the order they are checked.
   static constexpr std::size_t field_count = 6;
