@@ -12,6 +12,7 @@
 
 #include <cstddef>
 #include <devicebound/codec/iso8601.hpp>
+#include <devicebound/codec/json_syntax_error.hpp>
 #include <devicebound/errors.hpp>
 #include <devicebound/feedback_batch.hpp>
 #include <nlohmann/json.hpp>
@@ -25,59 +26,7 @@ using codec::format_iso8601;
 using codec::parse_iso8601;
 
 namespace detail {
-
-/// A SAX handler that only records why and where parsing stopped: run after
-/// the exception-free DOM parse has failed, to name the problem.
-class json_syntax_error final : public nlohmann::json_sax<nlohmann::json> {
- public:
-  bool null() override { return true; }
-  bool boolean(bool) override { return true; }
-  bool number_integer(number_integer_t) override { return true; }
-  bool number_unsigned(number_unsigned_t) override { return true; }
-  bool number_float(number_float_t, const string_t&) override { return true; }
-  bool string(string_t&) override { return true; }
-  bool binary(binary_t&) override { return true; }
-  bool start_object(std::size_t) override { return true; }
-  bool key(string_t&) override { return true; }
-  bool end_object() override { return true; }
-  bool start_array(std::size_t) override { return true; }
-  bool end_array() override { return true; }
-  bool parse_error(std::size_t byte, const std::string& last_token,
-                   const nlohmann::json::exception& ex) override {
-    byte_ = byte;
-    what_ = ex.what();
-    last_token_ = last_token;
-    return false;
-  }
-
-  /// "at byte 3: invalid string: ill-formed UTF-8 byte". nlohmann's text is
-  /// trimmed of its id, line/column and the echo of the input (`last read:
-  /// '...'`, the overflowing number), so the message is always ASCII.
-  std::string describe() const {
-    std::string text = what_;
-    if (const auto p = text.find("] "); text.starts_with("[json.exception.") && p != text.npos)
-      text.erase(0, p + 2);
-    if (text.starts_with("parse error at line "))
-      if (const auto p = text.find(": "); p != text.npos)
-        text.erase(0, p + 2);
-    if (text.starts_with("syntax error while parsing value - "))
-      text.erase(0, 35);
-    if (const auto p = text.find("; last read: '" + last_token_ + "'"); p != text.npos)
-      text.erase(p, 15 + last_token_.size());
-    if (text.starts_with("number overflow parsing '"))
-      text = "number overflow";
-    for (char& c : text)
-      if (c < 0x20 || c > 0x7E)
-        c = '?';
-    return "at byte " + std::to_string(byte_) + ": " + text;
-  }
-
- private:
-  std::size_t byte_ = 0;
-  std::string what_;
-  std::string last_token_;
-};
-
+using codec::detail::json_syntax_error;
 }  // namespace detail
 
 /// The feedback body, compact, fields in the service's order (SPEC 4.5):
