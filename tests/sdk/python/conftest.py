@@ -64,12 +64,12 @@ def _load_broker_helpers():
 
 helpers = _load_broker_helpers()
 WAIT = helpers.WAIT
+from required import missing_part  # noqa: E402  (python/tests, on sys.path since above)
 
 
 def missing_or_skip(why: str):
-    if os.environ.get("DEVICEBOUND_REQUIRE_ALL") == "1":
-        pytest.fail(f"{why} (DEVICEBOUND_REQUIRE_ALL=1)")
-    pytest.skip(why)
+    """Skips for a missing part; fails instead under DEVICEBOUND_REQUIRE_ALL=1."""
+    missing_part(why)
 
 
 def _port_free(port: int) -> bool:
