@@ -208,7 +208,7 @@ def _stack(tmp_path_factory, *, https: bool, devices: list[str]):
     hub_log = work / "devicebound-hub.log"
     log_file = open(hub_log, "wb")
     argv = [hub_exe, "--host", "127.0.0.1", "--port", str(plain_port), "--client-id", "devicebound-hub",
-            "--username", "iothubowner", "--password", policy_keys["iothubowner"],
+            "--username", "iothubowner", "--broker-sas-key", policy_keys["iothubowner"],
             "--store", str(store),
             "--amqp-listen", f"127.0.0.1:{AMQP_PORT}",
             "--tls-server-cert", str(certs.cert), "--tls-server-key", str(certs.key),
