@@ -8,6 +8,8 @@
 
 #ifdef DEVICEBOUND_WITH_AMQP_DOOR
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <proton/condition.h>
 #include <proton/connection.h>
 #include <proton/delivery.h>
@@ -20,10 +22,8 @@
 #include <proton/session.h>
 #include <proton/terminus.h>
 #include <proton/transport.h>
-
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -35,6 +35,7 @@
 #include <devicebound/clock.hpp>
 #include <devicebound/codec/amqp.hpp>
 #include <devicebound/codec/feedback_json.hpp>
+#include <fstream>
 #include <functional>
 #include <iostream>
 #include <map>
@@ -853,8 +854,8 @@ class amqp_door_limits : public amqp_door_e2e {
 };
 
 TEST_F(amqp_door_limits, ConnectionsSessionsLinksAndSizesCostOnlyTheOffender) {
-  restart_with({"--amqp-max-connections", "2", "--amqp-max-sessions", "2", "--amqp-max-links",
-                "4", "--amqp-max-message-size", "4096", "--amqp-max-frame-size", "2048"});
+  restart_with({"--amqp-max-connections", "2", "--amqp-max-sessions", "2", "--amqp-max-links", "4",
+                "--amqp-max-message-size", "4096", "--amqp-max-frame-size", "2048"});
   auto svc = service();  // one session, two $cbs links
   pn_link_t* s = svc->attach(true, "/messages/devicebound");
   pn_link_t* fb = svc->attach(false, "/messages/serviceBound/feedback", 10);
@@ -946,6 +947,27 @@ TEST_F(amqp_door_limits, ThrottledSendsAreRejectedAsTheSdksExpectAndQueueNothing
   auto next = dev->next(r);
   ASSERT_TRUE(next);
   EXPECT_EQ(proton::get<std::string>(next->msg.id()), "marker");
+}
+
+TEST(amqp_door_config, BadLimitsAndPlainNonLoopbackListenersExit2) {
+  if (!support::hub_daemon::available())
+    DEVICEBOUND_MISSING_PART("devicebound-hub not found at " << support::default_hub);
+  support::temp_dir dir{"devicebound-limits-config-"};
+  {
+    std::ofstream f(dir.file("bad.toml"));
+    f << "[limits]\nthrottle = \"S4\"\n";
+  }
+  const std::string hub = support::default_hub;
+  for (const std::string& args : std::vector<std::string>{
+           "--amqp-listen 0.0.0.0:0", "--https-insecure --https-listen 0.0.0.0:0", "--throttle S9",
+           "--throttle S1 --throttle-units 0", "--amqp-max-frame-size 100",
+           "--amqp-max-connections 0", "--https-max-header-bytes 10", "--https-idle-timeout 0",
+           "--amqp-max-message-size 99999999999", "-c " + dir.file("bad.toml")}) {
+    const std::string cmd = "'" + hub + "' --in-memory " + args + " >/dev/null 2>&1";
+    const int status = std::system(cmd.c_str());
+    ASSERT_TRUE(WIFEXITED(status)) << args;
+    EXPECT_EQ(WEXITSTATUS(status), 2) << args;
+  }
 }
 
 }  // namespace

@@ -15,8 +15,8 @@
 #include <boost/beast/http.hpp>
 #include <boost/beast/ssl.hpp>
 #include <condition_variable>
-#include <deque>
 #include <cstdlib>
+#include <deque>
 #include <devicebound/auth/signature.hpp>
 #include <devicebound/clock.hpp>
 #include <devicebound/codec/feedback_json.hpp>
@@ -866,6 +866,39 @@ TEST(https_door, AThrottledReceiveIs429WithIotHubsErrorBodyAndLocksNothing) {
       << r.body;
   EXPECT_EQ(body["ExceptionMessage"].get<std::string>().rfind("Tracking ID:", 0), 0u) << r.body;
   EXPECT_EQ(h.service().depth("dev1"), 1u);
+}
+
+TEST(https_door, Tls12IsTheMinimumAndPlainHttpIsForLoopbackOnly) {
+  hub_under_test h({});
+  test_support::temp_dir dir{"devicebound-https-tls"};
+  const auto handshake = [&](int max_version) {
+    SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
+    SSL_CTX_set_security_level(ctx, 0);  // the client would offer TLS 1.0/1.1
+    SSL_CTX_set_min_proto_version(ctx, TLS1_VERSION);
+    SSL_CTX_set_max_proto_version(ctx, max_version);
+    net::io_context ioc;
+    tcp::socket sock(ioc);
+    beast::error_code ec;
+    sock.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), h.port()), ec);
+    SSL* ssl = SSL_new(ctx);
+    SSL_set_fd(ssl, static_cast<int>(sock.native_handle()));
+    const bool ok = !ec && SSL_connect(ssl) == 1;  // blocking; the door answers at once
+    SSL_free(ssl);
+    SSL_CTX_free(ctx);
+    return ok;
+  };
+  EXPECT_FALSE(handshake(TLS1_VERSION));
+  EXPECT_FALSE(handshake(TLS1_1_VERSION));
+  EXPECT_TRUE(handshake(TLS1_2_VERSION));
+  EXPECT_TRUE(handshake(TLS1_3_VERSION));
+  // --https-insecure on an address that is not loopback: refused, naming the rule
+  https_door_config c;
+  c.listen = {"0.0.0.0:0"};
+  c.insecure = true;
+  https_door plain(std::move(c));
+  const auto r = plain.start(0, [](inbound) {}, {});
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message.find("loopback"), std::string::npos) << r.error().message;
 }
 
 }  // namespace

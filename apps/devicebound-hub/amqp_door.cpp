@@ -942,11 +942,10 @@ struct amqp_door::impl {
       address = op_address(c, op);
     }
     if (too_big)
-      return emit(address,
-                  refused_request{make_error(errc::message_too_large,
-                                             "the transfer is larger than " +
-                                                 std::to_string(config.max_message_size) +
-                                                 " bytes (--amqp-max-message-size)")});
+      return emit(address, refused_request{make_error(errc::message_too_large,
+                                                      "the transfer is larger than " +
+                                                          std::to_string(config.max_message_size) +
+                                                          " bytes (--amqp-max-message-size)")});
     proton::message m;
     try {
       m.decode(std::vector<char>(bytes.begin(), bytes.end()));

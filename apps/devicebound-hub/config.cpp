@@ -120,6 +120,15 @@ int usage_exit(const CLI::App& app, const CLI::Error& e) {
   return app.exit(e) == 0 ? int{exit_ok} : int{exit_config};
 }
 
+/// Whether a listen address (`host:port`, `[v6]:port`) names a loopback host.
+bool loopback_listen(std::string_view address) {
+  const auto colon = address.rfind(':');
+  std::string_view host = address.substr(0, colon == std::string_view::npos ? 0 : colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']')
+    host = host.substr(1, host.size() - 2);
+  return host == "localhost" || host.starts_with("127.") || host == "::1";
+}
+
 }  // namespace
 
 /// Reads the TOML file into `c` (only the keys present; see docs/mqtt-quickstart.md).
@@ -293,15 +302,12 @@ void load_toml(const std::string& path, daemon_config& c) {
   num(li["amqp_max_sessions"], "limits.amqp_max_sessions", c.limits.amqp_max_sessions);
   num(li["amqp_max_links"], "limits.amqp_max_links", c.limits.amqp_max_links);
   num(li["amqp_max_frame_size"], "limits.amqp_max_frame_size", c.limits.amqp_max_frame_size);
-  num(li["amqp_max_message_size"], "limits.amqp_max_message_size",
-      c.limits.amqp_max_message_size);
-  num(li["https_max_connections"], "limits.https_max_connections",
-      c.limits.https_max_connections);
+  num(li["amqp_max_message_size"], "limits.amqp_max_message_size", c.limits.amqp_max_message_size);
+  num(li["https_max_connections"], "limits.https_max_connections", c.limits.https_max_connections);
   num(li["https_max_header_bytes"], "limits.https_max_header_bytes",
       c.limits.https_max_header_bytes);
   num(li["https_max_body_bytes"], "limits.https_max_body_bytes", c.limits.https_max_body_bytes);
-  num(li["https_request_timeout"], "limits.https_request_timeout",
-      c.https.request_timeout_seconds);
+  num(li["https_request_timeout"], "limits.https_request_timeout", c.https.request_timeout_seconds);
   num(li["https_idle_timeout"], "limits.https_idle_timeout", c.limits.https_idle_timeout_seconds);
   num(li["max_in_flight"], "limits.max_in_flight", c.max_in_flight);
   if (auto th = li["throttle"]; th) {
@@ -536,6 +542,18 @@ std::variant<daemon_config, int> load_config(int argc, char** argv) {
     }
     if (cfg.https.request_timeout_seconds < 1 || cfg.https.request_timeout_seconds > 3600)
       throw CLI::ValidationError("--https-request-timeout", "must be 1..3600 seconds");
+    // Plain listeners on loopback only, unless the insecure flag (docs/security.md).
+    if (cfg.amqp.tls_server_cert.empty() && !cfg.amqp.insecure)
+      for (const auto& a : cfg.amqp.listen)
+        if (!loopback_listen(a))
+          throw CLI::ValidationError("--amqp-listen",
+                                     a + ": plain AMQP (no --tls-server-cert) only on a loopback "
+                                         "address, unless --amqp-insecure");
+    if (cfg.https.insecure)
+      for (const auto& a : cfg.https.listen)
+        if (!loopback_listen(a))
+          throw CLI::ValidationError(
+              "--https-listen", a + ": plain HTTP (--https-insecure) only on a loopback address");
     if (!cfg.https.listen.empty() && !cfg.https.insecure && cfg.amqp.tls_server_cert.empty())
       throw CLI::ValidationError("--https-listen",
                                  "needs --tls-server-cert and --tls-server-key (or "

@@ -185,8 +185,8 @@ class session final : public https_connection,
     if (ec)
       return;  // cancelled: the request was read in time
     const bool started = parser_->got_some() || buffer_.size() > 0;
-    const auto deadline = read_started_ + (started ? door_.config.request_timeout
-                                                   : door_.config.idle_timeout);
+    const auto deadline =
+        read_started_ + (started ? door_.config.request_timeout : door_.config.idle_timeout);
     if (std::chrono::steady_clock::now() < deadline) {
       timer_.expires_at(deadline);
       timer_.async_wait(

@@ -184,8 +184,10 @@ int open_hub(daemon_config& cfg, std::unique_ptr<sqlite_store>& store, hub& h) {
     cfg.store.path = default_store_path(cfg.broker.client_id);
     std::error_code ec;
     const auto dir = std::filesystem::path(cfg.store.path).parent_path();
-    if (!dir.empty())
-      std::filesystem::create_directories(dir, ec);
+    // A directory made here holds keys (the registry is in the store): 0700.
+    if (!dir.empty() && std::filesystem::create_directories(dir, ec) && !ec)
+      std::filesystem::permissions(dir, std::filesystem::perms::owner_all,
+                                   std::filesystem::perm_options::replace, ec);
     if (ec) {
       spdlog::critical("cannot create the store's directory {}: {} (choose a file with --store)",
                        dir.string(), ec.message());

@@ -197,12 +197,11 @@ class c2d_throttle {
     if (b.admits(now))
       return {};
     const auto ms = b.wait(now).count();
-    return make_error(errc::throttling,
-                      "the hub's C2D " + std::string(what) + " throttle (" +
-                          std::string(to_string(config_.tier)) + ", " +
-                          std::to_string(b.per_minute()) +
-                          " a minute) is exceeded; the next is admitted in " +
-                          std::to_string(ms) + " ms");
+    return make_error(errc::throttling, "the hub's C2D " + std::string(what) + " throttle (" +
+                                            std::string(to_string(config_.tier)) + ", " +
+                                            std::to_string(b.per_minute()) +
+                                            " a minute) is exceeded; the next is admitted in " +
+                                            std::to_string(ms) + " ms");
   }
 
   throttle_config config_;
