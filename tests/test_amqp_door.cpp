@@ -873,6 +873,15 @@ TEST_F(amqp_door_limits, ConnectionsSessionsLinksAndSizesCostOnlyTheOffender) {
   EXPECT_EQ(svc->session_error(svc->begin_session()), "amqp:resource-limit-exceeded");
   EXPECT_FALSE(svc->closed());
   EXPECT_EQ(svc->outcome(svc->send(s, c2d("dev1", "ok", "m2"))).first, PN_ACCEPTED);
+  // links that come and go do not count (nor stay in the hub's memory)
+  pn_link_close(fb);
+  ASSERT_TRUE(svc->wait([&] { return svc->closed() || svc->link_closed_by_peer(fb); }));
+  for (int i = 0; i < 100; ++i) {
+    pn_link_t* l = svc->attach(true, "/messages/devicebound");
+    ASSERT_TRUE(svc->attached(l)) << i;
+    pn_link_close(l);
+    ASSERT_TRUE(svc->wait([&] { return svc->closed() || svc->link_closed_by_peer(l); })) << i;
+  }
   // connections: the third is closed with the condition, the two admitted work on
   {
     auto second = std::make_unique<client>(port_, sasl_mode::none);

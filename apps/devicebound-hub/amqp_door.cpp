@@ -369,6 +369,7 @@ struct amqp_door::impl {
           link_gone(c, l->second);
         if (!(pn_link_state(pl) & PN_LOCAL_CLOSED))
           pn_link_close(pl);
+        forget_link(c, pl);
         break;
       }
       case PN_LINK_FLOW:
@@ -709,6 +710,23 @@ struct amqp_door::impl {
       emit({}, device_absent{l.device, link_key(c, l)});
     else if (l.kind == link_kind::feedback)
       emit({}, feedback_detach_request{l.service, link_key(c, l)});
+  }
+
+  /// A link both sides have detached: its state goes and Proton frees it (after
+  /// our detach is written), so a client that attaches and detaches in a loop
+  /// does not grow the connection's memory.
+  void forget_link(conn_state& c, pn_link_t* pl) {
+    if (auto it = c.links.find(pl); it != c.links.end()) {
+      const std::uint64_t id = it->second.id;
+      c.link_by_id.erase(id);
+      // Replies still to come for it find nothing (their deliveries are freed).
+      std::erase_if(c.ops, [&](const auto& kv) { return kv.second.link == id; });
+      std::erase_if(c.sent, [&](const auto& kv) { return kv.second.link == id; });
+      c.links.erase(it);
+    }
+    std::erase_if(c.incoming, [&](const auto& kv) { return pn_delivery_link(kv.first) == pl; });
+    std::erase_if(c.oversized, [&](const auto& kv) { return pn_delivery_link(kv.first) == pl; });
+    pn_link_free(pl);
   }
 
   /// Credit arrived on a link we send on.
