@@ -166,6 +166,22 @@ class client {
   bool closed() const { return closed_; }
   const std::string& close_condition() const { return close_condition_; }
 
+  /// One more session: begun, or ended by the hub (then `session_error` says why).
+  pn_session_t* begin_session() {
+    pn_session_t* s = pn_session(conn_);
+    pn_session_open(s);
+    (void)wait([&] {
+      return closed_ || session_errors_.count(s) > 0 || (pn_session_state(s) & PN_REMOTE_ACTIVE);
+    });
+    return s;
+  }
+  /// The session was ended by the hub with this condition ("" while it is open).
+  std::string session_error(pn_session_t* s) {
+    (void)wait([&] { return closed_ || session_errors_.count(s) > 0; }, 2s);
+    auto it = session_errors_.find(s);
+    return it == session_errors_.end() ? std::string() : it->second;
+  }
+
   /// A link, attached (or refused: then `link_error` says why).
   pn_link_t* attach(bool sender, const std::string& address, int credit = 0,
                     pn_rcv_settle_mode_t rcv_mode = PN_RCV_FIRST) {
@@ -249,6 +265,13 @@ class client {
         pn_link_close(l);
         break;
       }
+      case PN_SESSION_REMOTE_CLOSE: {
+        pn_session_t* s = pn_event_session(e);
+        pn_condition_t* c = pn_session_remote_condition(s);
+        session_errors_[s] = pn_condition_is_set(c) ? pn_condition_get_name(c) : "(none)";
+        pn_session_close(s);
+        break;
+      }
       case PN_DELIVERY: {
         pn_delivery_t* d = pn_event_delivery(e);
         pn_link_t* l = pn_delivery_link(d);
@@ -296,6 +319,7 @@ class client {
   bool woken_ = false;
   std::string close_condition_;
   std::map<pn_link_t*, std::string> link_errors_;
+  std::map<pn_session_t*, std::string> session_errors_;
   std::map<pn_link_t*, std::deque<received>> inbox_;
   int next_link_ = 0;
   int next_tag_ = 0;
