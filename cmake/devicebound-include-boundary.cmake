@@ -1,7 +1,8 @@
 # Checks which headers a TU includes (issue 10, item 1): the clients and the
-# transports include only vocabulary, never the engine or a store, and
-# Boost.MSM only through the retry machine (DESIGN principle 2: retry policies
-# are MSM machines, and the clients run them).
+# transports include only vocabulary, never the engine or a store, never
+# Boost.MSM (the clients run the retry table through retry/controller.hpp; the
+# MSM machine of the same table is retry/machine.hpp) and never nlohmann/json
+# (the feedback body is read by codec/feedback_json.hpp's own small reader).
 #
 #   cmake -DCOMPILER=<c++> -DFLAGS_FILE=<response file> -DSOURCE=<tu.cpp>
 #         -P devicebound-include-boundary.cmake
@@ -19,8 +20,8 @@ endforeach()
 
 # Headers of the engine and the stores, relative to include/devicebound/.
 set(forbidden_regex "^(hub|queue|lifecycle|feedback|validate)\\.hpp$|^store/")
-# The one header allowed to include Boost.MSM.
-set(msm_entry "retry/machine.hpp")
+# Third-party headers the clients must not parse (the costliest ones to compile).
+set(heavy_regex "/boost/msm/|/nlohmann/")
 
 execute_process(
   COMMAND "${COMPILER}" "@${FLAGS_FILE}" -E -H -o /dev/null "${SOURCE}"
@@ -74,20 +75,19 @@ foreach(line IN LISTS lines)
     list(APPEND reported "${name}")
     chain_text(${depth} chain)
     string(APPEND problems "  engine/store header devicebound/${name}:\n    ${chain}\n")
-  elseif(path MATCHES "/boost/msm/")
-    # The nearest devicebound header above it must be the retry machine.
+  elseif(path MATCHES "${heavy_regex}")
+    # Report it once per devicebound header that brought it in.
     set(entry "")
     set(d ${depth})
     while(d GREATER 1 AND entry STREQUAL "")
       math(EXPR d "${d} - 1")
       devicebound_name("${stack_${d}}" entry)
     endwhile()
-    if(NOT entry STREQUAL msm_entry AND NOT "msm:${entry}" IN_LIST reported)
-      list(APPEND reported "msm:${entry}")
+    string(REGEX MATCH "${heavy_regex}" what "${path}")
+    if(NOT "${what}${entry}" IN_LIST reported)
+      list(APPEND reported "${what}${entry}")
       chain_text(${depth} chain)
-      string(APPEND problems
-             "  Boost.MSM through devicebound/${entry} (only ${msm_entry} may include it):\n"
-             "    ${chain}\n")
+      string(APPEND problems "  heavy header ${what} through devicebound/${entry}:\n    ${chain}\n")
     endif()
   endif()
 endforeach()

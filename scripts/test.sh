@@ -2,7 +2,8 @@
 # Sets up everything and runs every test:
 #   (a) release  Release build in build/, all ctests
 #   (b) asan     AddressSanitizer + UBSan build in build-asan/ (no benchmarks,
-#                no packaging tests: those are proven in (a)), all other ctests
+#                no packaging tests and none of the tests that only run the
+#                compiler: those are proven in (a)), all other ctests
 #   (c) fuzz     clang libFuzzer build in build-fuzz/, each fuzzer run for
 #                20 s (at most 1,000,000 inputs) from a copy of its corpus (only if fuzz/*_fuzz.cpp exist)
 #   (d) python   pip install . (and the sdist) into fresh venvs, pytest python/tests
@@ -70,7 +71,8 @@ stage_asan() {
   cmake --build "$build-asan" -j "$jobs"
   ASAN_OPTIONS=detect_leaks=1:detect_stack_use_after_return=1:strict_init_order=1 \
     UBSAN_OPTIONS=print_stacktrace=1 \
-    ctest --test-dir "$build-asan" "${ctest_args[@]}" -LE packaging
+    ctest --test-dir "$build-asan" "${ctest_args[@]}" \
+    -LE 'packaging|compile_fail|compile_pass|include_boundary'
 }
 
 stage_fuzz() {

@@ -401,3 +401,238 @@ RC_GTEST_PROP(Spec_4_5, FeedbackDecodeOfCorruptedValidBodyNeverThrows, ()) {
     RC_ASSERT(r.code() == errc::malformed);
   }
 }
+
+// ---- the reader's edge cases (codec/feedback_json.hpp has its own reader; the
+// expected messages are those nlohmann/json 3.11 gave, which the fuzz target
+// fuzz/feedback_json_fuzz.cpp checks against it on every input) ----
+
+namespace {
+
+std::vector<feedback_record> decode_ok(std::string_view body) {
+  const auto r = decode_feedback_json(body);
+  EXPECT_TRUE(r.has_value()) << r.error().message;
+  return r.has_value() ? *r : std::vector<feedback_record>{};
+}
+
+// The record of `valid_fields` with `extra` (already JSON text) after them.
+std::string record_with(std::string_view extra) {
+  return one_record(std::string(valid_fields) + std::string(extra));
+}
+
+}  // namespace
+
+TEST(FeedbackJsonReader, ALeadingBomIsSkippedOnlyAtTheVeryStart) {
+  EXPECT_EQ(decode_ok("\xEF\xBB\xBF" + std::string(spec_example)),
+            std::vector<feedback_record>{sample_record()});
+  EXPECT_TRUE(decode_ok("\xEF\xBB\xBF[]").empty());
+  expect_malformed("\xEF\xBB[]",
+                   "is not valid JSON at byte 3: invalid BOM; must be 0xEF 0xBB "
+                   "0xBF if given");
+  expect_malformed("\xEF", "is not valid JSON at byte 2: invalid BOM");
+  expect_malformed(" \xEF\xBB\xBF[]", "is not valid JSON at byte 2: invalid literal");
+  expect_malformed("\xEF\xBB\xBF\xEF\xBB\xBF[]", "is not valid JSON at byte 4: invalid literal");
+}
+
+TEST(FeedbackJsonReader, UnicodeEscapesAndSurrogatePairs) {
+  const auto r = decode_ok(one_record(
+      R"("originalMessageId":"\ud83d\ude00\uD834\uDD1E","enqueuedTimeUtc":)"
+      R"("2015-07-28T16:24:48.789Z","statusCode":"Succ\u0065ss","deviceId":"\u00e9\u20ac\u0041",)"
+      R"("deviceGenerationId":"a\u0000b\/\"\\\b\f\n\r\t")"));
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(r[0].original_message_id, "\xF0\x9F\x98\x80\xF0\x9D\x84\x9E");
+  EXPECT_EQ(r[0].status_code, feedback_status::success);
+  EXPECT_EQ(r[0].device_id,
+            "\xC3\xA9\xE2\x82\xAC"
+            "A");
+  EXPECT_EQ(r[0].device_generation_id, std::string("a\0b/\"\\\b\f\n\r\t", 11));
+  // Keys are compared once unescaped.
+  EXPECT_EQ(decode_ok(one_record(R"("originalMessageId":"m","enqueuedTimeUtc":)"
+                                 R"("2015-07-28T16:24:48.789Z","statusCode":"Success",)"
+                                 R"("\u0064eviceId":"d","deviceGenerationId":"g")"))
+                .at(0)
+                .device_id,
+            "d");
+}
+
+TEST(FeedbackJsonReader, LoneSurrogatesAndBadEscapesAreMalformed) {
+  expect_malformed(R"(["\ud800"])",
+                   "at byte 9: invalid string: surrogate U+D800..U+DBFF must "
+                   "be followed by U+DC00..U+DFFF");
+  expect_malformed(R"(["\ud800\n"])", "at byte 10: invalid string: surrogate U+D800..U+DBFF");
+  expect_malformed(R"(["\ud800\ud800"])", "at byte 14: invalid string: surrogate U+D800..U+DBFF");
+  expect_malformed(R"(["\udc00"])",
+                   "at byte 8: invalid string: surrogate U+DC00..U+DFFF must "
+                   "follow U+D800..U+DBFF");
+  expect_malformed(R"(["\u12G4"])",
+                   "at byte 7: invalid string: '\\u' must be followed by 4 hex "
+                   "digits");
+  expect_malformed(R"(["\x"])", "at byte 4: invalid string: forbidden character after backslash");
+  expect_malformed("[\"\\", "at byte 4: invalid string: forbidden character after backslash");
+  expect_malformed("[\"a", "at byte 4: invalid string: missing closing quote");
+  expect_malformed("[\"a\tb\"]",
+                   "at byte 4: invalid string: control character U+0009 (HT) must "
+                   "be escaped to \\u0009 or \\t");
+  expect_malformed(std::string("[\"\0\"]", 5),
+                   "at byte 3: invalid string: control character U+0000 (NUL) must be escaped "
+                   "to \\u0000");
+  expect_malformed("[\"\x1f\"]", "control character U+001F (US) must be escaped to \\u001F");
+  // Ill-formed UTF-8: the position of the byte that breaks the sequence.
+  expect_malformed("[\"\xE0\x80\xAF\"]", "at byte 4: invalid string: ill-formed UTF-8 byte");
+  expect_malformed("[\"\xF0\x9F\x98\"]", "at byte 6: invalid string: ill-formed UTF-8 byte");
+  expect_malformed("[\"\xF4\x90\x80\x80\"]", "at byte 4: invalid string: ill-formed UTF-8 byte");
+  expect_malformed("[\"\xC0\xAF\"]", "at byte 3: invalid string: ill-formed UTF-8 byte");
+  expect_malformed("[\"\xF0\x9F\x98", "at byte 6: invalid string: ill-formed UTF-8 byte");
+}
+
+TEST(FeedbackJsonReader, NumbersMustFitADouble) {
+  EXPECT_EQ(decode_ok(record_with(R"(,"n":[0,-0,1.5,-2.5E+3,1e-400,-4.9e-325,)"
+                                  R"(1.7976931348623157e308,123456789012345678901234567890])"))
+                .size(),
+            1u);
+  expect_malformed("[1e309]", "at byte 6: number overflow");
+  expect_malformed("[-1e309]", "at byte 7: number overflow");
+  expect_malformed("[1.7976931348623159e308]", "at byte 23: number overflow");
+  expect_malformed("[0.001e312]", "at byte 10: number overflow");
+  expect_malformed("[" + std::string(400, '9') + "]", "at byte 401: number overflow");
+  expect_malformed(record_with(R"(,"n":1e999)"), "number overflow");
+  expect_malformed("[-]", "at byte 3: invalid number; expected digit after '-'");
+  expect_malformed("[1.]", "at byte 4: invalid number; expected digit after '.'");
+  expect_malformed("[1e]",
+                   "at byte 4: invalid number; expected '+', '-', or digit after "
+                   "exponent");
+  expect_malformed("[1e+]", "at byte 5: invalid number; expected digit after exponent sign");
+  expect_malformed("[01]",
+                   "at byte 3: syntax error while parsing array - unexpected number "
+                   "literal; expected ']'");
+  expect_malformed("[+1]", "at byte 2: invalid literal");
+  expect_malformed("[.5]", "at byte 2: invalid literal");
+}
+
+TEST(FeedbackJsonReader, DeepNestingIsReadWithoutRecursion) {
+  // No depth limit (as with nlohmann's iterative parser): nesting costs a
+  // byte a level, never stack.
+  constexpr std::size_t depth = 200000;
+  const std::string deep = std::string(depth, '[') + std::string(depth, ']');
+  EXPECT_EQ(decode_ok(record_with(",\"x\":" + deep)), std::vector<feedback_record>{[] {
+              feedback_record r = sample_record();
+              r.original_message_id = "m";
+              r.device_id = "d";
+              r.device_generation_id = "g";
+              return r;
+            }()});
+  expect_malformed(std::string(depth, '['),
+                   "at byte " + std::to_string(depth + 1) +
+                       ": unexpected end of input; expected '[', '{', or a literal");
+  expect_malformed(std::string(depth, '[') + std::string(depth - 1, ']') + "}",
+                   "at byte " + std::to_string(2 * depth) +
+                       ": syntax error while parsing array - unexpected '}'; expected ']'");
+  expect_malformed("[" + std::string(depth, '{'),
+                   "at byte 3: syntax error while parsing object key - unexpected '{'; expected "
+                   "string literal");
+  expect_malformed(deep, "record 0: is a JSON array, expected an object");
+}
+
+TEST(FeedbackJsonReader, ForADuplicatedKeyTheLastWins) {
+  EXPECT_EQ(decode_ok(record_with(R"(,"deviceId":"d2","deviceId":"d3")")).at(0).device_id, "d3");
+  expect_malformed(record_with(R"(,"deviceId":"d2","deviceId":7)"),
+                   "record 0: deviceId is a number, expected a string");
+  EXPECT_EQ(decode_ok(one_record(R"("deviceId":[1],)" + std::string(valid_fields))).at(0).device_id,
+            "d");
+  EXPECT_EQ(decode_ok(record_with(R"(,"description":null)")).at(0).description, "Success");
+}
+
+TEST(FeedbackJsonReader, WhitespaceIsTheFourJsonBytesOnly) {
+  EXPECT_EQ(decode_ok(" \t\r\n[ \t\r\n{ \"deviceId\" \n: \"d\" ,\r" + std::string(valid_fields) +
+                      "\t} \n]\r\n ")
+                .size(),
+            1u);
+  expect_malformed("\v[]", "at byte 1: invalid literal");
+  expect_malformed("\f[]", "at byte 1: invalid literal");
+  expect_malformed("\xC2\xA0[]", "at byte 1: invalid literal");  // NBSP
+}
+
+TEST(FeedbackJsonReader, TrailingBytesAreMalformedUntilANul) {
+  expect_malformed("[] x", "at byte 4: invalid literal; expected end of input");
+  expect_malformed("[][]", "at byte 3: unexpected '['; expected end of input");
+  expect_malformed("[],", "at byte 3: unexpected ','; expected end of input");
+  expect_malformed(std::string(spec_example) + "\"",
+                   "invalid string: missing closing quote; "
+                   "expected end of input");
+  // As with nlohmann/json, a NUL byte outside a string ends the input (a C
+  // sender's terminator); what follows it is not read.
+  EXPECT_EQ(decode_ok(std::string(spec_example) + std::string("\0garbage", 8)),
+            std::vector<feedback_record>{sample_record()});
+  expect_malformed(std::string("[\0]", 3),
+                   "at byte 2: unexpected end of input; expected '[', '{', or a literal");
+}
+
+TEST(FeedbackJsonReader, SyntaxErrorsNameTheirContext) {
+  expect_malformed(R"([{"a" 1}])",
+                   "at byte 7: syntax error while parsing object separator - "
+                   "unexpected number literal; expected ':'");
+  expect_malformed(R"([{1:2}])",
+                   "at byte 3: syntax error while parsing object key - unexpected "
+                   "number literal; expected string literal");
+  expect_malformed(R"([{"a":1 "b":2}])",
+                   "at byte 11: syntax error while parsing object - "
+                   "unexpected string literal; expected '}'");
+  expect_malformed(R"([1 2])",
+                   "at byte 4: syntax error while parsing array - unexpected number "
+                   "literal; expected ']'");
+  expect_malformed(R"([{"a":tru}])", "at byte 10: invalid literal");
+  expect_malformed(R"([{"a":1,}])",
+                   "at byte 9: syntax error while parsing object key - "
+                   "unexpected '}'; expected string literal");
+}
+
+TEST(FeedbackJsonReader, EveryTruncationOfAValidBodyIsMalformed) {
+  feedback_record r = sample_record(feedback_status::delivery_count_exceeded);
+  r.original_message_id = "caf\xC3\xA9 \xF0\x9F\x98\x80 \"q\" \\ \t";
+  r.description = std::string("nul\0 and \x1f", 11);
+  const std::string body = " " + encode_feedback_json({r, sample_record()}) + "\n";
+  ASSERT_EQ(decode_ok(body).size(), 2u);
+  for (std::size_t n = 0; n + 1 < body.size(); ++n) {
+    const auto t = decode_feedback_json(std::string_view(body).substr(0, n));
+    ASSERT_FALSE(t.has_value()) << n;
+    EXPECT_EQ(t.code(), errc::malformed);
+    EXPECT_NE(t.error().message.find("is not valid JSON at byte"), std::string::npos)
+        << t.error().message;
+    for (const char c : t.error().message)
+      ASSERT_TRUE(c >= 0x20 && c < 0x7F) << t.error().message;
+  }
+}
+
+TEST(FeedbackJsonWriter, EscapesAsNlohmannDumpDid) {
+  feedback_record r = sample_record();
+  r.original_message_id = std::string("\x01\x1f\x7f/\b\f\n\r\t\"\\\0", 12);
+  const std::string text = encode_feedback_json({r});
+  EXPECT_NE(text.find(R"("originalMessageId":"\u0001\u001f)"
+                      "\x7f"
+                      R"(/\b\f\n\r\t\"\\\u0000",)"),
+            std::string::npos)
+      << text;
+}
+
+TEST(FeedbackJsonWriter, EachIllFormedUtf8SequenceBecomesOneReplacementCharacter) {
+  const auto written = [](std::string s) {
+    feedback_record r = sample_record();
+    r.device_id = std::move(s);
+    const std::string text = encode_feedback_json({r});
+    const auto from = text.find("\"deviceId\":\"") + 12;
+    return text.substr(from, text.find("\",\"deviceGenerationId\"") - from);
+  };
+  const std::string fffd = "\xEF\xBF\xBD";
+  EXPECT_EQ(written("a\xFF"
+                    "b"),
+            "a" + fffd + "b");
+  EXPECT_EQ(written("\xC3\x28"), fffd + "(");              // the breaking byte read again
+  EXPECT_EQ(written("\xE0\x80\xAF"), fffd + fffd + fffd);  // overlong: E0 then 80 breaks
+  EXPECT_EQ(written("\xED\xA0\x80"), fffd + fffd + fffd);  // an encoded surrogate
+  EXPECT_EQ(written("\xF0\x9F\x98"), fffd);                // cut short at the end
+  EXPECT_EQ(written("\xF0\x9F\x98"
+                    "A\xF0\x9F\x98\x80"),
+            fffd + "A\xF0\x9F\x98\x80");
+  EXPECT_EQ(written("\xF4\x90\x80\x80"), fffd + fffd + fffd + fffd);  // above U+10FFFF
+  EXPECT_EQ(written("\xC0\xAF\xF8"), fffd + fffd + fffd);
+  EXPECT_EQ(written("\xE2\x82\xAC\xF0\x9F\x98\x80"), "\xE2\x82\xAC\xF0\x9F\x98\x80");
+}

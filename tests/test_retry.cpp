@@ -1,6 +1,11 @@
 // Retry policies (SPEC 8): exact schedules of every SDK profile with a fixed random source,
 // the classification tables, the retry machine row by row, and properties over random
 // policies and failure sequences.
+//
+// Built twice: `test_retry` runs every test against `controller` (the table executor the
+// clients use), `test_retry_msm` (DEVICEBOUND_TEST_RETRY_MSM) against `msm_controller` (the
+// same table as a Boost.MSM machine) and adds the property that the two agree on every event
+// sequence.
 #include <gtest/gtest.h>
 #include <rapidcheck/gtest.h>
 
@@ -9,6 +14,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <devicebound/retry.hpp>
+#ifdef DEVICEBOUND_TEST_RETRY_MSM
+#include <devicebound/retry/machine.hpp>
+#endif
 #include <limits>
 #include <optional>
 #include <string>
@@ -17,7 +25,15 @@
 
 using namespace devicebound;
 using namespace std::chrono_literals;
-namespace rt = devicebound::retry;
+namespace rt {
+using namespace devicebound::retry;
+#ifdef DEVICEBOUND_TEST_RETRY_MSM
+/// The executor under test: the Boost.MSM machine.
+template <class Policy = devicebound::retry::policy,
+          class Random = devicebound::retry::default_random>
+using controller = devicebound::retry::msm_controller<Policy, Random>;
+#endif
+}  // namespace rt
 namespace pf = devicebound::retry::profiles;
 
 namespace {
@@ -763,9 +779,39 @@ TEST(RetryStrings, EveryEnumParsesItsOwnSpelling) {
   expect_strings_round_trip(rt::stop_reason_values, rt::parse_stop_reason);
   expect_strings_round_trip(rt::state_values, rt::parse_state);
   expect_strings_round_trip(rt::backoff_kind_values, rt::parse_backoff_kind);
+  expect_strings_round_trip(rt::event_kind_values, rt::parse_event_kind);
+  expect_strings_round_trip(rt::guard_values, rt::parse_guard);
+  expect_strings_round_trip(rt::action_values, rt::parse_action);
   static_assert(rt::parse_first_retry("fast") == rt::first_retry::fast);
   static_assert(rt::parse_state("Exhausted") == rt::state::exhausted);
   static_assert(!rt::parse_state("exhausted"), "states parse from their display names");
+}
+
+// retry/table.hpp holds SPEC 8.9's table: every state is reached or left by a row, every
+// (state, event) pair with several rows is split by guards, and each action appears.
+TEST(Spec_8_9, TheTableCoversEveryStateAndAction) {
+  for (rt::state st : rt::state_values) {
+    bool has_reset = false;
+    for (const rt::row& r : rt::transition_table)
+      has_reset = has_reset || (r.source == st && r.on == rt::event_kind::reset &&
+                                r.target == rt::state::idle && r.act == rt::action::clear);
+    EXPECT_TRUE(has_reset) << "no reset row from " << to_string(st);
+  }
+  for (rt::action a : rt::action_values) {
+    bool used = false;
+    for (const rt::row& r : rt::transition_table)
+      used = used || r.act == a;
+    EXPECT_TRUE(used) << to_string(a) << " is in no row";
+  }
+  for (const rt::row& r : rt::transition_table) {
+    int same_pair = 0;
+    for (const rt::row& o : rt::transition_table)
+      same_pair += o.source == r.source && o.on == r.on;
+    if (same_pair > 1) {
+      EXPECT_NE(r.when, rt::guard::none)
+          << to_string(r.source) << " x " << to_string(r.on) << " has rows without guards";
+    }
+  }
 }
 
 TEST(RetryStrings, ErrorCodesParseFromTheirNames) {
@@ -1095,7 +1141,8 @@ RC_GTEST_PROP(Spec_8_9, RefusedEventsChangeNothing, ()) {
 
 TEST(RetryController, StateSurvivesCopyAndMove) {
   // Boost.MSM's own move constructor restarts the machine; the controller must not.
-  using namespace devicebound::retry;
+  using rt::controller, rt::policy, rt::error_class;
+  namespace profiles = rt::profiles;
   const devicebound::time_point t{std::chrono::seconds(1000)};
   controller<> c(policy(profiles::c_sdk()));
   ASSERT_TRUE(c.start(t));
@@ -1112,3 +1159,59 @@ TEST(RetryController, StateSurvivesCopyAndMove) {
   assigned = std::move(moved);
   EXPECT_EQ(assigned.state(), st);
 }
+
+#ifdef DEVICEBOUND_TEST_RETRY_MSM
+// The clients run `controller`; the Boost.MSM machine runs the same table. For random policies
+// and random event sequences (any event in any state, sometimes with a time going backwards),
+// both executors give the same answer or the same refusal, and end in the same state with the
+// same retries, next attempt and deadline.
+RC_GTEST_PROP(Spec_8_9, TableAndMsmExecutorsAgree, ()) {
+  auto p = devicebound::retry::make_policy(gen_config());
+  RC_ASSERT(p.has_value());
+  const double u = gen_unit();
+  devicebound::retry::controller<devicebound::retry::policy, rt::fixed_random> table{
+      *p, rt::fixed_random{u}};
+  devicebound::retry::msm_controller<devicebound::retry::policy, rt::fixed_random> msm{
+      *p, rt::fixed_random{u}};
+  time_point t = t0;
+  for (int s = 0, n = *rc::gen::inRange(1, 120); s < n; ++s) {
+    t += duration{*rc::gen::element(0, 0, 10, 1000, 30000)};
+    const time_point at = t - duration{*rc::gen::element(0, 0, 0, 0, 1)};
+    const int kind = *rc::gen::inRange(0, 8);
+    const auto cls = *rc::gen::element(rt::error_class::transient, rt::error_class::throttled,
+                                       rt::error_class::fatal);
+    auto apply = [&](auto& c) -> result<rt::decision> {
+      switch (kind) {
+        case 0:
+          return c.start(at);
+        case 1:
+          return c.attempt_failed(cls, at);
+        case 2:
+          return c.attempt_succeeded(at);
+        case 3:
+          return c.timer_fired(c.next_attempt_at().value_or(at));
+        case 4:
+          return c.timer_fired(at);
+        case 5:
+          return c.reset(at);
+        case 6:
+          return c.attempt_failed(devicebound::errc::server_busy, at);
+        default:
+          return c.set_policy(*p, at);
+      }
+    };
+    const auto a = apply(table);
+    const auto b = apply(msm);
+    RC_ASSERT(a.has_value() == b.has_value());
+    if (a)
+      RC_ASSERT(*a == *b);
+    else
+      RC_ASSERT(a.error().code == b.error().code && a.error().message == b.error().message);
+    RC_ASSERT(table.state() == msm.state());
+    RC_ASSERT(table.retries() == msm.retries());
+    RC_ASSERT(table.next_attempt_at() == msm.next_attempt_at());
+    RC_ASSERT(table.deadline() == msm.deadline());
+    RC_ASSERT(table.last_decision() == msm.last_decision());
+  }
+}
+#endif

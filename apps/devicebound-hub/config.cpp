@@ -6,6 +6,7 @@
 #include <charconv>
 #include <cstdio>
 #include <cstdlib>
+#include <devicebound/auth/shared_access_key.hpp>
 #include <devicebound/version.hpp>
 #include <filesystem>
 
@@ -165,6 +166,7 @@ void load_toml(const std::string& path, daemon_config& c) {
   str(b["client_id"], "broker.client_id", c.broker.client_id);
   opt_str(b["username"], "broker.username", c.broker.username);
   opt_str(b["password"], "broker.password", c.broker.password);
+  opt_str(b["sas_key"], "broker.sas_key", c.broker_sas_key);
   dur(b["keep_alive"], "broker.keep_alive", c.broker.keep_alive);
   dur(b["connect_timeout"], "broker.connect_timeout", c.broker.connect_timeout);
   if (auto tls = b["tls"]; tls) {
@@ -273,8 +275,8 @@ std::variant<daemon_config, int> load_config(int argc, char** argv) {
   app.add_option("-c,--config", config_path, "TOML configuration file")->check(CLI::ExistingFile);
 
   // Flags override the file; so they are read into optionals first.
-  std::optional<std::string> host, client_id, username, password, tls_ca, tls_cert, tls_key,
-      tls_key_password, hub_name, log_level, lock, ttl, batch_interval, reconnect_initial,
+  std::optional<std::string> host, client_id, username, password, broker_sas_key, tls_ca, tls_cert,
+      tls_key, tls_key_password, hub_name, log_level, lock, ttl, batch_interval, reconnect_initial,
       reconnect_max, feedback_lock, store_path, store_sync, tls_server_cert, tls_server_key,
       tls_server_key_password, iothub_hostname, auth_file;
   std::vector<std::string> amqp_listen;
@@ -291,6 +293,11 @@ std::variant<daemon_config, int> load_config(int argc, char** argv) {
   app.add_option("--client-id", client_id, "MQTT client id (default devicebound-hub)");
   app.add_option("-u,--username", username, "broker user name");
   app.add_option("-P,--password", password, "broker password");
+  app.add_option("--broker-sas-key", broker_sas_key,
+                 "a shared access policy's key (base64): the hub connects to the broker as "
+                 "--username (the policy's name) with a SAS token it signs with this key for "
+                 "--iothub-hostname, fresh at each connect (the devicebound plugin refuses raw "
+                 "keys as passwords)");
   app.add_flag("--tls", tls, "connect with TLS (ssl://)");
   app.add_option("--tls-ca", tls_ca, "PEM file of trusted CA certificates (implies --tls)");
   app.add_option("--tls-cert", tls_cert, "PEM client certificate (implies --tls)");
@@ -369,6 +376,8 @@ std::variant<daemon_config, int> load_config(int argc, char** argv) {
       cfg.broker.username = *username;
     if (password)
       cfg.broker.password = *password;
+    if (broker_sas_key)
+      cfg.broker_sas_key = *broker_sas_key;
     if (tls || tls_ca || tls_cert || tls_key || tls_insecure) {
       auto& t = cfg.broker.tls ? *cfg.broker.tls : cfg.broker.tls.emplace();
       if (tls_ca)
@@ -447,6 +456,15 @@ std::variant<daemon_config, int> load_config(int argc, char** argv) {
     }
     if (in_memory && store_path)
       throw CLI::ValidationError("--in-memory", "excludes --store");
+    if (cfg.broker_sas_key) {
+      if (cfg.broker.password)
+        throw CLI::ValidationError("--broker-sas-key", "excludes --password (broker.password)");
+      if (!cfg.broker.username || cfg.broker.username->empty())
+        throw CLI::ValidationError("--broker-sas-key",
+                                   "needs --username: the name of the policy the key belongs to");
+      if (auto k = auth::shared_access_key::from_base64(*cfg.broker_sas_key); !k)
+        throw CLI::ValidationError("--broker-sas-key", k.error().message);
+    }
   } catch (const config_error& e) {
     std::fprintf(stderr, "devicebound-hub: %s\n", e.what());
     return int{exit_config};

@@ -66,6 +66,11 @@ struct daemon_config {
     o.client_id = "devicebound-hub";
     return o;
   }();
+  /// `--broker-sas-key KEY` (TOML `broker.sas_key`): the hub signs a SAS token with
+  /// this policy key (base64; `username` names the policy, `sr` is
+  /// `--iothub-hostname`) and sends it as its broker password, fresh at each connect.
+  /// The broker plugin refuses raw keys as passwords.
+  std::optional<std::string> broker_sas_key;
   hub_config hub;
   std::vector<std::string> devices;  ///< registered at start
   bool auto_register = false;        ///< register unknown devices on send / presence

@@ -16,6 +16,7 @@
 #include <devicebound/codec/feedback_json.hpp>
 #include <devicebound/codec/iso8601.hpp>
 #include <devicebound/device_id.hpp>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <string_view>

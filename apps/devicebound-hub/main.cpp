@@ -25,6 +25,7 @@
 #include <condition_variable>
 #include <csignal>
 #include <cstdio>
+#include <devicebound/auth/signature.hpp>
 #include <devicebound/clock.hpp>
 #include <devicebound/hub.hpp>
 #include <devicebound/registry.hpp>
@@ -337,6 +338,15 @@ int main(int argc, char** argv) {
   std::optional<wal_keeper> keeper;
   if (store && cfg.store.sync != sqlite_sync::off)
     keeper.emplace(store->path(), cfg.store.sync, std::chrono::milliseconds(100));
+  if (cfg.broker_sas_key) {
+    // A token for the hub's host, signed with the policy's key, fresh at each connect.
+    cfg.broker.password_source = [key = *auth::shared_access_key::from_base64(*cfg.broker_sas_key),
+                                  policy = *cfg.broker.username, host = cfg.amqp.iothub_hostname] {
+      const auto expiry =
+          auth::sas_expiry(devicebound::system_clock{}.now(), std::chrono::hours(1));
+      return auth::to_string(auth::generate_sas_token(host, key, expiry, policy));
+    };
+  }
   mqtt_door mqtt(cfg.broker, cfg.reconnect);
   std::vector<front_door*> doors{&mqtt};
 #ifdef DEVICEBOUND_WITH_AMQP_DOOR

@@ -499,7 +499,8 @@ std::optional<registry_keys> read_registry(const fs::path& db_path, std::string&
 /// user, who owns the state directory (as root, mosquitto would otherwise
 /// switch to user `mosquitto`, who could not write it).
 std::string mosquitto_conf(const port_plan& ports, const std::string& bind, bool insecure,
-                           const fs::path& state, const tls_files& tls, const std::string& plugin) {
+                           const fs::path& state, const tls_files& tls, const std::string& plugin,
+                           const std::string& hub_host) {
   const passwd* pw = ::getpwuid(::geteuid());
   const std::string user = pw ? pw->pw_name : "root";
   const std::pair<std::string_view, std::string> values[] = {
@@ -513,7 +514,8 @@ std::string mosquitto_conf(const port_plan& ports, const std::string& bind, bool
       {"PLUGIN", plugin},
       {"USER", user},
       {"PLUGIN_OPTIONS", "plugin_opt_registry_db " + (state / "hub.db").string() +
-                             "\nplugin_opt_auth_file " + (state / "seed").string()}};
+                             "\nplugin_opt_auth_file " + (state / "seed").string() +
+                             "\nplugin_opt_iothub_hostname " + hub_host}};
   std::istringstream in{std::string(mosquitto_conf_template)};
   std::string out =
       "# Written by `devicebound up` on every run from broker/mosquitto.conf.in: edits are lost.\n";
@@ -643,8 +645,8 @@ int run_up(const up_options& o) {
   fs::create_directories(state / "mosquitto");
   fs::create_directories(state / "log");
 
-  // The hub's broker connection: the registry's iothubowner key (the seed's
-  // until the registry exists).
+  // The hub's broker connection: a SAS token the hub signs with the registry's
+  // iothubowner key (the seed's until the registry exists); raw keys are refused.
   std::string owner_key = seed.policy_keys.at("iothubowner");
   if (fs::exists(state / "hub.db")) {
     std::string why;
@@ -653,12 +655,12 @@ int run_up(const up_options& o) {
   }
 
   write_text(state / "mosquitto.conf",
-             mosquitto_conf(ports, o.bind, o.insecure, state, tls, prog.plugin), 0600);
+             mosquitto_conf(ports, o.bind, o.insecure, state, tls, prog.plugin, hub_host), 0600);
   {
     std::string t = "# devicebound up: written on every run\n[broker]\n";
     t += "host = \"127.0.0.1\"\nport = " + std::to_string(ports.broker_plain) + "\n";
     t += "client_id = \"devicebound-hub\"\nusername = \"iothubowner\"\n";
-    t += "password = " + toml_string(owner_key) + "\n";
+    t += "sas_key = " + toml_string(owner_key) + "\n";
     t += "[store]\npath = " + toml_string((state / "hub.db").string()) + "\n";
     t += "[amqp]\nlisten = " + toml_string(host_port(o.bind, ports.amqp)) + "\n";
     if (!o.insecure) {

@@ -17,6 +17,10 @@
 //                disabled there are disconnected (docs/architecture.md,
 //                "Identity channel to the broker plugin").
 //   registry_busy_timeout_ms  how long a lookup waits for a busy file (250).
+//   iothub_hostname  the hub's host name (`devicebound-hub --iothub-hostname`):
+//                a device's username must name it, and every token's `sr` must
+//                be scoped to it. Unset: a device's token must name the host
+//                of its username, and a back end's token any host (test set-ups).
 //   auth_file    device and policy keys: the identities when there is no
 //                registry_db, and the fallback until the registry exists.
 //                Without either, any client may connect (test mode).
@@ -30,7 +34,6 @@
 
 #include <mosquitto_broker.h>
 #include <mosquitto_plugin.h>
-#include <openssl/crypto.h>
 
 #include <chrono>
 #include <cstdio>
@@ -109,6 +112,7 @@ struct plugin_state {
   std::string auth_file;      // empty: none
   std::string state_file;     // empty: no restart memory
   std::string registry_path;  // empty: no registry_db
+  std::string hostname;       // plugin_opt_iothub_hostname, normalised; empty: not checked
   std::chrono::milliseconds busy_timeout{250};
   std::unordered_map<std::string, client_rec> clients;
   std::optional<devicebound::hubd::auth_registry> file_keys;
@@ -187,49 +191,24 @@ bool may_connect_as_back_end(auth::access_rights rights) {
          auth::includes(rights, auth::access_rights::device_connect);
 }
 
-// Equal bytes, in time that does not depend on where they differ.
-bool same_secret(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
-}
-
-// Username = a policy name, password = that policy's key as base64 (the hub's
-// own connection on the loopback listener: `devicebound-hub --username hub
-// --password KEY`).
-bool auth_policy_key(std::string_view id, std::string_view username, std::string_view password) {
-  auto policy = find_policy(username);
-  if (!policy) {
-    refuse_log(id, policy.error().message);
-    return false;
-  }
-  const auto bytes = auth::base64_decode(password);
-  const bool ok = *policy && bytes && !bytes->empty() &&
-                  (same_secret(*bytes, (*policy)->primary_key.bytes()) ||
-                   same_secret(*bytes, (*policy)->secondary_key.bytes()));
-  if (!ok) {
-    refuse_log(id, "bad back-end credentials (not a SAS token, not a policy's key)");
-    return false;
-  }
-  if (!may_connect_as_back_end((*policy)->rights)) {
-    refuse_log(id, "policy " + std::string(username) + " grants " +
-                       auth::to_string((*policy)->rights) +
-                       ", neither ServiceConnect nor DeviceConnect");
-    return false;
-  }
-  return true;
-}
-
 // Verifies `password` for client `id`. `device` is set when the username has
 // the device form `{host}/{id}/?...`: the token must then act for device `id`
 // of hub `{host}`.
-bool authenticate_client(std::string_view id, const char* username, const char* password,
+bool authenticate_client(std::string_view id, const char* password,
                          const std::optional<broker::device_username>& device) {
   if (password == nullptr) {
     refuse_log(id, "no credentials");
     return false;
   }
   const std::string_view text = password;
-  if (!device && username != nullptr && !text.starts_with(auth::sas_token_prefix))
-    return auth_policy_key(id, username, text);
+  if (!text.starts_with(auth::sas_token_prefix)) {
+    // A raw key is never a password (issue 14): back ends sign a token with
+    // their policy's key (`devicebound-hub --broker-sas-key`), as devices do.
+    refuse_log(id, device ? "NotASasToken: a device's password must be a SAS token"
+                          : "NotASasToken: a back end's password must be a SAS token signed "
+                            "with a policy's key; raw keys are refused");
+    return false;
+  }
 
   auto token = auth::parse_sas_token(text);
   if (!token) {
@@ -238,10 +217,18 @@ bool authenticate_client(std::string_view id, const char* username, const char* 
                        token.error().message);
     return false;
   }
-  // The hub's host: the device's username names it; a back end's token is
-  // taken for whatever hub it names (the broker is given no host name).
-  std::string host;
-  if (device) {
+  // The hub's host: plugin_opt_iothub_hostname when given (a device's
+  // username must name it too); else the device's username names it, and a
+  // back end's token is taken for whatever hub it names.
+  std::string host = g_state->hostname;
+  if (device && !host.empty() && auth::normalise_host(device->host) != host) {
+    refuse_log(id, "WrongHub: the username names hub '" + std::string(device->host) +
+                       "'; this hub is '" + host + "'");
+    return false;
+  }
+  if (!host.empty()) {
+    // checked by authenticate() against the token's sr
+  } else if (device) {
     host = std::string(device->host);
   } else {
     auto scope = auth::parse_sas_resource(token->resource);
@@ -556,7 +543,7 @@ int on_basic_auth(int, void* event_data, void*) {
       return MOSQ_ERR_AUTH;
     case identity_source::auth_file:
     case identity_source::registry:
-      if (!authenticate_client(id, ed->username, ed->password, device))
+      if (!authenticate_client(id, ed->password, device))
         return MOSQ_ERR_AUTH;
       break;
   }
@@ -729,6 +716,8 @@ int parse_options(const mosquitto_opt* options, int option_count) {
       g_state->state_file = value;
     } else if (key == "registry_db") {
       g_state->registry_path = value;
+    } else if (key == "iothub_hostname") {
+      g_state->hostname = auth::normalise_host(value);
     } else if (key == "registry_busy_timeout_ms") {
       char* end = nullptr;
       const long ms = std::strtol(value.c_str(), &end, 10);

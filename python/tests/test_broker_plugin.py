@@ -464,28 +464,51 @@ def test_sas_authentication(start_broker, clients, tmp_path):
                                       sas_token(resource, hub_key, policy="hub")),
         "anonymous": ("anon", None, None),
         "back end, wrong password": ("backend", "hub", other_key),
+        # A raw key is never a password, not even the right one (issue 14).
+        "back end, the policy's raw key": ("backend", "hub", hub_key),
         "back end, unknown policy": ("backend", "nobody", sas_token(HUB_HOSTNAME, hub_key, policy="nobody")),
         "back end, token without skn": ("backend", "hub", sas_token(HUB_HOSTNAME, hub_key)),
     }
     for case, (client_id, username, password) in refused.items():
         assert try_connect(broker, clients, client_id, username, password) == 5, case
 
-    # Back ends: a policy SAS token, or the policy name and key.
+    # Back ends: a policy SAS token (any user name).
     assert try_connect(broker, clients, "backend1", "hub@sas.root.devicebound",
                        sas_token(HUB_HOSTNAME, hub_key, policy="hub")) == 0
-    assert try_connect(broker, clients, "backend2", "hub", hub_key) == 0
+    assert try_connect(broker, clients, "backend2", "hub", sas_token(HUB_HOSTNAME, hub_key, policy="hub")) == 0
+
+
+def test_iothub_hostname_scopes_every_token(start_broker, clients, tmp_path):
+    """plugin_opt_iothub_hostname (as `devicebound up` sets it): a device's user name
+    and every token must name this hub; a back end's token for another hub is refused
+    (issue 14: a back end's sr is checked against the hub host)."""
+    dev_key, hub_key = new_key(), new_key()
+    auth = write_auth_file(tmp_path / "keys", {"dev1": dev_key}, {"hub": hub_key})
+    broker = start_broker(auth_file=auth, options=[f"plugin_opt_iothub_hostname {HUB_HOSTNAME.upper()}:8883"])
+    resource = f"{HUB_HOSTNAME}/devices/dev1"
+    assert try_connect(broker, clients, "dev1", device_username("dev1"), sas_token(resource, dev_key)) == 0
+    assert try_connect(broker, clients, "be1", "hub", sas_token(HUB_HOSTNAME, hub_key, policy="hub")) == 0
+    refused = {
+        "device names another hub in its user name": (
+            "dev1", device_username("dev1", host="other.example"), sas_token("other.example/devices/dev1", dev_key)),
+        "device token for another hub": ("dev1", device_username("dev1"), sas_token("other.example/devices/dev1", dev_key)),
+        "back end token for another hub": ("be2", "hub", sas_token("other.example", hub_key, policy="hub")),
+    }
+    for case, (client_id, username, password) in refused.items():
+        assert try_connect(broker, clients, client_id, username, password) == 5, case
 
 
 def test_authenticated_device_gets_events_and_acl(start_broker, clients, tmp_path):
     dev_key, hub_key = new_key(), new_key()
     auth = write_auth_file(tmp_path / "keys", {"dev1": dev_key}, {"hub": hub_key})
     broker = start_broker(auth_file=auth)
-    events = clients.add(EventListener(broker, username="hub", password=hub_key))
+    events = clients.add(EventListener(broker, username="hub", password=sas_token(HUB_HOSTNAME, hub_key, policy="hub")))
     dev = device(broker, clients, "dev1", username=device_username("dev1"),
                  password=sas_token(f"{HUB_HOSTNAME}/devices/dev1", dev_key))
     events.expect("subscribed", "dev1")
     assert dev.subscribe("devicebound/broker/#") == 0x80
-    hub = clients.add(MqttClient(broker.plain_port, "backend", username="hub", password=hub_key))
+    hub = clients.add(MqttClient(broker.plain_port, "backend", username="hub",
+                                 password=sas_token(HUB_HOSTNAME, hub_key, policy="hub")))
     assert hub.connect() == 0
     hub.publish(topic_of("dev1", "%24.mid=1"), b"z")
     assert dev.expect().payload == b"z"
@@ -500,7 +523,8 @@ def test_authenticated_extended_device_uses_its_extension_topics(start_broker, c
     dev_key, other_key, hub_key = new_key(), new_key(), new_key()
     auth = write_auth_file(tmp_path / "keys", {"dev1": dev_key, "dev2": other_key}, {"hub": hub_key})
     broker = start_broker(auth_file=auth)
-    hub = clients.add(MqttClient(broker.plain_port, "devicebound-hub", username="hub", password=hub_key))
+    hub = clients.add(MqttClient(broker.plain_port, "devicebound-hub", username="hub",
+                                 password=sas_token(HUB_HOSTNAME, hub_key, policy="hub")))
     assert hub.connect() == 0
     assert hub.subscribe("devicebound/hub/#") == 1
 
@@ -576,9 +600,8 @@ def test_auth_file_policy_rights(start_broker, clients, tmp_path):
                     f"policy device {device_policy}\n")
     broker = start_broker(auth_file=auth)
     assert try_connect(broker, clients, "b1", "ops", sas_token(HUB_HOSTNAME, ops, policy="ops")) == 0
-    assert try_connect(broker, clients, "b2", "ops", ops) == 0
+    assert try_connect(broker, clients, "b2", "ops", ops) == 5  # a raw key, even the right one
     assert try_connect(broker, clients, "b3", "reader", sas_token(HUB_HOSTNAME, reader, policy="reader")) == 5
-    assert try_connect(broker, clients, "b4", "reader", reader) == 5
     resource = f"{HUB_HOSTNAME}/devices/dev1"
     assert try_connect(broker, clients, "dev1", device_username("dev1"),
                        sas_token(resource, device_policy, policy="device")) == 0

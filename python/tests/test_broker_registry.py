@@ -169,7 +169,7 @@ def test_deleted_or_disabled_device_is_disconnected_and_refused(start_broker, cl
     store.put_device("dev1", key1)
     store.put_device("dev2", key2)
     broker = start_broker(registry_db=store.path)
-    events = clients.add(EventListener(broker, username="hub", password=hub_key))
+    events = clients.add(EventListener(broker, username="hub", password=sas_token(HUB_HOSTNAME, hub_key, policy="hub")))
 
     rc, dev1 = connect_device(broker, clients, "dev1", key1, subscribe=True)
     assert rc == 0
@@ -233,8 +233,10 @@ def test_policy_rows_sign_back_end_tokens(start_broker, clients, hub_store):
     hub_token = lambda key, name: sas_token(HUB_HOSTNAME, key, policy=name)  # noqa: E731
     assert try_backend(broker, clients, "svc1", "service@sas.root.x", hub_token(service, "service")) == 0
     assert try_backend(broker, clients, "svc2", "iothubowner", hub_token(owner, "iothubowner")) == 0
-    # The hub's own connection: the policy name and its key (as today).
-    assert try_backend(broker, clients, "devicebound-hub", "hub", hub_key) == 0
+    # The hub's own connection: a token it signs with its policy's key
+    # (devicebound-hub --broker-sas-key); the raw key is refused (issue 14).
+    assert try_backend(broker, clients, "devicebound-hub", "hub", hub_token(hub_key, "hub")) == 0
+    assert try_backend(broker, clients, "devicebound-hub", "hub", hub_key) == 5
 
     assert try_backend(broker, clients, "svc3", "x", hub_token(owner, "service")) == 5  # wrong key
     assert try_backend(broker, clients, "svc4", "x", hub_token(service, "nobody")) == 5  # no such policy
@@ -269,7 +271,8 @@ def test_auth_file_until_the_registry_exists(start_broker, clients, hub_store, t
 
     rc, dev1 = connect_device(broker, clients, "dev1", file_key)
     assert rc == 0
-    assert try_backend(broker, clients, "devicebound-hub", "hub", hub_key) == 0
+    assert try_backend(broker, clients, "devicebound-hub", "hub",
+                       sas_token(HUB_HOSTNAME, hub_key, policy="hub")) == 0
 
     store = hub_store(migrate=False)  # the file exists, without the tables: still the auth_file
     wait_for_log(broker, "schema version 1")
@@ -283,7 +286,8 @@ def test_auth_file_until_the_registry_exists(start_broker, clients, hub_store, t
     wait_for_log(broker, "disconnecting device dev1: it is no longer registered")
     assert connect_device(broker, clients, "dev1", file_key)[0] == 5  # the file no longer counts
     assert connect_device(broker, clients, "dev2", registry_key)[0] == 0
-    assert try_backend(broker, clients, "devicebound-hub2", "hub", hub_key) == 0
+    assert try_backend(broker, clients, "devicebound-hub2", "hub",
+                       sas_token(HUB_HOSTNAME, hub_key, policy="hub")) == 0
 
 
 def test_no_registry_and_no_auth_file_refuses_everyone(start_broker, clients, hub_store, tmp_path):

@@ -31,6 +31,7 @@ from conftest import (
     MqttClient,
     find_hub,
     new_key,
+    sas_token,
     stop_process,
     wait_until,
 )
@@ -120,6 +121,11 @@ class EmulatedHub:
         self.events.close()
 
 
+def hub_token(hub_key: str) -> str:
+    """A back end's password: a token signed with the policy's key (raw keys are refused)."""
+    return sas_token(HUB_HOSTNAME, hub_key, policy="hub")
+
+
 def write_keys(path, device_id: str, device_key: str, hub_key: str):
     path.write_text(f"{device_id} {device_key}\npolicy hub {hub_key}\n")
     return path
@@ -144,7 +150,7 @@ def check_message(got, *, body, mid, cid, exp, ct, ce, app):
 def sdk_setup(start_broker, tmp_path):
     device_id, device_key, hub_key = "stock-device-1", new_key(), new_key()
     broker = start_broker(auth_file=write_keys(tmp_path / "keys", device_id, device_key, hub_key), tls=True)
-    hub = EmulatedHub(broker, "hub", hub_key)
+    hub = EmulatedHub(broker, "hub", hub_token(hub_key))
     yield broker, hub, device_id, device_key
     hub.close()
 
@@ -263,19 +269,20 @@ def daemon_setup(start_broker, tmp_path):
     broker = start_broker(auth_file=write_keys(tmp_path / "keys", device_id, device_key, hub_key), tls=True)
     log = open(tmp_path / "devicebound-hub.log", "wb")
     proc = subprocess.Popen([str(exe), "--host", "127.0.0.1", "--port", str(broker.plain_port),
-                             "--client-id", "devicebound-hub", "--username", "hub", "--password", hub_key,
+                             "--client-id", "devicebound-hub", "--username", "hub", "--broker-sas-key", hub_key,
                              "--store", str(tmp_path / "devicebound-hub.db"),
                              "--device", device_id, "--log-level", "debug"],
                             stdout=log, stderr=subprocess.STDOUT)
     try:
-        status = MqttClient(broker.plain_port, "status-watch", username="hub", password=hub_key)
+        status = MqttClient(broker.plain_port, "status-watch", username="hub",
+                            password=hub_token(hub_key))
         assert status.connect() == 0
         assert status.subscribe("devicebound/status/hub") == 1
         wait_until(lambda: proc.poll() is not None or status.expect().payload == b"online", WAIT,
                    "devicebound-hub to be online")
         assert proc.poll() is None, (tmp_path / "devicebound-hub.log").read_text(errors="replace")
         status.disconnect()
-        service = Service(broker, "hub", hub_key)
+        service = Service(broker, "hub", hub_token(hub_key))
         yield broker, service, device_id, device_key
         service.client.disconnect()
     finally:

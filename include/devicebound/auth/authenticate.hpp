@@ -139,6 +139,10 @@ inline std::string normalise_host(std::string_view host) {
 
 }  // namespace detail
 
+/// `host[:port]` lower-cased, without the port: how `authenticate` compares host names
+/// (SPEC 12.8.2).
+using detail::normalise_host;
+
 /// Parses a token's `sr` (SPEC 12.8.1): URL-decode once, drop a scheme
 /// (`amqps://`, `https://`), split the host from the path, drop a trailing
 /// `/`. The host is compared case-insensitively and without its port;

@@ -16,6 +16,7 @@
 #include "../identity.hpp"
 #include "feedback_json.hpp"
 #include "iso8601.hpp"
+#include "json_syntax_error.hpp"
 
 namespace devicebound::codec {
 

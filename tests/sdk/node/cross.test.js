@@ -10,7 +10,8 @@
 const { after, before, describe, it } = require('node:test');
 const assert = require('node:assert/strict');
 const mqtt = require('mqtt');
-const { Inbox, WAIT, skipUnlessReady, startStack, within } = require('./harness');
+const { SharedAccessSignature } = require('azure-iot-common');
+const { HOSTNAME, Inbox, WAIT, skipUnlessReady, startStack, within } = require('./harness');
 const { appProperties, c2d, feedbackCollector, openDevice, openService } = require('./sdk');
 
 const skip = skipUnlessReady('across protocols');
@@ -23,13 +24,16 @@ const decodeBag = (bag) => Object.fromEntries(bag.split('&').filter(Boolean).map
   return [decodeURIComponent(e.slice(0, i)), decodeURIComponent(e.slice(i + 1))];
 }));
 
-/** A back end on the daemon's service extension topics, logged in as a policy. */
+/** A back end on the daemon's service extension topics, logged in with a SAS token signed
+ * by a policy's key (the plugin refuses raw keys as passwords). */
 class MqttBackEnd {
   constructor(port, policy, key, sid) {
     this.sid = sid;
     this.replies = new Inbox('extension-protocol reply');
     this.rid = 0;
-    this.client = mqtt.connect({ host: '127.0.0.1', port, clientId: sid, username: policy, password: key,
+    const expiry = Math.floor(Date.now() / 1000) + 3600;
+    const password = SharedAccessSignature.create(HOSTNAME, policy, key, expiry).toString();
+    this.client = mqtt.connect({ host: '127.0.0.1', port, clientId: sid, username: policy, password,
       protocolVersion: 4, clean: true, reconnectPeriod: 0 });
     this.client.on('message', (topic) => {
       const head = `devicebound/service/${sid}/reply/`;

@@ -332,7 +332,7 @@ async function startStack({ devices = [], hubArgs = [] } = {}) {
       const amqpPort = await freePort();
       const argv = [programs.hub,
         '--host', '127.0.0.1', '--port', String(stack.plainPort),
-        '--client-id', 'devicebound-hub', '--username', 'iothubowner', '--password', stack.policyKeys.iothubowner,
+        '--client-id', 'devicebound-hub', '--username', 'iothubowner', '--broker-sas-key', stack.policyKeys.iothubowner,
         '--store', path.join(dir, `hub-${attempt}.db`),
         '--amqp-listen', `127.0.0.1:${amqpPort}`,
         '--tls-server-cert', certs.cert, '--tls-server-key', certs.key,
@@ -456,7 +456,7 @@ async function startHttpsStack({ devices = [], hubArgs = [] } = {}) {
     stack.httpsPort = IOTHUB_PORTS.https;
     const argv = [programs.hub,
       '--host', '127.0.0.1', '--port', String(plainPort),
-      '--client-id', 'devicebound-hub', '--username', 'iothubowner', '--password', stack.policyKeys.iothubowner,
+      '--client-id', 'devicebound-hub', '--username', 'iothubowner', '--broker-sas-key', stack.policyKeys.iothubowner,
       '--store', stack.storeFile,
       '--amqp-listen', `127.0.0.1:${IOTHUB_PORTS.amqp}`,
       '--https-listen', `127.0.0.1:${IOTHUB_PORTS.https}`,

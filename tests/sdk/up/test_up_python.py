@@ -19,6 +19,7 @@ import queue
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -27,6 +28,9 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
+sys.path.insert(0, str(ROOT / "python" / "tests"))
+from required import missing_part  # noqa: E402  (python/tests/required.py)
+
 WAIT = 60.0
 
 
@@ -52,9 +56,7 @@ def _missing() -> str | None:
 def _skip_or_fail() -> None:
     why = _missing()
     if why:
-        if os.environ.get("DEVICEBOUND_REQUIRE_ALL") == "1":
-            pytest.fail(f"missing part (DEVICEBOUND_REQUIRE_ALL=1): {why}")
-        pytest.skip(why)
+        missing_part(why)
 
 
 class Up:

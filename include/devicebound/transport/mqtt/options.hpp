@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 
@@ -33,6 +34,10 @@ struct connection_options {
   std::string client_id;
   std::optional<std::string> username;
   std::optional<std::string> password;
+  /// When set, called at each connect: its result is the password for that connect (a SAS
+  /// token made fresh each time, so a reconnect never sends an expired one). Takes
+  /// precedence over `password`.
+  std::function<std::string()> password_source;
   duration keep_alive = std::chrono::seconds(60);
   duration connect_timeout = std::chrono::seconds(10);
   /// How long a request (send, settle, purge, ...) waits for the hub's reply

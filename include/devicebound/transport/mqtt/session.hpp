@@ -90,8 +90,12 @@ class session {
     co.onFailure = &on_connect_failure;
     if (options_.username)
       co.username = options_.username->c_str();
-    if (options_.password)
+    if (options_.password_source) {
+      connect_password_ = options_.password_source();
+      co.password = connect_password_.c_str();
+    } else if (options_.password) {
       co.password = options_.password->c_str();
+    }
     MQTTAsync_willOptions wo = MQTTAsync_willOptions_initializer;
     if (will) {
       wo.topicName = will->topic.c_str();
@@ -425,6 +429,7 @@ class session {
   bool wedged_ = false;
   bool session_present_ = false;
   std::vector<sockaddr_storage> peers_;
+  std::string connect_password_;  ///< the password of the running connect (password_source)
   std::atomic<bool> connected_{false};
   std::atomic<int> nodelay_sockets_{0};
 
