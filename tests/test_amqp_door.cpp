@@ -8,6 +8,8 @@
 
 #ifdef DEVICEBOUND_WITH_AMQP_DOOR
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <proton/condition.h>
 #include <proton/connection.h>
 #include <proton/delivery.h>
@@ -20,8 +22,12 @@
 #include <proton/session.h>
 #include <proton/terminus.h>
 #include <proton/transport.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -29,6 +35,7 @@
 #include <devicebound/clock.hpp>
 #include <devicebound/codec/amqp.hpp>
 #include <devicebound/codec/feedback_json.hpp>
+#include <fstream>
 #include <functional>
 #include <iostream>
 #include <map>
@@ -186,6 +193,22 @@ class client {
   bool closed() const { return closed_; }
   const std::string& close_condition() const { return close_condition_; }
 
+  /// One more session: begun, or ended by the hub (then `session_error` says why).
+  pn_session_t* begin_session() {
+    pn_session_t* s = pn_session(conn_);
+    pn_session_open(s);
+    (void)wait([&] {
+      return closed_ || session_errors_.count(s) > 0 || (pn_session_state(s) & PN_REMOTE_ACTIVE);
+    });
+    return s;
+  }
+  /// The session was ended by the hub with this condition ("" while it is open).
+  std::string session_error(pn_session_t* s) {
+    (void)wait([&] { return closed_ || session_errors_.count(s) > 0; }, 2s);
+    auto it = session_errors_.find(s);
+    return it == session_errors_.end() ? std::string() : it->second;
+  }
+
   /// A link, attached (or refused: then `link_error` says why).
   pn_link_t* attach(bool sender, const std::string& address, int credit = 0,
                     pn_rcv_settle_mode_t rcv_mode = PN_RCV_FIRST) {
@@ -269,6 +292,13 @@ class client {
         pn_link_close(l);
         break;
       }
+      case PN_SESSION_REMOTE_CLOSE: {
+        pn_session_t* s = pn_event_session(e);
+        pn_condition_t* c = pn_session_remote_condition(s);
+        session_errors_[s] = pn_condition_is_set(c) ? pn_condition_get_name(c) : "(none)";
+        pn_session_close(s);
+        break;
+      }
       case PN_DELIVERY: {
         pn_delivery_t* d = pn_event_delivery(e);
         pn_link_t* l = pn_delivery_link(d);
@@ -315,6 +345,7 @@ class client {
   bool woken_ = false;
   std::string close_condition_;
   std::map<pn_link_t*, std::string> link_errors_;
+  std::map<pn_session_t*, std::string> session_errors_;
   std::map<pn_link_t*, std::deque<received>> inbox_;
   int next_link_ = 0;
   int next_tag_ = 0;
@@ -768,6 +799,191 @@ TEST_F(amqp_door_e2e, TheRegistrySurvivesARestart) {
   EXPECT_TRUE(k.ok(device_token("dev1")));         // the key of the first start
   EXPECT_TRUE(k.ok(service_token()));
   EXPECT_FALSE(k.ok(service_token(expiry_in(3600s), other)));
+}
+
+// --- limits and throttles (docs/security.md) --------------------------------------------------
+
+/// A raw TCP connection to the door: what a hostile client writes.
+class raw_socket {
+ public:
+  explicit raw_socket(std::uint16_t port) : fd_(::socket(AF_INET, SOCK_STREAM, 0)) {
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(::connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    timeval tv{10, 0};  // every read below is bounded
+    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  }
+  ~raw_socket() { ::close(fd_); }
+  raw_socket(const raw_socket&) = delete;
+  raw_socket& operator=(const raw_socket&) = delete;
+  void write(const std::string& bytes) {
+    EXPECT_EQ(::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL),
+              static_cast<ssize_t>(bytes.size()));
+  }
+  /// Everything the peer sends until it closes (or the 10 s read timeout); `closed` says which.
+  std::string read_to_end(bool& closed) {
+    std::string out;
+    char buf[4096];
+    for (;;) {
+      const ssize_t n = ::recv(fd_, buf, sizeof buf, 0);
+      if (n <= 0) {
+        closed = n == 0 || errno == ECONNRESET;
+        return out;
+      }
+      out.append(buf, static_cast<std::size_t>(n));
+    }
+  }
+
+ private:
+  int fd_;
+};
+
+class amqp_door_limits : public amqp_door_e2e {
+ protected:
+  /// Restarts the daemon with these flags added (and a queue depth of 1000).
+  void restart_with(std::vector<std::string> flags) {
+    hub_->stop();
+    auto o = options_;
+    auto depth = std::find(o.args.begin(), o.args.end(), "--max-queue-depth");
+    *(depth + 1) = "1000";
+    o.args.insert(o.args.end(), flags.begin(), flags.end());
+    hub_ = std::make_unique<support::hub_daemon>(o);
+  }
+};
+
+TEST_F(amqp_door_limits, ConnectionsSessionsLinksAndSizesCostOnlyTheOffender) {
+  restart_with({"--amqp-max-connections", "2", "--amqp-max-sessions", "2", "--amqp-max-links", "4",
+                "--amqp-max-message-size", "4096", "--amqp-max-frame-size", "2048"});
+  auto svc = service();  // one session, two $cbs links
+  pn_link_t* s = svc->attach(true, "/messages/devicebound");
+  pn_link_t* fb = svc->attach(false, "/messages/serviceBound/feedback", 10);
+  EXPECT_TRUE(svc->attached(fb));
+  // links: the fifth is refused, the four work on
+  pn_link_t* fifth = svc->attach(true, "/messages/devicebound");
+  EXPECT_EQ(svc->link_error(fifth), "amqp:resource-limit-exceeded");
+  EXPECT_EQ(svc->outcome(svc->send(s, c2d("dev1", "ok", "m1"))).first, PN_ACCEPTED);
+  // message size: a transfer over 4096 bytes (sent in frames of at most 2048) is rejected
+  auto big = svc->outcome(svc->send(s, c2d("dev1", std::string(5000, 'x'), "big")));
+  EXPECT_EQ(big.first, PN_REJECTED);
+  EXPECT_EQ(big.second, "amqp:link:message-size-exceeded");
+  // sessions: the third is begun and ended; the connection goes on
+  EXPECT_EQ(svc->session_error(svc->begin_session()), "");
+  EXPECT_EQ(svc->session_error(svc->begin_session()), "amqp:resource-limit-exceeded");
+  EXPECT_FALSE(svc->closed());
+  EXPECT_EQ(svc->outcome(svc->send(s, c2d("dev1", "ok", "m2"))).first, PN_ACCEPTED);
+  // links that come and go do not count (nor stay in the hub's memory)
+  pn_link_close(fb);
+  ASSERT_TRUE(svc->wait([&] { return svc->closed() || svc->link_closed_by_peer(fb); }));
+  for (int i = 0; i < 100; ++i) {
+    pn_link_t* l = svc->attach(true, "/messages/devicebound");
+    ASSERT_TRUE(svc->attached(l)) << i;
+    pn_link_close(l);
+    ASSERT_TRUE(svc->wait([&] { return svc->closed() || svc->link_closed_by_peer(l); })) << i;
+  }
+  // connections: the third is closed with the condition, the two admitted work on
+  {
+    auto second = std::make_unique<client>(port_, sasl_mode::none);
+    ASSERT_TRUE(second->opened());
+    client third(port_, sasl_mode::none);
+    EXPECT_FALSE(third.opened());
+    EXPECT_EQ(third.close_condition(), "amqp:resource-limit-exceeded");
+    {  // one over the limit that never sends its header: closed at the TCP level (bounded)
+      raw_socket silent(port_);
+      bool closed = false;
+      EXPECT_EQ(silent.read_to_end(closed), "");
+      EXPECT_TRUE(closed);
+    }
+    EXPECT_EQ(svc->outcome(svc->send(s, c2d("dev1", "ok", "m3"))).first, PN_ACCEPTED);
+    second.reset();
+    // its slot is free again once the hub saw it close (bounded)
+    bool admitted = false;
+    for (int attempt = 0; attempt < 200 && !admitted; ++attempt) {
+      client again(port_, sasl_mode::none);
+      admitted = again.opened();
+    }
+    EXPECT_TRUE(admitted);
+  }
+  // frames: one over the advertised max-frame-size closes that connection only
+  {
+    raw_socket raw(port_);
+    std::string frame("AMQP\x00\x01\x00\x00", 8);
+    frame += std::string("\x00\x01\x00\x00\x02\x00\x00\x00", 8);  // 65536 bytes, type 0
+    frame += std::string(200, '\0');
+    raw.write(frame);
+    bool closed = false;
+    const std::string answer = raw.read_to_end(closed);
+    EXPECT_TRUE(closed);
+    EXPECT_NE(answer.find("amqp:connection:framing-error"), std::string::npos);
+  }
+  EXPECT_EQ(svc->outcome(svc->send(s, c2d("dev1", "ok", "m4"))).first, PN_ACCEPTED);
+  EXPECT_FALSE(svc->closed());
+}
+
+TEST_F(amqp_door_limits, ThrottledSendsAreRejectedAsTheSdksExpectAndQueueNothing) {
+  restart_with({"--throttle", "S1"});  // 100 sends a minute, a minute's burst
+  auto svc = service();
+  pn_link_t* s = svc->attach(true, "/messages/devicebound");
+  // The burst, then the refusal (the bucket refills one every 600 ms of the real
+  // clock meanwhile, so a few more may pass: bounded).
+  int accepted = 0;
+  std::pair<std::uint64_t, std::string> over;
+  for (int i = 0; i < 400; ++i) {
+    over = svc->outcome(svc->send(s, c2d("dev1", "m", "m" + std::to_string(i))));
+    if (over.first != PN_ACCEPTED)
+      break;
+    ++accepted;
+  }
+  EXPECT_GE(accepted, 100);
+  EXPECT_EQ(over.first, PN_REJECTED);
+  // SPEC 2.5: 429001 ThrottlingException is com.microsoft:device-container-throttled
+  EXPECT_EQ(over.second, "com.microsoft:device-container-throttled");
+  // Nothing of the refused send was queued: dev1 gets the accepted ones, then
+  // the next send the bucket admits (bounded retries, each refused one
+  // changing nothing), not the refused one.
+  auto dev = device("dev1");
+  pn_link_t* r = dev->attach(false, "/devices/dev1/messages/devicebound", 1000);
+  for (int got = 0; got < accepted; ++got) {
+    auto m = dev->next(r);
+    ASSERT_TRUE(m) << got;
+    EXPECT_EQ(proton::get<std::string>(m->msg.id()), "m" + std::to_string(got));
+    pn_delivery_update(m->delivery, PN_ACCEPTED);
+    pn_delivery_settle(m->delivery);
+    dev->flush();
+  }
+  bool sent = false;
+  for (int attempt = 0; attempt < 20000 && !sent; ++attempt) {
+    const auto o = svc->outcome(svc->send(s, c2d("dev1", "marker", "marker")));
+    ASSERT_TRUE(o.first == PN_ACCEPTED || o.second == "com.microsoft:device-container-throttled")
+        << o.second;
+    sent = o.first == PN_ACCEPTED;
+  }
+  ASSERT_TRUE(sent);
+  auto next = dev->next(r);
+  ASSERT_TRUE(next);
+  EXPECT_EQ(proton::get<std::string>(next->msg.id()), "marker");
+}
+
+TEST(amqp_door_config, BadLimitsAndPlainNonLoopbackListenersExit2) {
+  if (!support::hub_daemon::available())
+    DEVICEBOUND_MISSING_PART("devicebound-hub not found at " << support::default_hub);
+  support::temp_dir dir{"devicebound-limits-config-"};
+  {
+    std::ofstream f(dir.file("bad.toml"));
+    f << "[limits]\nthrottle = \"S4\"\n";
+  }
+  const std::string hub = support::default_hub;
+  for (const std::string& args : std::vector<std::string>{
+           "--amqp-listen 0.0.0.0:0", "--https-insecure --https-listen 0.0.0.0:0", "--throttle S9",
+           "--throttle S1 --throttle-units 0", "--amqp-max-frame-size 100",
+           "--amqp-max-connections 0", "--https-max-header-bytes 10", "--https-idle-timeout 0",
+           "--amqp-max-message-size 99999999999", "-c " + dir.file("bad.toml")}) {
+    const std::string cmd = "'" + hub + "' --in-memory " + args + " >/dev/null 2>&1";
+    const int status = std::system(cmd.c_str());
+    ASSERT_TRUE(WIFEXITED(status)) << args;
+    EXPECT_EQ(WEXITSTATUS(status), 2) << args;
+  }
 }
 
 }  // namespace

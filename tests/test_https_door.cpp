@@ -16,6 +16,7 @@
 #include <boost/beast/ssl.hpp>
 #include <condition_variable>
 #include <cstdlib>
+#include <deque>
 #include <devicebound/auth/signature.hpp>
 #include <devicebound/clock.hpp>
 #include <devicebound/codec/feedback_json.hpp>
@@ -273,6 +274,9 @@ struct fixture_options {
   bool auth = false;
   std::chrono::milliseconds request_timeout = 10s;
   bool registry = false;  ///< the router runs the identity registry (when it exists)
+  std::chrono::milliseconds idle_timeout{0};  ///< 0: the request timeout
+  std::uint32_t max_connections = 1000;
+  throttle_config throttle{};
 };
 
 class hub_under_test {
@@ -284,6 +288,7 @@ class hub_under_test {
     hc.max_queue_depth = 5;
     hub_ = hub(hc);
     router_options ro;
+    ro.throttle = o.throttle;
 #ifdef DEVICEBOUND_TEST_HTTPS_REGISTRY
     if (o.registry) {
       ro.identities = &registry_;
@@ -337,6 +342,8 @@ class hub_under_test {
     c.iothub_hostname = hub_host;
     c.identities = &ids_;
     c.request_timeout = o.request_timeout;
+    c.idle_timeout = o.idle_timeout.count() ? o.idle_timeout : o.request_timeout;
+    c.max_connections = o.max_connections;
     c.max_header_bytes = 8 * 1024;
     c.max_body_bytes = 256 * 1024;
     door_ = std::make_unique<https_door>(std::move(c));
@@ -362,6 +369,9 @@ class hub_under_test {
   }
   std::uint16_t port() const {
     return port_;
+  }
+  const https_door& door() const {
+    return *door_;
   }
 
  private:
@@ -792,6 +802,113 @@ TEST(https_door, ADeviceCreatedOverRestUsesItsKeysAndIsRefusedOnceDeletedOrDisab
 }
 
 #endif
+
+// --- limits (docs/security.md) -------------------------------------------------------------------
+
+TEST(https_door, ConnectionsOverTheLimitAreClosedAndCostOnlyTheirOwner) {
+  fixture_options o{false};
+  o.max_connections = 3;
+  hub_under_test h(o);
+  std::deque<client> held;  // clients do not move
+  for (int i = 0; i < 3; ++i) {
+    held.emplace_back(h.port(), nullptr);
+    ASSERT_EQ(held.back().request("GET", recv_path).status, 204u);  // admitted and served
+  }
+  EXPECT_EQ(h.door().connections(), 3u);
+  // The fourth is closed at once; the three admitted are still served.
+  EXPECT_TRUE(h.connect().request("GET", recv_path).closed);
+  for (auto& c : held)
+    EXPECT_EQ(c.request("GET", recv_path).status, 204u);
+  // One closes: its slot is free again (bounded: the door counts it once the session ends).
+  held.pop_back();
+  bool served = false;
+  for (int attempt = 0; attempt < 2000 && !served; ++attempt)
+    served = h.connect().request("GET", recv_path).status == 204u;
+  EXPECT_TRUE(served);
+}
+
+TEST(https_door, AnIdleConnectionIsClosedAfterTheIdleTimeoutAndASlowOneGets408) {
+  fixture_options o{false, false, 5s};
+  o.idle_timeout = 200ms;
+  hub_under_test h(o);
+  // Idle (keep-alive after a request, and new and silent): closed without a word.
+  auto kept = h.connect();
+  ASSERT_EQ(kept.request("GET", recv_path).status, 204u);
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_TRUE(kept.read().closed);
+  EXPECT_TRUE(h.connect().read().closed);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 4s);  // the idle timeout, not the 5 s
+  // A request begun in time but never finished: 408 at the request timeout.
+  fixture_options slow{false, false, 300ms};
+  slow.idle_timeout = 10s;
+  hub_under_test h2(slow);
+  auto c = h2.connect();
+  c.write_raw("GET " + recv_path + " HTTP/1.1\r\nHost: localhost\r\n");
+  const auto r = c.read();
+  EXPECT_EQ(r.status, 408u);
+  EXPECT_EQ(r.error_code(), "RequestTimeout");
+}
+
+TEST(https_door, AThrottledReceiveIs429WithIotHubsErrorBody) {
+  fixture_options o{false};
+  o.throttle = {throttle_tier::s1, 1};  // 1000 receives a minute, a minute's burst
+  hub_under_test h(o);
+  auto c = h.connect();
+  // The burst, then 429 (the bucket refills one every 60 ms of the real clock
+  // meanwhile, so a few more may pass: bounded).
+  int served = 0;
+  response r;
+  for (int i = 0; i < 3000; ++i) {
+    r = c.request("GET", recv_path);
+    if (r.status != 204u)
+      break;
+    ++served;
+  }
+  EXPECT_GE(served, 1000);
+  EXPECT_EQ(r.status, 429u);
+  EXPECT_EQ(r.error_code(), "ThrottlingException");
+  EXPECT_EQ(r.header("content-type"), "application/json; charset=utf-8");
+  const auto body = nlohmann::json::parse(r.body, nullptr, false);
+  ASSERT_TRUE(body.is_object()) << r.body;
+  EXPECT_EQ(body["Message"].get<std::string>().rfind("ErrorCode:ThrottlingException;", 0), 0u)
+      << r.body;
+  EXPECT_EQ(body["ExceptionMessage"].get<std::string>().rfind("Tracking ID:", 0), 0u) << r.body;
+  // The connection stays usable (a 429 is an answer, not a close).
+  EXPECT_NE(c.request("GET", recv_path).status, 0u);
+}
+
+TEST(https_door, Tls12IsTheMinimumAndPlainHttpIsForLoopbackOnly) {
+  hub_under_test h({});
+  test_support::temp_dir dir{"devicebound-https-tls"};
+  const auto handshake = [&](int max_version) {
+    SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
+    SSL_CTX_set_security_level(ctx, 0);  // the client would offer TLS 1.0/1.1
+    SSL_CTX_set_min_proto_version(ctx, TLS1_VERSION);
+    SSL_CTX_set_max_proto_version(ctx, max_version);
+    net::io_context ioc;
+    tcp::socket sock(ioc);
+    beast::error_code ec;
+    sock.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), h.port()), ec);
+    SSL* ssl = SSL_new(ctx);
+    SSL_set_fd(ssl, static_cast<int>(sock.native_handle()));
+    const bool ok = !ec && SSL_connect(ssl) == 1;  // blocking; the door answers at once
+    SSL_free(ssl);
+    SSL_CTX_free(ctx);
+    return ok;
+  };
+  EXPECT_FALSE(handshake(TLS1_VERSION));
+  EXPECT_FALSE(handshake(TLS1_1_VERSION));
+  EXPECT_TRUE(handshake(TLS1_2_VERSION));
+  EXPECT_TRUE(handshake(TLS1_3_VERSION));
+  // --https-insecure on an address that is not loopback: refused, naming the rule
+  https_door_config c;
+  c.listen = {"0.0.0.0:0"};
+  c.insecure = true;
+  https_door plain(std::move(c));
+  const auto r = plain.start(0, [](inbound) {}, {});
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message.find("loopback"), std::string::npos) << r.error().message;
+}
 
 }  // namespace
 

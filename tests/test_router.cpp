@@ -110,8 +110,8 @@ class router_test : public ::testing::Test {
     return R{};
   }
 
-  error ask_error(request r) {
-    auto out = batch(items(asked(to_.address, std::move(r))));
+  error ask_error(request r, time_point now = t0) {
+    auto out = batch(items(asked(to_.address, std::move(r))), now);
     for (auto& o : out)
       if (auto* rp = std::get_if<reply>(&o))
         if (auto* e = std::get_if<error>(&rp->what))
@@ -516,6 +516,60 @@ TEST_F(registry_router_test, auto_registered_devices_get_identities) {
   (void)ask<sent_reply>(send_request{"svc", "auto1", text("hi")});
   EXPECT_TRUE(registry_.contains("auto1"));
   EXPECT_TRUE(view_.device("auto1"));
+}
+
+// --- the C2D throttles (SPEC 2.7; apps/devicebound-hub/throttle.hpp) ---------------------------
+
+class throttled_router_test : public router_test {
+ protected:
+  throttled_router_test() : router_test(options()) {
+    (void)batch(items(event(add_device_request{"admin", "dev2"}),
+                      event(add_device_request{"admin", "dev3"})));
+  }
+  static router_options options() {
+    router_options o;
+    o.throttle = {throttle_tier::s1, 1};  // 100 sends, 1000 receives a minute
+    return o;
+  }
+};
+
+TEST_F(throttled_router_test, sends_over_the_rate_get_429001_and_change_nothing) {
+  for (int i = 0; i < 100; ++i)
+    (void)ask<sent_reply>(send_request{"svc", i % 2 ? "dev1" : "dev2", text("m")});
+  const auto stats = hub_.stats();
+  const auto commits = store_.commits;
+  const auto depth1 = hub_.queue_depth("dev1", t0).value();
+  // The 101st, even one the engine would refuse, is throttled first.
+  for (const char* device : {"dev1", "nobody"}) {
+    const auto e = ask_error(send_request{"svc", device, text("over", ack_mode::full)});
+    EXPECT_EQ(e.code, errc::throttling) << e.message;
+  }
+  EXPECT_EQ(hub_.stats(), stats);
+  EXPECT_EQ(hub_.queue_depth("dev1", t0).value(), depth1);
+  EXPECT_EQ(hub_.feedback_queue_depth(), 0u);
+  EXPECT_EQ(store_.commits, commits + 2);  // empty batches: nothing in them
+  // One more 600 ms later (one a minute / 100), and not two.
+  (void)ask<sent_reply>(send_request{"svc", "dev3", text("later")}, t0 + 600ms);
+  EXPECT_EQ(ask_error(send_request{"svc", "dev3", text("again")}, t0 + 1199ms).code,
+            errc::throttling);
+}
+
+TEST_F(throttled_router_test, refused_sends_take_no_token) {
+  // Sends the engine refuses (unknown device, full queue) use none of the rate.
+  for (int i = 0; i < 200; ++i)
+    EXPECT_EQ(ask_error(send_request{"svc", "nobody", text("x")}).code, errc::device_not_found);
+  for (int i = 0; i < 100; ++i)
+    (void)ask<sent_reply>(send_request{"svc", i % 2 ? "dev1" : "dev2", text("m")});
+}
+
+TEST_F(throttled_router_test, https_receives_have_their_own_rate) {
+  (void)ask<sent_reply>(send_request{"svc", "dev1", text("a")});
+  for (int i = 0; i < 1000; ++i)
+    (void)ask<message_reply>(receive_request{"dev1"});
+  EXPECT_EQ(ask_error(receive_request{"dev1"}).code, errc::throttling);
+  // A refused receive locks nothing; sends are not affected.
+  (void)ask<sent_reply>(send_request{"svc", "dev1", text("b")});
+  EXPECT_EQ(ask<message_reply>(receive_request{"dev1"}, t0 + 60ms).msg.value().body, "b");
 }
 
 }  // namespace

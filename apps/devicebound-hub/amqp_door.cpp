@@ -41,8 +41,12 @@ namespace {
 namespace amqp = codec::amqp;
 using amqp::link_kind;
 
-/// A transfer larger than this is read and dropped, then refused as too large.
-constexpr std::size_t max_transfer_bytes = 4u << 20;
+/// Connections over `max_connections` waiting for their open, to be told why
+/// they are closed; beyond this many, a connection over the limit is closed at
+/// the TCP level at once.
+constexpr std::uint32_t max_refusing_connections = 64;
+/// How long a connection over the limit may take to send its open.
+constexpr int refused_close_grace_ms = 2000;
 /// Pushes kept for a link without credit; older ones are dropped (their locks expire).
 constexpr std::size_t max_pending_pushes = 256;
 /// How often put-token expiries are checked.
@@ -163,6 +167,13 @@ struct conn_state {
   /// SDK learns of the end at once instead of waiting for a rundown timer.
   std::optional<time_point> close_at;
   std::string close_why;
+  std::string close_condition = "amqp:unauthorized-access";
+  /// Over `max_connections`: its open is answered with a close, nothing else is served.
+  bool refused = false;
+  /// Over the limit with too many others waiting: closed at the TCP level.
+  bool drop = false;
+  /// Sessions the peer began and we answered, still open.
+  std::unordered_map<pn_session_t*, bool> sessions;
 };
 
 }  // namespace
@@ -197,6 +208,10 @@ struct amqp_door::impl {
   // Proactor thread only.
   std::unordered_map<pn_connection_t*, std::unique_ptr<conn_state>> conns;
   std::uint64_t next_conn = 1;
+  std::uint32_t refusing = 0;  ///< connections in `conns` that are `refused`
+  std::uint64_t refused_total = 0;
+  /// Admitted connections (not `refused`), read by `connections()`.
+  std::atomic<std::uint32_t> admitted{0};
 
   explicit impl(amqp_door_config c) : config(std::move(c)) {}
 
@@ -302,6 +317,8 @@ struct amqp_door::impl {
     if (it == conns.end())
       return true;
     conn_state& c = *it->second;
+    if (c.refused && pn_event_type(e) != PN_TRANSPORT_CLOSED)
+      return refused_event(c, e);
     switch (pn_event_type(e)) {
       case PN_CONNECTION_REMOTE_OPEN: {
         char peer[128] = {0};
@@ -316,12 +333,26 @@ struct amqp_door::impl {
       }
       case PN_SESSION_REMOTE_OPEN: {
         pn_session_t* s = pn_event_session(e);
-        if (pn_session_state(s) & PN_LOCAL_UNINIT)
-          pn_session_open(s);
+        if (!(pn_session_state(s) & PN_LOCAL_UNINIT))
+          break;
+        pn_session_open(s);
+        if (c.sessions.size() >= config.max_sessions) {
+          // The begin is answered, then the session ended: the connection and
+          // its other sessions go on.
+          spdlog::info("amqp: connection {}: a session over the limit of {} ended", c.id,
+                       config.max_sessions);
+          set_condition(pn_session_condition(s), "amqp:resource-limit-exceeded",
+                        "this connection has " + std::to_string(config.max_sessions) +
+                            " sessions, the most the hub allows (--amqp-max-sessions)");
+          pn_session_close(s);
+          break;
+        }
+        c.sessions.emplace(s, true);
         break;
       }
       case PN_SESSION_REMOTE_CLOSE: {
         pn_session_t* s = pn_event_session(e);
+        c.sessions.erase(s);
         for (auto& [pl, l] : c.links)
           if (pn_link_session(pl) == s)
             link_gone(c, l);
@@ -338,6 +369,7 @@ struct amqp_door::impl {
           link_gone(c, l->second);
         if (!(pn_link_state(pl) & PN_LOCAL_CLOSED))
           pn_link_close(pl);
+        forget_link(c, pl);
         break;
       }
       case PN_LINK_FLOW:
@@ -379,8 +411,25 @@ struct amqp_door::impl {
       pn_ssl_init(pn_ssl(c->transport), ssl, nullptr);
       pn_transport_require_encryption(c->transport, true);
     }
+    pn_transport_set_max_frame(c->transport, config.max_frame_size);
     pn_sasl(c->transport);
     pnx_sasl_set_implementation(c->transport, &sasl_impl, c.get());
+    if (admitted.load() >= config.max_connections) {
+      // Over the limit: this connection only is refused. It is told why when its
+      // open arrives (within a grace period); beyond a few such, at the TCP level.
+      c->refused = true;
+      c->close_condition = "amqp:resource-limit-exceeded";
+      c->close_why = "the hub has " + std::to_string(config.max_connections) +
+                     " AMQP connections, the most it allows (--amqp-max-connections)";
+      c->close_at = system_clock{}.now() + std::chrono::milliseconds(refused_close_grace_ms);
+      c->drop = refusing >= max_refusing_connections;
+      ++refusing;
+      if (refused_total++ % 1000 == 0)
+        spdlog::warn("amqp: {} connections open (--amqp-max-connections): new ones are closed",
+                     config.max_connections);
+    } else {
+      admitted.fetch_add(1);
+    }
     {
       std::lock_guard<std::mutex> g(mailbox_m);
       live[c->id] = c->pn;
@@ -391,6 +440,10 @@ struct amqp_door::impl {
   }
 
   void closed(conn_state& c) {
+    if (c.refused)
+      --refusing;
+    else
+      admitted.fetch_sub(1);
     {
       std::lock_guard<std::mutex> g(mailbox_m);
       live.erase(c.id);
@@ -404,6 +457,41 @@ struct amqp_door::impl {
                     str(pn_condition_get_name(cond)), str(pn_condition_get_description(cond)));
     else
       spdlog::debug("amqp: connection {} from {} closed", c.id, c.peer);
+  }
+
+  /// Closes a connection at the TCP level (no AMQP close: the peer may never
+  /// have sent its header).
+  static void drop_transport(conn_state& c) {
+    pn_transport_close_tail(c.transport);
+    pn_transport_close_head(c.transport);
+  }
+
+  /// An event of a connection over `max_connections`: its open is answered
+  /// with a close naming the limit; nothing else it asks for is served.
+  bool refused_event(conn_state& c, pn_event_t* e) {
+    switch (pn_event_type(e)) {
+      case PN_CONNECTION_BOUND:
+        if (c.drop)
+          drop_transport(c);
+        break;
+      case PN_CONNECTION_REMOTE_OPEN:
+        if (!(pn_connection_state(c.pn) & PN_LOCAL_CLOSED)) {
+          pn_connection_set_container(c.pn, "devicebound-hub");
+          pn_connection_open(c.pn);
+          set_condition(pn_connection_condition(c.pn), c.close_condition, c.close_why);
+          pn_connection_close(c.pn);
+        }
+        break;
+      case PN_CONNECTION_WAKE:
+        if (c.close_at && system_clock{}.now() >= *c.close_at) {
+          c.close_at.reset();
+          drop_transport(c);  // it never sent its open (or never read our close)
+        }
+        break;
+      default:
+        break;
+    }
+    return true;
   }
 
   // --- authentication -------------------------------------------------------------------------
@@ -477,7 +565,7 @@ struct amqp_door::impl {
       c.close_at.reset();
       if (!(pn_connection_state(c.pn) & PN_LOCAL_CLOSED)) {
         spdlog::info("amqp: connection {}: closing: {}", c.id, c.close_why);
-        set_condition(pn_connection_condition(c.pn), "amqp:unauthorized-access", c.close_why);
+        set_condition(pn_connection_condition(c.pn), c.close_condition, c.close_why);
         pn_connection_close(c.pn);
       }
       return;
@@ -522,6 +610,15 @@ struct amqp_door::impl {
     // on our sending links the receiver chooses (C#: second, SPEC 10.11.3, 10.15.1).
     pn_link_set_rcv_settle_mode(pl, we_send ? pn_link_remote_rcv_settle_mode(pl) : PN_RCV_FIRST);
 
+    const auto open_links = static_cast<std::size_t>(std::count_if(
+        c.links.begin(), c.links.end(), [](const auto& kv) { return kv.second.open; }));
+    if (open_links >= config.max_links) {
+      spdlog::info("amqp: connection {}: refused link to '{}': over the limit of {} links", c.id,
+                   address, config.max_links);
+      return refuse(pl, "amqp:resource-limit-exceeded",
+                    "this connection has " + std::to_string(config.max_links) +
+                        " links, the most the hub allows (--amqp-max-links)");
+    }
     auto parsed = amqp::parse_link_address(address);
     if (!parsed) {
       spdlog::info("amqp: connection {}: refused link to '{}': {}", c.id, address,
@@ -586,6 +683,8 @@ struct amqp_door::impl {
           who = *g.who.policy;
       l.service = who + "@" + link_key(c, l);
     }
+    if (!we_send)
+      pn_link_set_max_message_size(pl, config.max_message_size);
     pn_link_open(pl);
     if (!we_send)
       pn_link_flow(pl, static_cast<int>(config.link_credit));
@@ -611,6 +710,23 @@ struct amqp_door::impl {
       emit({}, device_absent{l.device, link_key(c, l)});
     else if (l.kind == link_kind::feedback)
       emit({}, feedback_detach_request{l.service, link_key(c, l)});
+  }
+
+  /// A link both sides have detached: its state goes and Proton frees it (after
+  /// our detach is written), so a client that attaches and detaches in a loop
+  /// does not grow the connection's memory.
+  void forget_link(conn_state& c, pn_link_t* pl) {
+    if (auto it = c.links.find(pl); it != c.links.end()) {
+      const std::uint64_t id = it->second.id;
+      c.link_by_id.erase(id);
+      // Replies still to come for it find nothing (their deliveries are freed).
+      std::erase_if(c.ops, [&](const auto& kv) { return kv.second.link == id; });
+      std::erase_if(c.sent, [&](const auto& kv) { return kv.second.link == id; });
+      c.links.erase(it);
+    }
+    std::erase_if(c.incoming, [&](const auto& kv) { return pn_delivery_link(kv.first) == pl; });
+    std::erase_if(c.oversized, [&](const auto& kv) { return pn_delivery_link(kv.first) == pl; });
+    pn_link_free(pl);
   }
 
   /// Credit arrived on a link we send on.
@@ -781,7 +897,7 @@ struct amqp_door::impl {
       const ssize_t n = pn_link_recv(pl, chunk, sizeof chunk);
       if (n <= 0)
         break;
-      if (buf.size() + static_cast<std::size_t>(n) > max_transfer_bytes)
+      if (buf.size() + static_cast<std::size_t>(n) > config.max_message_size)
         c.oversized[d] = true;
       else
         buf.append(chunk, static_cast<std::size_t>(n));
@@ -804,6 +920,19 @@ struct amqp_door::impl {
 
     if (l.kind == link_kind::c2d_send)
       return c2d_send(c, l, d, bytes, too_big, presettled);
+    if (too_big) {
+      spdlog::info("amqp: connection {}: a transfer over {} bytes on '{}' rejected", c.id,
+                   config.max_message_size, str(pn_link_name(pl)));
+      if (!presettled) {
+        set_condition(pn_disposition_condition(pn_delivery_local(d)),
+                      "amqp:link:message-size-exceeded",
+                      "the transfer is larger than " + std::to_string(config.max_message_size) +
+                          " bytes (--amqp-max-message-size)");
+        pn_delivery_update(d, PN_REJECTED);
+      }
+      pn_delivery_settle(d);
+      return;
+    }
 
     if (l.kind == link_kind::cbs && !too_big) {
       proton::message m;
@@ -831,10 +960,10 @@ struct amqp_door::impl {
       address = op_address(c, op);
     }
     if (too_big)
-      return emit(address,
-                  refused_request{make_error(errc::message_too_large,
-                                             "the transfer is larger than " +
-                                                 std::to_string(max_transfer_bytes) + " bytes")});
+      return emit(address, refused_request{make_error(errc::message_too_large,
+                                                      "the transfer is larger than " +
+                                                          std::to_string(config.max_message_size) +
+                                                          " bytes (--amqp-max-message-size)")});
     proton::message m;
     try {
       m.decode(std::vector<char>(bytes.begin(), bytes.end()));
@@ -1126,6 +1255,10 @@ result<void> amqp_door::start(door_id id, request_sink sink, std::stop_token) {
   }
   if (!d.config.tls_server_cert.empty()) {
     d.ssl = pn_ssl_domain(PN_SSL_MODE_SERVER);
+    // TLS 1.2 or later (docs/security.md); every SDK speaks 1.2.
+    if (pn_ssl_domain_set_protocols(d.ssl, "TLSv1.2 TLSv1.3") != 0)
+      return make_error(errc::argument_invalid,
+                        "cannot restrict the AMQP listener to TLS 1.2 and 1.3 (OpenSSL too old?)");
     if (pn_ssl_domain_set_credentials(
             d.ssl, d.config.tls_server_cert.c_str(), d.config.tls_server_key.c_str(),
             d.config.tls_key_password.empty() ? nullptr : d.config.tls_key_password.c_str()) != 0)
@@ -1236,6 +1369,10 @@ std::optional<error> amqp_door::failure() const {
 std::vector<std::string> amqp_door::listening() const {
   std::lock_guard<std::mutex> g(impl_->start_m);
   return impl_->bound;
+}
+
+std::uint32_t amqp_door::connections() const {
+  return impl_->admitted.load();
 }
 
 }  // namespace devicebound::hubd

@@ -42,6 +42,22 @@ struct amqp_door_config {
   const identity_view* identities = nullptr;
   /// Credit granted on links the door receives on (C2D send, CBS, telemetry).
   std::uint32_t link_credit = 64;
+
+  // Limits (docs/security.md, "Limits"): each costs the offending connection only.
+  /// Open connections; one more is closed with `amqp:resource-limit-exceeded`
+  /// once its open arrives (or at the TCP level if it never sends one).
+  std::uint32_t max_connections = 1000;
+  /// Sessions per connection; one more is begun, then ended with
+  /// `amqp:resource-limit-exceeded`.
+  std::uint32_t max_sessions = 16;
+  /// Links per connection; one more is refused: detached with `amqp:resource-limit-exceeded`.
+  std::uint32_t max_links = 64;
+  /// max-frame-size advertised in open; a bigger frame closes the connection
+  /// with `amqp:connection:framing-error` (Proton).
+  std::uint32_t max_frame_size = 65536;
+  /// Largest transfer, advertised as the receiving links' max-message-size; a
+  /// bigger one is rejected with `amqp:link:message-size-exceeded`.
+  std::uint64_t max_message_size = 262144;
 };
 
 class amqp_door final : public front_door {
@@ -61,6 +77,8 @@ class amqp_door final : public front_door {
 
   /// The addresses actually listened on (`host:port`, the port resolved), after `start`.
   std::vector<std::string> listening() const;
+  /// Connections admitted and open now (tests, logs).
+  std::uint32_t connections() const;
 
   struct impl;
 

@@ -40,6 +40,31 @@ std::string_view setting_name(sqlite_sync s) {
   return to_string(s);
 }
 
+// --- limits -----------------------------------------------------------------------------------
+
+std::optional<std::string> limits_config::problem() const {
+  const auto out = [](std::string_view flag, std::uint64_t v, std::uint64_t lo, std::uint64_t hi,
+                      std::string_view unit) -> std::optional<std::string> {
+    if (v >= lo && v <= hi)
+      return std::nullopt;
+    return std::string(flag) + ": must be " + std::to_string(lo) + ".." + std::to_string(hi) +
+           std::string(unit) + ", not " + std::to_string(v);
+  };
+  constexpr std::uint64_t mib = 1024 * 1024;
+  for (auto p : {out("--amqp-max-connections", amqp_max_connections, 1, 100000, ""),
+                 out("--amqp-max-sessions", amqp_max_sessions, 1, 65536, ""),
+                 out("--amqp-max-links", amqp_max_links, 1, 65536, ""),
+                 out("--amqp-max-frame-size", amqp_max_frame_size, 512, 16 * mib, " bytes"),
+                 out("--amqp-max-message-size", amqp_max_message_size, 1024, 64 * mib, " bytes"),
+                 out("--https-max-connections", https_max_connections, 1, 100000, ""),
+                 out("--https-max-header-bytes", https_max_header_bytes, 1024, mib, " bytes"),
+                 out("--https-max-body-bytes", https_max_body_bytes, 1024, 64 * mib, " bytes"),
+                 out("--https-idle-timeout", https_idle_timeout_seconds, 1, 3600, " seconds")})
+    if (p)
+      return p;
+  return throttle.problem();
+}
+
 // --- files and flags -----------------------------------------------------------------------
 
 std::string default_store_path(const std::string& client_id) {
@@ -94,6 +119,15 @@ duration duration_arg(const std::string& s, const std::string& what) {
 /// not CLI11's own codes (105 for a validation error, 109 for an unknown flag, ...).
 int usage_exit(const CLI::App& app, const CLI::Error& e) {
   return app.exit(e) == 0 ? int{exit_ok} : int{exit_config};
+}
+
+/// Whether a listen address (`host:port`, `[v6]:port`) names a loopback host.
+bool loopback_listen(std::string_view address) {
+  const auto colon = address.rfind(':');
+  std::string_view host = address.substr(0, colon == std::string_view::npos ? 0 : colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']')
+    host = host.substr(1, host.size() - 2);
+  return host == "localhost" || host.starts_with("127.") || host == "::1";
 }
 
 }  // namespace
@@ -265,6 +299,30 @@ void load_toml(const std::string& path, daemon_config& c) {
   flag(hs["insecure"], "https.insecure", c.https.insecure);
   num(hs["request_timeout"], "https.request_timeout", c.https.request_timeout_seconds);
 
+  auto li = t["limits"];
+  num(li["amqp_max_connections"], "limits.amqp_max_connections", c.limits.amqp_max_connections);
+  num(li["amqp_max_sessions"], "limits.amqp_max_sessions", c.limits.amqp_max_sessions);
+  num(li["amqp_max_links"], "limits.amqp_max_links", c.limits.amqp_max_links);
+  num(li["amqp_max_frame_size"], "limits.amqp_max_frame_size", c.limits.amqp_max_frame_size);
+  num(li["amqp_max_message_size"], "limits.amqp_max_message_size", c.limits.amqp_max_message_size);
+  num(li["https_max_connections"], "limits.https_max_connections", c.limits.https_max_connections);
+  num(li["https_max_header_bytes"], "limits.https_max_header_bytes",
+      c.limits.https_max_header_bytes);
+  num(li["https_max_body_bytes"], "limits.https_max_body_bytes", c.limits.https_max_body_bytes);
+  num(li["https_request_timeout"], "limits.https_request_timeout", c.https.request_timeout_seconds);
+  num(li["https_idle_timeout"], "limits.https_idle_timeout", c.limits.https_idle_timeout_seconds);
+  num(li["max_in_flight"], "limits.max_in_flight", c.max_in_flight);
+  if (auto th = li["throttle"]; th) {
+    std::string s;
+    str(th, "limits.throttle", s);
+    const auto tier = parse_throttle_tier(s);
+    if (!tier)
+      throw config_error(path + ": limits.throttle must be off, free, S1, S2 or S3, not '" + s +
+                         "'");
+    c.limits.throttle.tier = *tier;
+  }
+  num(li["throttle_units"], "limits.throttle_units", c.limits.throttle.units);
+
   str(t["log"]["level"], "log.level", c.log_level);
 }
 
@@ -284,6 +342,11 @@ std::variant<daemon_config, int> load_config(int argc, char** argv) {
   std::vector<std::string> https_listen;
   bool https_insecure = false;
   std::optional<std::uint32_t> https_request_timeout;
+  std::optional<std::uint32_t> amqp_max_connections, amqp_max_sessions, amqp_max_links,
+      amqp_max_frame_size, https_max_connections, https_max_header_bytes, https_idle_timeout,
+      throttle_units;
+  std::optional<std::uint64_t> amqp_max_message_size, https_max_body_bytes;
+  std::optional<std::string> throttle;
   std::optional<std::uint16_t> port;
   std::optional<std::uint32_t> max_delivery, max_depth, max_in_flight;
   std::vector<std::string> devices;
@@ -347,6 +410,33 @@ std::variant<daemon_config, int> load_config(int argc, char** argv) {
   app.add_option("--https-request-timeout", https_request_timeout,
                  "seconds a client has to send one request's header and body before it gets 408 "
                  "(1..3600, default 30)");
+  app.add_option("--https-idle-timeout", https_idle_timeout,
+                 "seconds an idle keep-alive HTTPS connection is kept (1..3600, default 60)");
+  app.add_option("--https-max-connections", https_max_connections,
+                 "open HTTPS connections; more are closed at once (default 1000)");
+  app.add_option("--https-max-header-bytes", https_max_header_bytes,
+                 "largest request line + headers; more is 431 (default 16384)");
+  app.add_option("--https-max-body-bytes", https_max_body_bytes,
+                 "largest request body; more is 413 MessageTooLarge (default 262144)");
+  app.add_option("--amqp-max-connections", amqp_max_connections,
+                 "open AMQP connections; more are closed with amqp:resource-limit-exceeded "
+                 "(default 1000)");
+  app.add_option("--amqp-max-sessions", amqp_max_sessions,
+                 "sessions per AMQP connection; more are ended with amqp:resource-limit-exceeded "
+                 "(default 16)");
+  app.add_option("--amqp-max-links", amqp_max_links,
+                 "links per AMQP connection; more are refused with amqp:resource-limit-exceeded "
+                 "(default 64)");
+  app.add_option("--amqp-max-frame-size", amqp_max_frame_size,
+                 "AMQP max-frame-size advertised in open; a bigger frame closes the connection "
+                 "(default 65536)");
+  app.add_option("--amqp-max-message-size", amqp_max_message_size,
+                 "largest AMQP transfer; more is rejected with amqp:link:message-size-exceeded "
+                 "(default 262144)");
+  app.add_option("--throttle", throttle,
+                 "IoT Hub's C2D throttles of a tier: off (default), free, S1, S2 or S3 (SPEC "
+                 "2.7); over the rate: 429001 ThrottlingException");
+  app.add_option("--throttle-units", throttle_units, "units of the --throttle tier (1..200)");
   app.add_option("--iothub-hostname", iothub_hostname,
                  "the IoT Hub host name SAS tokens must name (sr), e.g. myhub.example (default "
                  "localhost)");
@@ -434,8 +524,45 @@ std::variant<daemon_config, int> load_config(int argc, char** argv) {
       cfg.https.insecure = true;
     if (https_request_timeout)
       cfg.https.request_timeout_seconds = *https_request_timeout;
+    const auto set = [](auto& out, const auto& v) {
+      if (v)
+        out = *v;
+    };
+    set(cfg.limits.amqp_max_connections, amqp_max_connections);
+    set(cfg.limits.amqp_max_sessions, amqp_max_sessions);
+    set(cfg.limits.amqp_max_links, amqp_max_links);
+    set(cfg.limits.amqp_max_frame_size, amqp_max_frame_size);
+    set(cfg.limits.amqp_max_message_size, amqp_max_message_size);
+    set(cfg.limits.https_max_connections, https_max_connections);
+    set(cfg.limits.https_max_header_bytes, https_max_header_bytes);
+    set(cfg.limits.https_max_body_bytes, https_max_body_bytes);
+    set(cfg.limits.https_idle_timeout_seconds, https_idle_timeout);
+    set(cfg.limits.throttle.units, throttle_units);
+    if (throttle) {
+      const auto tier = parse_throttle_tier(*throttle);
+      if (!tier)
+        throw CLI::ValidationError("--throttle",
+                                   "must be off, free, S1, S2 or S3, not '" + *throttle + "'");
+      cfg.limits.throttle.tier = *tier;
+    }
+    if (auto p = cfg.limits.problem()) {
+      const auto colon = p->find(':');
+      throw CLI::ValidationError(p->substr(0, colon), p->substr(colon + 2));
+    }
     if (cfg.https.request_timeout_seconds < 1 || cfg.https.request_timeout_seconds > 3600)
       throw CLI::ValidationError("--https-request-timeout", "must be 1..3600 seconds");
+    // Plain listeners on loopback only, unless the insecure flag (docs/security.md).
+    if (cfg.amqp.tls_server_cert.empty() && !cfg.amqp.insecure)
+      for (const auto& a : cfg.amqp.listen)
+        if (!loopback_listen(a))
+          throw CLI::ValidationError("--amqp-listen",
+                                     a + ": plain AMQP (no --tls-server-cert) only on a loopback "
+                                         "address, unless --amqp-insecure");
+    if (cfg.https.insecure)
+      for (const auto& a : cfg.https.listen)
+        if (!loopback_listen(a))
+          throw CLI::ValidationError(
+              "--https-listen", a + ": plain HTTP (--https-insecure) only on a loopback address");
     if (!cfg.https.listen.empty() && !cfg.https.insecure && cfg.amqp.tls_server_cert.empty())
       throw CLI::ValidationError("--https-listen",
                                  "needs --tls-server-cert and --tls-server-key (or "

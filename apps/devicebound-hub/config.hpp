@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "mqtt_door.hpp"
+#include "throttle.hpp"
 
 namespace devicebound::hubd {
 
@@ -60,6 +61,25 @@ struct https_listen_config {
   std::uint32_t request_timeout_seconds = 30;
 };
 
+/// Limits against abuse (docs/security.md, "Limits"): flags `--amqp-max-*`,
+/// `--https-max-*`, `--https-idle-timeout`, `--throttle*`, or TOML `[limits]`.
+/// Hitting one costs the offending connection or request only.
+struct limits_config {
+  std::uint32_t amqp_max_connections = 1000;      ///< open AMQP connections (1..100000)
+  std::uint32_t amqp_max_sessions = 16;           ///< sessions per AMQP connection (1..65536)
+  std::uint32_t amqp_max_links = 64;              ///< links per AMQP connection (1..65536)
+  std::uint32_t amqp_max_frame_size = 65536;      ///< bytes, advertised in open (512..16 MiB)
+  std::uint64_t amqp_max_message_size = 262144;   ///< bytes of one transfer (1 KiB..64 MiB)
+  std::uint32_t https_max_connections = 1000;     ///< open HTTPS connections (1..100000)
+  std::uint32_t https_max_header_bytes = 16384;   ///< request line + headers (1 KiB..1 MiB)
+  std::uint64_t https_max_body_bytes = 262144;    ///< request body (1 KiB..64 MiB)
+  std::uint32_t https_idle_timeout_seconds = 60;  ///< idle keep-alive connection (1..3600)
+  throttle_config throttle;                       ///< `--throttle`, `--throttle-units`
+
+  /// The first value out of its range, as "--flag: must be ..."; or nothing.
+  std::optional<std::string> problem() const;
+};
+
 struct daemon_config {
   mqtt::connection_options broker = [] {
     mqtt::connection_options o;
@@ -79,6 +99,7 @@ struct daemon_config {
   store_config store;
   amqp_listen_config amqp;
   https_listen_config https;
+  limits_config limits;
   std::string log_level = "info";
 };
 

@@ -82,6 +82,10 @@ struct https_door::impl {
   std::vector<std::string> listening;
   std::vector<std::thread> threads;
   std::atomic<std::uint64_t> next_connection{1};
+  /// Sessions alive (each counts itself from construction to destruction).
+  std::atomic<std::uint32_t> open_connections{0};
+  /// Connections refused over `max_connections` since the last log line.
+  std::atomic<std::uint64_t> refused_connections{0};
 
   /// Connections waiting for the engine's reply, held alive until it comes.
   std::mutex waiting_mutex;
@@ -116,7 +120,12 @@ class session final : public https_connection,
                       public std::enable_shared_from_this<session<Stream>> {
  public:
   session(https_door::impl& door, std::uint64_t id, Stream stream)
-      : door_(door), id_(id), stream_(std::move(stream)), timer_(stream_.get_executor()) {}
+      : door_(door), id_(id), stream_(std::move(stream)), timer_(stream_.get_executor()) {
+    door_.open_connections.fetch_add(1);
+  }
+  ~session() override { door_.open_connections.fetch_sub(1); }
+  session(const session&) = delete;
+  session& operator=(const session&) = delete;
 
   void run() {
     if constexpr (std::is_same_v<Stream, beast::ssl_stream<beast::tcp_stream>>) {
@@ -161,11 +170,39 @@ class session final : public https_connection,
     });
   }
 
+  /// While a request is read: the idle timeout until its first byte, the
+  /// request timeout (from when the wait began) once a byte has come.
+  void arm_read_timer() {
+    timed_out_ = false;
+    read_started_ = std::chrono::steady_clock::now();
+    timer_.expires_at(read_started_ +
+                      std::min(door_.config.idle_timeout, door_.config.request_timeout));
+    timer_.async_wait(
+        [self = this->shared_from_this()](beast::error_code ec) { self->on_read_timer(ec); });
+  }
+
+  void on_read_timer(beast::error_code ec) {
+    if (ec)
+      return;  // cancelled: the request was read in time
+    const bool started = parser_->got_some() || buffer_.size() > 0;
+    const auto deadline =
+        read_started_ + (started ? door_.config.request_timeout : door_.config.idle_timeout);
+    if (std::chrono::steady_clock::now() < deadline) {
+      timer_.expires_at(deadline);
+      timer_.async_wait(
+          [self = this->shared_from_this()](beast::error_code e) { self->on_read_timer(e); });
+      return;
+    }
+    timed_out_ = true;
+    beast::error_code ignored;
+    socket().cancel(ignored);
+  }
+
   void read() {
     parser_.emplace();
     parser_->header_limit(static_cast<std::uint32_t>(door_.config.max_header_bytes));
     parser_->body_limit(door_.config.max_body_bytes);
-    arm_timer();
+    arm_read_timer();
     http::async_read(stream_, buffer_, *parser_,
                      [self = this->shared_from_this()](beast::error_code ec, std::size_t) {
                        self->timer_.cancel();
@@ -175,8 +212,11 @@ class session final : public https_connection,
 
   void on_read(beast::error_code ec) {
     if (timed_out_) {
-      if (!parser_->got_some() && buffer_.size() == 0)
+      if (!parser_->got_some() && buffer_.size() == 0) {
+        spdlog::debug("https: connection {}: idle for {} ms: closed", id_,
+                      door_.config.idle_timeout.count());
         return close();  // an idle keep-alive connection
+      }
       spdlog::info("https: connection {}: request not read within {} ms (408)", id_,
                    door_.config.request_timeout.count());
       return write(
@@ -310,6 +350,7 @@ class session final : public https_connection,
   beast::flat_buffer buffer_;
   std::optional<parser_t> parser_;
   bool timed_out_ = false;
+  std::chrono::steady_clock::time_point read_started_{};
   bool keep_alive_ = true;
   std::optional<https::routed> pending_;
   std::uint64_t request_id_ = 0;
@@ -324,7 +365,14 @@ void https_door::impl::accept(tcp::acceptor& a) {
   a.async_accept(net::make_strand(ioc), [this, &a](beast::error_code ec, tcp::socket socket) {
     if (ec == net::error::operation_aborted || !a.is_open())
       return;
-    if (!ec) {
+    if (!ec && open_connections.load() >= config.max_connections) {
+      // Over the limit: this connection only is closed, before TLS costs anything.
+      beast::error_code ignored;
+      socket.close(ignored);
+      if (refused_connections.fetch_add(1) % 1000 == 0)
+        spdlog::warn("https: {} connections open (--https-max-connections): new ones are closed",
+                     config.max_connections);
+    } else if (!ec) {
       const std::uint64_t cid = next_connection.fetch_add(1);
       beast::error_code ignored;
       socket.set_option(tcp::no_delay(true), ignored);
@@ -491,6 +539,10 @@ std::optional<error> https_door::failure() const {
 
 std::vector<std::string> https_door::listening() const {
   return impl_->listening;
+}
+
+std::uint32_t https_door::connections() const {
+  return impl_->open_connections.load();
 }
 
 }  // namespace devicebound::hubd

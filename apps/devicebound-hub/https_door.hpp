@@ -15,6 +15,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
@@ -40,12 +41,17 @@ struct https_door_config {
   /// Keys and policies the `Authorization` header is checked against; null or
   /// `enabled() == false`: test mode, every request is accepted. Must outlive the door.
   const identity_view* identities = nullptr;
-  /// Deadline to read one request's header and body (and to write a response):
-  /// a slower client gets 408 and is disconnected. An idle keep-alive
-  /// connection is closed silently after it.
+  /// Deadline to read one request's header and body, counted from when the
+  /// connection starts waiting for it (and to write a response, and for the TLS
+  /// handshake): a slower client gets 408 and is disconnected (slowloris).
   std::chrono::milliseconds request_timeout{std::chrono::seconds{30}};
-  /// Largest request header block: more is 431.
-  std::size_t max_header_bytes = 8 * 1024;
+  /// A connection that sends no byte of its next request for this long (idle
+  /// keep-alive, or a new connection that never speaks) is closed silently.
+  std::chrono::milliseconds idle_timeout{std::chrono::seconds{60}};
+  /// Open connections; a connection over it is closed at once (before TLS).
+  std::uint32_t max_connections = 1000;
+  /// Largest request line and header block: more is 431.
+  std::size_t max_header_bytes = 16 * 1024;
   /// Largest request body: more is 413.
   std::size_t max_body_bytes = 256 * 1024;
   /// I/O threads.
@@ -69,6 +75,8 @@ class https_door final : public front_door {
 
   /// The addresses actually listened on (`host:port`, the port resolved), after `start`.
   std::vector<std::string> listening() const;
+  /// Connections open now (tests, logs).
+  std::uint32_t connections() const;
 
   struct impl;
 

@@ -227,8 +227,10 @@ int open_hub(daemon_config& cfg, std::unique_ptr<sqlite_store>& store, hub& h) {
     cfg.store.path = default_store_path(cfg.broker.client_id);
     std::error_code ec;
     const auto dir = std::filesystem::path(cfg.store.path).parent_path();
-    if (!dir.empty())
-      std::filesystem::create_directories(dir, ec);
+    // A directory made here holds keys (the registry is in the store): 0700.
+    if (!dir.empty() && std::filesystem::create_directories(dir, ec) && !ec)
+      std::filesystem::permissions(dir, std::filesystem::perms::owner_all,
+                                   std::filesystem::perm_options::replace, ec);
     if (ec) {
       spdlog::critical("cannot create the store's directory {}: {} (choose a file with --store)",
                        dir.string(), ec.message());
@@ -316,6 +318,7 @@ int main(int argc, char** argv) {
       return s->apply(c);
     };
   ro.max_in_flight = cfg.max_in_flight;
+  ro.throttle = cfg.limits.throttle;
   ro.auto_register = cfg.auto_register;
   ro.log = [](log_level l, std::string_view line) {
     spdlog::log(spdlog_level(l), "{}", line);
@@ -360,6 +363,11 @@ int main(int argc, char** argv) {
     ac.insecure = cfg.amqp.insecure;
     ac.iothub_hostname = cfg.amqp.iothub_hostname;
     ac.identities = &view;
+    ac.max_connections = cfg.limits.amqp_max_connections;
+    ac.max_sessions = cfg.limits.amqp_max_sessions;
+    ac.max_links = cfg.limits.amqp_max_links;
+    ac.max_frame_size = cfg.limits.amqp_max_frame_size;
+    ac.max_message_size = cfg.limits.amqp_max_message_size;
     amqp = std::make_unique<amqp_door>(std::move(ac));
     doors.push_back(amqp.get());
   }
@@ -382,6 +390,10 @@ int main(int argc, char** argv) {
     hc.iothub_hostname = cfg.amqp.iothub_hostname;
     hc.identities = &view;
     hc.request_timeout = std::chrono::seconds(cfg.https.request_timeout_seconds);
+    hc.idle_timeout = std::chrono::seconds(cfg.limits.https_idle_timeout_seconds);
+    hc.max_connections = cfg.limits.https_max_connections;
+    hc.max_header_bytes = cfg.limits.https_max_header_bytes;
+    hc.max_body_bytes = static_cast<std::size_t>(cfg.limits.https_max_body_bytes);
     https = std::make_unique<https_door>(std::move(hc));
     doors.push_back(https.get());
   }
@@ -400,6 +412,14 @@ int main(int argc, char** argv) {
       cfg.broker.port, cfg.broker.client_id, cfg.hub.lock_duration.count(),
       cfg.hub.default_ttl.count(), cfg.hub.max_delivery_count, cfg.hub.max_queue_depth,
       cfg.max_in_flight, cfg.auto_register ? "on" : "off");
+  if (cfg.limits.throttle.tier != throttle_tier::off) {
+    const auto r = rates_of(cfg.limits.throttle.tier);
+    const std::uint32_t units =
+        cfg.limits.throttle.tier == throttle_tier::free ? 1 : cfg.limits.throttle.units;
+    spdlog::info("C2D throttle {} x {} unit(s): {} sends and {} HTTPS receives a minute",
+                 to_string(cfg.limits.throttle.tier), units, r.sends_per_minute * units,
+                 r.receives_per_minute * units);
+  }
   if (store)
     spdlog::info(
         "store '{}' (SQLite, synchronous {}): {} device(s), {} feedback batch(es) queued, {} "

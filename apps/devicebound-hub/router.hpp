@@ -28,6 +28,7 @@
 
 #include "front_door.hpp"
 #include "identity_view.hpp"
+#include "throttle.hpp"
 
 namespace devicebound::hubd {
 
@@ -44,6 +45,9 @@ struct commit_group {
 struct router_options {
   std::uint32_t max_in_flight = 4;  ///< locked, unsettled pushes per device or back end
   bool auto_register = false;       ///< register unknown devices on send / presence
+  /// IoT Hub's C2D throttles (SPEC 2.7; `--throttle`): every door's sends, and
+  /// HTTPS device receives, over the tier's rate get 429001 and change nothing.
+  throttle_config throttle;
   /// Where log lines go; empty: nowhere. `log_enabled(level)` says whether a
   /// line of that level is wanted (lines are only built then).
   std::function<void(log_level, std::string_view)> log;
@@ -87,7 +91,10 @@ class router {
  public:
   /// A router over `h`, which must outlive it; `group` is the store's commit group.
   router(hub& h, router_options options, commit_group group = {})
-      : hub_(&h), options_(std::move(options)), group_(std::move(group)) {
+      : hub_(&h),
+        options_(std::move(options)),
+        group_(std::move(group)),
+        throttle_(options_.throttle, time_point{}) {
     if (options_.max_in_flight < 1)
       options_.max_in_flight = 1;
     hub_->set_observer([this](const transition& t) { observe(t); });
@@ -447,6 +454,11 @@ class router {
   // --- requests --------------------------------------------------------------------------
 
   void on(const reply_to& from, send_request& r, time_point now) {
+    // The throttle first: a refused send changes nothing, not even the bucket.
+    if (auto t = throttle_.check_send(now); !t) {
+      log(log_level::debug, "'", r.service, "' throttled: ", t.error().message);
+      return fail(from, t.error());
+    }
     if (!known_device(r.device, now))
       return fail(from,
                   make_error(errc::device_not_found,
@@ -457,18 +469,24 @@ class router {
     auto e = hub_->enqueue(r.device, std::move(r.msg), now);
     if (!e)
       return fail(from, e.error());
+    throttle_.took_send(now);
     log(log_level::debug, "'", r.service, "' sent message ", e->sequence_number, " ('", mid,
         "') to '", r.device, "'");
     answer(from, sent_reply{e->sequence_number, e->expiry_time_utc});
   }
 
   void on(const reply_to& from, receive_request& r, time_point now) {
+    if (auto t = throttle_.check_receive(now); !t) {
+      log(log_level::debug, "device '", r.device, "' throttled: ", t.error().message);
+      return fail(from, t.error());
+    }
     if (!known_device(r.device, now))
       return fail(
           from, make_error(errc::device_not_found, "device '" + r.device + "' is not registered"));
     auto m = hub_->receive(r.device, now);
     if (!m)
       return fail(from, m.error());
+    throttle_.took_receive(now);
     touch(r.device, now);
     answer(from, message_reply{std::move(*m)});
   }
@@ -820,6 +838,7 @@ class router {
   bool policies_changed_ = false;
   bool full_view_ = false;
   std::optional<error> registry_failed_;
+  c2d_throttle throttle_;
 };
 
 }  // namespace devicebound::hubd

@@ -136,6 +136,11 @@ std::string read_text(const fs::path& p) {
 void write_text(const fs::path& p, const std::string& text, mode_t mode) {
   const std::string tmp = p.string() + ".tmp";
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+  // The mode even if a stale temporary file of another mode was there (keys: 0600).
+  if (fd >= 0 && ::fchmod(fd, mode) != 0) {
+    ::close(fd);
+    throw up_failure{exit_failure, "cannot set the mode of " + tmp};
+  }
   bool ok = fd >= 0;
   std::size_t done = 0;
   while (ok && done < text.size()) {
@@ -545,7 +550,8 @@ std::string mosquitto_conf(const port_plan& ports, const std::string& bind, bool
     // --insecure: the device listener is plain MQTT (loopback only, checked before).
     if (insecure && in_tls_listener &&
         (line.rfind("cafile ", 0) == 0 || line.rfind("certfile ", 0) == 0 ||
-         line.rfind("keyfile ", 0) == 0 || line.rfind("require_certificate ", 0) == 0))
+         line.rfind("keyfile ", 0) == 0 || line.rfind("require_certificate ", 0) == 0 ||
+         line.rfind("tls_version ", 0) == 0))
       continue;
     out += line + "\n";
   }

@@ -98,6 +98,11 @@ x509_ptr new_cert(EVP_PKEY* key, const std::string& common_name, long lifetime) 
 std::string write_file(const std::string& path, const std::string& text, mode_t mode) {
   const std::string tmp = path + ".tmp";
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+  // The mode even if a stale temporary file of another mode was there (keys: 0600).
+  if (fd >= 0 && ::fchmod(fd, mode) != 0) {
+    ::close(fd);
+    return "cannot set the mode of " + tmp;
+  }
   if (fd < 0)
     return "cannot write " + tmp;
   std::size_t done = 0;

@@ -323,6 +323,8 @@ class mosquitto_broker {
       // Not 0: see broker/mosquitto.conf.in on mosquitto 2.0.11's ACL path.
       << "max_queued_messages 1000000\n"
       << "max_queued_bytes 0\n"
+      // As broker/mosquitto.conf.in: a bigger packet disconnects its sender.
+      << "max_packet_size 262144\n"
       << "persistence false\n"
       << "log_dest stderr\n"
       << "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"

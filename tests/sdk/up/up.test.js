@@ -140,6 +140,21 @@ describe('devicebound up with the official Node SDKs', { skip }, () => {
     for (const k of ['mqtt', 'amqp', 'https']) assert.ok(Number.isInteger(info.ports[k]), k);
   });
 
+  it('keeps its keys private and configures the broker with TLS 1.2+ and a packet limit (docs/security.md)', () => {
+    const mode = (f) => fs.statSync(path.join(info.state_dir, f)).mode & 0o777;
+    assert.equal(fs.statSync(info.state_dir).mode & 0o777, 0o700, 'the state directory');
+    for (const f of ['ca.key', 'server.key', 'hub.toml', 'mosquitto.conf', 'seed', 'hub.db']) {
+      if (fs.existsSync(path.join(info.state_dir, f))) assert.equal(mode(f), 0o600, f);
+    }
+    assert.equal(mode('ca.key'), 0o600);
+    assert.equal(mode('server.key'), 0o600);
+    const conf = fs.readFileSync(path.join(info.state_dir, 'mosquitto.conf'), 'utf8');
+    assert.match(conf, /^max_packet_size 262144$/m);
+    assert.match(conf, /^tls_version tlsv1\.2$/m);
+    // the broker's plain listener (the hub's own connection) is on loopback only
+    assert.match(conf, /^listener \d+ 127\.0\.0\.1$/m);
+  });
+
   it('azure-iothub sends with ack full; azure-iot-device-mqtt receives and completes; feedback Success', async () => {
     await client(info, 'roundtrip', 'mqtt', 'dev-mqtt', 'up-mqtt-1');
   });
