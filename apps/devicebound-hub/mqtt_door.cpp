@@ -349,13 +349,16 @@ void mqtt_door::on_broker_event(std::string_view topic, std::string_view payload
 // --- outgoing: on the engine thread, after the commit ----------------------------------------
 
 void mqtt_door::release(std::span<const outbound> items) {
-  const auto publish = [&](const std::string& topic, std::string_view payload) {
-    if (!connected_) {
-      spdlog::debug("not connected: dropped publish to {}", topic);
-      return;
-    }
-    if (auto r = session_.publish(topic, payload); !r)
-      spdlog::warn("publish to {} failed: {}", topic, r.error().message);
+  // Everything is encoded first and then handed to Paho back to back: each
+  // publish wakes Paho's sending thread, which takes Paho's one lock to write;
+  // encoding between publishes let it take that lock in between and the
+  // engine thread wait for it, once per item (docs/architecture.md, "The engine
+  // loop's costs").
+  outgoing_.clear();
+  payloads_.clear();
+  // `payload` views the item's body (alive for this call) or one of `payloads_`.
+  const auto publish = [&](std::string topic, std::string_view payload) {
+    outgoing_.emplace_back(std::move(topic), payload);
   };
   for (const auto& item : items) {
     if (const auto* rp = std::get_if<reply>(&item)) {
@@ -394,8 +397,16 @@ void mqtt_door::release(std::span<const outbound> items) {
           dp->msg.body);
     } else if (const auto* fp = std::get_if<feedback_push>(&item)) {
       publish(proto::feedback_topic(fp->service, fp->batch, fp->connection),
-              codec::encode_feedback_json(fp->batch.records));
+              payloads_.emplace_back(codec::encode_feedback_json(fp->batch.records)));
     }
+  }
+  for (const auto& [topic, payload] : outgoing_) {
+    if (!connected_) {
+      spdlog::debug("not connected: dropped publish to {}", topic);
+      continue;
+    }
+    if (auto r = session_.publish(topic, payload); !r)
+      spdlog::warn("publish to {} failed: {}", topic, r.error().message);
   }
 }
 

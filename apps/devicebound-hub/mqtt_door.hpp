@@ -5,6 +5,7 @@
 #pragma once
 
 #include <atomic>
+#include <deque>
 #include <devicebound/retry.hpp>
 #include <devicebound/transport/mqtt.hpp>
 #include <memory>
@@ -12,6 +13,8 @@
 #include <stop_token>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "front_door.hpp"
 
@@ -54,6 +57,9 @@ class mqtt_door final : public front_door {
   bool started_ = false;
   time_point next_attempt_ = time_point::max();
   std::optional<error> failure_;
+  /// `release`'s encoded publishes (topic, payload) and the payloads it encoded.
+  std::vector<std::pair<std::string, std::string_view>> outgoing_;
+  std::deque<std::string> payloads_;
 };
 
 }  // namespace devicebound::hubd

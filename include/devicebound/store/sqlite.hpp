@@ -290,7 +290,7 @@ class sqlite_store {
     if (relax)
       if (auto r = exec("PRAGMA synchronous=NORMAL", "relaxing synchronous"); !r)
         return r;
-    if (auto r = exec(in_group_ ? "SAVEPOINT op" : "BEGIN IMMEDIATE", "starting a transaction"); !r)
+    if (auto r = run(in_group_ ? st_.savepoint : st_.begin, "starting a transaction"); !r)
       return r;
     for (const auto& c : changes) {
       const int rc = std::visit([this](const auto& x) { return write(x); }, c);
@@ -308,9 +308,8 @@ class sqlite_store {
       }
     }
     if (in_group_)
-      return exec("RELEASE op", "releasing a savepoint");
-    if (const int rc = sqlite3_exec(db_.get(), "COMMIT", nullptr, nullptr, nullptr);
-        rc != SQLITE_OK) {
+      return run(st_.release, "releasing a savepoint");
+    if (const int rc = step_once(st_.commit); rc != SQLITE_OK) {
       auto e = failure(rc, "committing");
       rollback();
       if (relax)
@@ -332,7 +331,7 @@ class sqlite_store {
   result<void> begin_group() {
     if (in_group_)
       return make_error(errc::invalid_operation, "a commit group is already open");
-    if (auto r = exec("BEGIN IMMEDIATE", "starting a commit group"); !r)
+    if (auto r = run(st_.begin, "starting a commit group"); !r)
       return r;
     in_group_ = true;
     return {};
@@ -341,8 +340,7 @@ class sqlite_store {
     if (!in_group_)
       return make_error(errc::invalid_operation, "no commit group is open");
     in_group_ = false;
-    if (const int rc = sqlite3_exec(db_.get(), "COMMIT", nullptr, nullptr, nullptr);
-        rc != SQLITE_OK) {
+    if (const int rc = step_once(st_.commit); rc != SQLITE_OK) {
       auto e = failure(rc, "committing a group");
       rollback();
       return e;
@@ -402,6 +400,10 @@ class sqlite_store {
         message_insert, message_update, message_delete, record_insert, batch_insert,
         batch_take_records, batch_update, batch_records_delete, batch_delete, state_upsert,
         config_upsert, identity_upsert, identity_delete, policy_upsert, policy_delete;
+    // Transaction control, run for every operation or group: prepared once rather
+    // than parsed by sqlite3_exec each time (measurable in the daemon's engine
+    // thread; docs/architecture.md, "The engine loop's costs").
+    detail::sqlite_stmt begin, commit, savepoint, release;
   };
 
   sqlite_store() = default;
@@ -612,6 +614,10 @@ class sqlite_store {
          "INSERT OR REPLACE INTO policies(name, primary_key, secondary_key, rights) "
          "VALUES(?1, ?2, ?3, ?4)"},
         {&s.policy_delete, "DELETE FROM policies WHERE name = ?1"},
+        {&s.begin, "BEGIN IMMEDIATE"},
+        {&s.commit, "COMMIT"},
+        {&s.savepoint, "SAVEPOINT op"},
+        {&s.release, "RELEASE op"},
     };
     for (const auto& it : items) {
       sqlite3_stmt* raw = nullptr;
@@ -1162,6 +1168,19 @@ class sqlite_store {
 
   result<void> exec(const char* sql, const std::string& doing) {
     if (const int rc = sqlite3_exec(db_.get(), sql, nullptr, nullptr, nullptr); rc != SQLITE_OK)
+      return failure(rc, doing);
+    return {};
+  }
+
+  /// Steps a prepared statement that returns no rows once and resets it, so it
+  /// holds nothing open; SQLITE_OK or the step's error code.
+  int step_once(detail::sqlite_stmt& st) {
+    const int rc = sqlite3_step(st.get());
+    sqlite3_reset(st.get());
+    return rc == SQLITE_DONE || rc == SQLITE_ROW ? SQLITE_OK : rc;
+  }
+  result<void> run(detail::sqlite_stmt& st, const char* doing) {
+    if (const int rc = step_once(st); rc != SQLITE_OK)
       return failure(rc, doing);
     return {};
   }
