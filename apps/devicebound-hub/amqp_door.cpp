@@ -1178,10 +1178,20 @@ struct amqp_door::impl {
     return static_cast<conn_state*>(pnx_sasl_get_context(t));
   }
 
+  /// A listener with a certificate takes SASL only inside TLS: a plain SASL
+  /// header is offered no mechanism and refused, so no token is read in the clear.
+  static bool sasl_in_clear(pn_transport_t* t) {
+    const conn_state* c = sasl_conn(t);
+    return c && c->door->ssl && !pnx_sasl_is_transport_encrypted(t);
+  }
+
   static void sasl_process_init(pn_transport_t* t, const char* mechanism, const pn_bytes_t* recv) {
     const std::string_view mech = str(mechanism);
     conn_state* c = sasl_conn(t);
-    if (mech == "ANONYMOUS" || mech == "MSSBCBS") {
+    if (sasl_in_clear(t)) {
+      spdlog::info("amqp: connection {}: SASL without TLS refused", c->id);
+      pnx_sasl_set_failed(t);
+    } else if (mech == "ANONYMOUS" || mech == "MSSBCBS") {
       pnx_sasl_set_succeeded(t, "anonymous", nullptr);
     } else if (mech == "PLAIN" && c) {
       // authzid \0 authcid \0 password; the password is a SAS token (DOC-SAS).
@@ -1211,7 +1221,9 @@ struct amqp_door::impl {
 
 const pnx_sasl_implementation amqp_door::impl::sasl_impl = {
     [](pn_transport_t*) {},  // free: the context is ours
-    [](pn_transport_t*) -> const char* { return "MSSBCBS ANONYMOUS PLAIN"; },
+    [](pn_transport_t* t) -> const char* {
+      return amqp_door::impl::sasl_in_clear(t) ? "" : "MSSBCBS ANONYMOUS PLAIN";
+    },
     [](pn_transport_t* t) -> bool {  // init_server
       pnx_sasl_set_desired_state(t, SASL_POSTED_MECHANISMS);
       return true;

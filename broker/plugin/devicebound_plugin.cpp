@@ -279,6 +279,12 @@ bool authenticate_client(std::string_view id, const char* password,
                          ", neither ServiceConnect nor DeviceConnect");
       return false;
     }
+    // A back end acts on the whole hub: a token scoped below it (sr = {host}/x)
+    // grants nothing here, as on the other doors (auth::authorize, OutOfScope).
+    if (!who->scope.empty()) {
+      refuse_log(id, "OutOfScope: a token for " + who->scope + " cannot act on the whole hub");
+      return false;
+    }
     return true;
   }
   // A device: its own key, or a policy with DeviceConnect acting for it (SPEC 12.7.4).

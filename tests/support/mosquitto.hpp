@@ -371,6 +371,10 @@ struct hub_daemon_options {
   std::string config_toml;        ///< written to a file and passed as --config when set
   std::string log_level = "debug";
   std::chrono::milliseconds startup_timeout = 15s;
+  /// Credentials of the readiness ping's MQTT connection, for a broker that
+  /// authenticates (the devicebound plugin): a policy name and its key.
+  std::optional<std::string> ping_username;
+  std::optional<std::string> ping_password;
 };
 
 class hub_daemon {
@@ -437,6 +441,8 @@ class hub_daemon {
     mqtt::connection_options o;
     o.port = options_.broker_port;
     o.connect_timeout = 2s;
+    o.username = options_.ping_username;
+    o.password = options_.ping_password;
     mqtt::session s(
         o, id,
         [&](std::string_view, std::string_view) {
