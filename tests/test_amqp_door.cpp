@@ -609,6 +609,26 @@ TEST_F(amqp_door_limits, ConnectionsSessionsLinksAndSizesCostOnlyTheOffender) {
   EXPECT_FALSE(svc->closed());
 }
 
+TEST_F(amqp_door_limits, AConnectionThatNeverOpensIsClosedAfterTheOpenTimeout) {
+  restart_with({"--amqp-open-timeout", "1"});
+  {  // silent after the TCP connect: closed by the hub (the read is bounded at 10 s)
+    raw_socket silent(port_);
+    bool closed = false;
+    EXPECT_EQ(silent.read_to_end(closed), "");
+    EXPECT_TRUE(closed);
+  }
+  {  // the protocol header, then nothing: the header is answered, then the hub closes
+    raw_socket slow(port_);
+    slow.write(std::string("AMQP\x00\x01\x00\x00", 8));
+    bool closed = false;
+    EXPECT_EQ(slow.read_to_end(closed).substr(0, 4), "AMQP");
+    EXPECT_TRUE(closed);
+  }
+  auto svc = service();  // a client that opens in time is served
+  pn_link_t* s = svc->attach(true, "/messages/devicebound");
+  EXPECT_EQ(svc->outcome(svc->send(s, c2d("dev1", "ok", "m1"))).first, PN_ACCEPTED);
+}
+
 TEST_F(amqp_door_limits, ThrottledSendsAreRejectedAsTheSdksExpectAndQueueNothing) {
   restart_with({"--throttle", "S1"});  // 100 sends a minute, a minute's burst
   auto svc = service();
@@ -665,8 +685,9 @@ TEST(amqp_door_config, BadLimitsAndPlainNonLoopbackListenersExit2) {
   for (const std::string& args : std::vector<std::string>{
            "--amqp-listen 0.0.0.0:0", "--https-insecure --https-listen 0.0.0.0:0", "--throttle S9",
            "--throttle S1 --throttle-units 0", "--amqp-max-frame-size 100",
-           "--amqp-max-connections 0", "--https-max-header-bytes 10", "--https-idle-timeout 0",
-           "--amqp-max-message-size 99999999999", "-c " + dir.file("bad.toml")}) {
+           "--amqp-max-connections 0", "--amqp-open-timeout 0", "--https-max-header-bytes 10",
+           "--https-idle-timeout 0", "--amqp-max-message-size 99999999999",
+           "-c " + dir.file("bad.toml")}) {
     const std::string cmd = "'" + hub + "' --in-memory " + args + " >/dev/null 2>&1";
     const int status = std::system(cmd.c_str());
     ASSERT_TRUE(WIFEXITED(status)) << args;

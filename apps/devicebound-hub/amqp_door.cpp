@@ -168,6 +168,9 @@ struct conn_state {
   std::optional<time_point> close_at;
   std::string close_why;
   std::string close_condition = "amqp:unauthorized-access";
+  /// Admitted connections: closed at the TCP level if no open frame arrives by
+  /// then (`--amqp-open-timeout`); cleared by the open.
+  std::optional<time_point> open_deadline;
   /// Over `max_connections`: its open is answered with a close, nothing else is served.
   bool refused = false;
   /// Over the limit with too many others waiting: closed at the TCP level.
@@ -292,7 +295,7 @@ struct amqp_door::impl {
         if (!stopping) {
           // Expiries are checked on each connection's own events.
           for (auto& [pn, c] : conns)
-            if (!c->grants.empty() || c->close_at)
+            if (!c->grants.empty() || c->close_at || c->open_deadline)
               pn_connection_wake(pn);
           pn_proactor_set_timeout(proactor, expiry_check_ms);
         }
@@ -321,6 +324,7 @@ struct amqp_door::impl {
       return refused_event(c, e);
     switch (pn_event_type(e)) {
       case PN_CONNECTION_REMOTE_OPEN: {
+        c.open_deadline.reset();
         char peer[128] = {0};
         if (const pn_netaddr_t* a = pn_transport_remote_addr(c.transport))
           pn_netaddr_str(a, peer, sizeof peer);
@@ -429,6 +433,7 @@ struct amqp_door::impl {
                      config.max_connections);
     } else {
       admitted.fetch_add(1);
+      c->open_deadline = system_clock{}.now() + config.open_timeout;
     }
     {
       std::lock_guard<std::mutex> g(mailbox_m);
@@ -561,6 +566,13 @@ struct amqp_door::impl {
 
   /// Prunes expired grants and closes the links no grant covers any more.
   void check_expiries(conn_state& c, time_point now) {
+    if (c.open_deadline && now >= *c.open_deadline) {
+      c.open_deadline.reset();
+      spdlog::info("amqp: connection {}: no open frame within {} s (--amqp-open-timeout): closed",
+                   c.id, config.open_timeout.count());
+      drop_transport(c);
+      return;
+    }
     if (c.close_at && now >= *c.close_at) {
       c.close_at.reset();
       if (!(pn_connection_state(c.pn) & PN_LOCAL_CLOSED)) {

@@ -58,6 +58,9 @@ struct amqp_door_config {
   /// Largest transfer, advertised as the receiving links' max-message-size; a
   /// bigger one is rejected with `amqp:link:message-size-exceeded`.
   std::uint64_t max_message_size = 262144;
+  /// From the TCP connect to the peer's open frame (TLS and SASL included); a
+  /// connection still without an open then is closed at the TCP level.
+  std::chrono::seconds open_timeout{30};
 };
 
 class amqp_door final : public front_door {

@@ -56,6 +56,7 @@ std::optional<std::string> limits_config::problem() const {
                  out("--amqp-max-links", amqp_max_links, 1, 65536, ""),
                  out("--amqp-max-frame-size", amqp_max_frame_size, 512, 16 * mib, " bytes"),
                  out("--amqp-max-message-size", amqp_max_message_size, 1024, 64 * mib, " bytes"),
+                 out("--amqp-open-timeout", amqp_open_timeout_seconds, 1, 3600, " seconds"),
                  out("--https-max-connections", https_max_connections, 1, 100000, ""),
                  out("--https-max-header-bytes", https_max_header_bytes, 1024, mib, " bytes"),
                  out("--https-max-body-bytes", https_max_body_bytes, 1024, 64 * mib, " bytes"),
@@ -304,6 +305,7 @@ void load_toml(const std::string& path, daemon_config& c) {
   num(li["amqp_max_sessions"], "limits.amqp_max_sessions", c.limits.amqp_max_sessions);
   num(li["amqp_max_links"], "limits.amqp_max_links", c.limits.amqp_max_links);
   num(li["amqp_max_frame_size"], "limits.amqp_max_frame_size", c.limits.amqp_max_frame_size);
+  num(li["amqp_open_timeout"], "limits.amqp_open_timeout", c.limits.amqp_open_timeout_seconds);
   num(li["amqp_max_message_size"], "limits.amqp_max_message_size", c.limits.amqp_max_message_size);
   num(li["https_max_connections"], "limits.https_max_connections", c.limits.https_max_connections);
   num(li["https_max_header_bytes"], "limits.https_max_header_bytes",
@@ -343,8 +345,8 @@ std::variant<daemon_config, int> load_config(int argc, char** argv) {
   bool https_insecure = false;
   std::optional<std::uint32_t> https_request_timeout;
   std::optional<std::uint32_t> amqp_max_connections, amqp_max_sessions, amqp_max_links,
-      amqp_max_frame_size, https_max_connections, https_max_header_bytes, https_idle_timeout,
-      throttle_units;
+      amqp_max_frame_size, amqp_open_timeout, https_max_connections, https_max_header_bytes,
+      https_idle_timeout, throttle_units;
   std::optional<std::uint64_t> amqp_max_message_size, https_max_body_bytes;
   std::optional<std::string> throttle;
   std::optional<std::uint16_t> port;
@@ -430,6 +432,9 @@ std::variant<daemon_config, int> load_config(int argc, char** argv) {
   app.add_option("--amqp-max-frame-size", amqp_max_frame_size,
                  "AMQP max-frame-size advertised in open; a bigger frame closes the connection "
                  "(default 65536)");
+  app.add_option("--amqp-open-timeout", amqp_open_timeout,
+                 "seconds an AMQP connection has from its TCP connect to its open frame (TLS and "
+                 "SASL included) before it is closed (slow or silent clients; default 30)");
   app.add_option("--amqp-max-message-size", amqp_max_message_size,
                  "largest AMQP transfer; more is rejected with amqp:link:message-size-exceeded "
                  "(default 262144)");
@@ -533,6 +538,7 @@ std::variant<daemon_config, int> load_config(int argc, char** argv) {
     set(cfg.limits.amqp_max_links, amqp_max_links);
     set(cfg.limits.amqp_max_frame_size, amqp_max_frame_size);
     set(cfg.limits.amqp_max_message_size, amqp_max_message_size);
+    set(cfg.limits.amqp_open_timeout_seconds, amqp_open_timeout);
     set(cfg.limits.https_max_connections, https_max_connections);
     set(cfg.limits.https_max_header_bytes, https_max_header_bytes);
     set(cfg.limits.https_max_body_bytes, https_max_body_bytes);

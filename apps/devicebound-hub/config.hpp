@@ -70,6 +70,7 @@ struct limits_config {
   std::uint32_t amqp_max_links = 64;              ///< links per AMQP connection (1..65536)
   std::uint32_t amqp_max_frame_size = 65536;      ///< bytes, advertised in open (512..16 MiB)
   std::uint64_t amqp_max_message_size = 262144;   ///< bytes of one transfer (1 KiB..64 MiB)
+  std::uint32_t amqp_open_timeout_seconds = 30;   ///< connect to AMQP open (1..3600)
   std::uint32_t https_max_connections = 1000;     ///< open HTTPS connections (1..100000)
   std::uint32_t https_max_header_bytes = 16384;   ///< request line + headers (1 KiB..1 MiB)
   std::uint64_t https_max_body_bytes = 262144;    ///< request body (1 KiB..64 MiB)

@@ -367,6 +367,7 @@ int main(int argc, char** argv) {
     ac.max_sessions = cfg.limits.amqp_max_sessions;
     ac.max_links = cfg.limits.amqp_max_links;
     ac.max_frame_size = cfg.limits.amqp_max_frame_size;
+    ac.open_timeout = std::chrono::seconds(cfg.limits.amqp_open_timeout_seconds);
     ac.max_message_size = cfg.limits.amqp_max_message_size;
     amqp = std::make_unique<amqp_door>(std::move(ac));
     doors.push_back(amqp.get());
