@@ -15,6 +15,7 @@
 
 #include "../errors.hpp"
 #include "iso8601.hpp"
+#include "utf8.hpp"
 
 namespace devicebound::codec {
 
@@ -23,39 +24,10 @@ namespace detail {
 /// Length of the well-formed UTF-8 sequence starting at `s[i]` (Unicode
 /// Table 3-7: no overlongs, no surrogates, nothing above U+10FFFF), or 0.
 constexpr std::size_t utf8_sequence_length(std::string_view s, std::size_t i) noexcept {
-  const auto byte = [&](std::size_t k) {
-    return static_cast<unsigned char>(s[k]);
-  };
-  const unsigned char b0 = byte(i);
-  if (b0 < 0x80)
+  if (static_cast<unsigned char>(s[i]) < 0x80)
     return 1;
-  std::size_t n = 0;
-  unsigned char lo = 0x80, hi = 0xBF;  // range of the second byte
-  if (b0 >= 0xC2 && b0 <= 0xDF) {
-    n = 2;
-  } else if (b0 >= 0xE0 && b0 <= 0xEF) {
-    n = 3;
-    if (b0 == 0xE0)
-      lo = 0xA0;
-    if (b0 == 0xED)
-      hi = 0x9F;
-  } else if (b0 >= 0xF0 && b0 <= 0xF4) {
-    n = 4;
-    if (b0 == 0xF0)
-      lo = 0x90;
-    if (b0 == 0xF4)
-      hi = 0x8F;
-  } else {
-    return 0;
-  }
-  if (s.size() - i < n)
-    return 0;
-  if (byte(i + 1) < lo || byte(i + 1) > hi)
-    return 0;
-  for (std::size_t k = 2; k < n; ++k)
-    if (byte(i + k) < 0x80 || byte(i + k) > 0xBF)
-      return 0;
-  return n;
+  const utf8_step step = utf8_next(s, i);
+  return step.ok ? step.size : 0;
 }
 
 /// Offset of the first byte that is not well-formed UTF-8, or npos.
