@@ -71,6 +71,15 @@ constexpr bool is_token_char(char c) noexcept {
 
 }  // namespace detail
 
+/// The length of `to_string(t)` (`sr` as stored, `sig` and `skn` URL-encoded).
+inline std::size_t printed_length(const sas_token& t) {
+  std::size_t n = sas_token_prefix.size() + 4 + t.resource.size() + 5 +
+                  url_encode(t.signature).size() + 4 + std::to_string(t.expiry).size();
+  if (t.key_name)
+    n += 5 + url_encode(*t.key_name).size();
+  return n;
+}
+
 /// Parses a token (SPEC 12.7.1): the literal prefix `SharedAccessSignature`
 /// and one space, then `&`-separated fields, each split at its first `=`.
 /// Field names are case-insensitive and their order is free (Node writes
@@ -159,6 +168,12 @@ inline result<sas_token> parse_sas_token(std::string_view text) {
       return detail::token_error("skn is empty once decoded");
     out.key_name = std::move(*name);
   }
+  // `to_string` writes `sig` and `skn` URL-encoded, which may be longer than they came
+  // (a raw `+` becomes `%2B`): a token whose printed form would pass the limit is refused
+  // too, so every token this returns prints to a text this accepts.
+  if (printed_length(out) > max_sas_token_length)
+    return detail::token_error("longer than " + std::to_string(max_sas_token_length) +
+                               " bytes once its sig and skn are URL-encoded");
   return out;
 }
 
