@@ -6,6 +6,8 @@
 // dispositions.
 #include <gtest/gtest.h>
 
+#include "support/required.hpp"
+
 #ifdef DEVICEBOUND_WITH_AMQP_DOOR
 
 #include <arpa/inet.h>
@@ -700,7 +702,7 @@ TEST(amqp_door_config, BadLimitsAndPlainNonLoopbackListenersExit2) {
 #else
 
 TEST(amqp_door_e2e, Skipped) {
-  GTEST_SKIP() << "built without the AMQP door (Qpid Proton, OpenSSL, devicebound-hub)";
+  DEVICEBOUND_MISSING_PART("built without the AMQP door (Qpid Proton, OpenSSL, devicebound-hub)");
 }
 
 #endif

@@ -6,6 +6,8 @@
 // or plain HTTP, with every wait bounded.
 #include <gtest/gtest.h>
 
+#include "support/required.hpp"
+
 #ifdef DEVICEBOUND_WITH_HTTPS_DOOR
 
 #include <boost/asio/connect.hpp>
@@ -915,7 +917,7 @@ TEST(https_door, Tls12IsTheMinimumAndPlainHttpIsForLoopbackOnly) {
 #else
 
 TEST(https_door, Skipped) {
-  GTEST_SKIP() << "built without the HTTPS door (OpenSSL, devicebound-hub)";
+  DEVICEBOUND_MISSING_PART("built without the HTTPS door (OpenSSL, devicebound-hub)");
 }
 
 #endif
