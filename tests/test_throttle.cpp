@@ -14,7 +14,7 @@ using namespace std::chrono_literals;
 
 const time_point t0 = time_point{} + std::chrono::hours(24 * 365 * 30);
 
-TEST(throttle, tier_names_parse_in_any_case_and_print_as_iot_hub_writes_them) {
+TEST(Spec_2_7_Throttle, tier_names_parse_in_any_case_and_print_as_iot_hub_writes_them) {
   for (auto t : {throttle_tier::off, throttle_tier::free, throttle_tier::s1, throttle_tier::s2,
                  throttle_tier::s3})
     EXPECT_EQ(parse_throttle_tier(to_string(t)), t);
@@ -25,7 +25,7 @@ TEST(throttle, tier_names_parse_in_any_case_and_print_as_iot_hub_writes_them) {
   EXPECT_EQ(parse_throttle_tier("B1"), std::nullopt);
 }
 
-TEST(throttle, per_tier_rates_are_spec_2_7) {
+TEST(Spec_2_7_Throttle, per_tier_rates_are_spec_2_7) {
   EXPECT_EQ(rates_of(throttle_tier::off).sends_per_minute, 0u);
   for (auto t : {throttle_tier::free, throttle_tier::s1, throttle_tier::s2}) {
     EXPECT_EQ(rates_of(t).sends_per_minute, 100u);
@@ -35,7 +35,7 @@ TEST(throttle, per_tier_rates_are_spec_2_7) {
   EXPECT_EQ(rates_of(throttle_tier::s3).receives_per_minute, 50000u);
 }
 
-TEST(throttle, a_full_bucket_admits_one_minute_of_burst_then_refuses) {
+TEST(Spec_2_7_Throttle, a_full_bucket_admits_one_minute_of_burst_then_refuses) {
   token_bucket b(100, t0);
   EXPECT_EQ(b.available(t0), 100u);
   for (int i = 0; i < 100; ++i)
@@ -45,7 +45,7 @@ TEST(throttle, a_full_bucket_admits_one_minute_of_burst_then_refuses) {
   EXPECT_EQ(b.available(t0), 0u);
 }
 
-TEST(throttle, refill_is_the_rate_and_exact_at_every_step) {
+TEST(Spec_2_7_Throttle, refill_is_the_rate_and_exact_at_every_step) {
   token_bucket b(100, t0);  // one every 600 ms
   for (int i = 0; i < 100; ++i)
     ASSERT_TRUE(b.take(t0));
@@ -62,7 +62,7 @@ TEST(throttle, refill_is_the_rate_and_exact_at_every_step) {
   EXPECT_EQ(taken, 1000u);
 }
 
-TEST(throttle, the_burst_never_exceeds_a_minute_however_long_the_pause) {
+TEST(Spec_2_7_Throttle, the_burst_never_exceeds_a_minute_however_long_the_pause) {
   token_bucket b(5000, t0);
   ASSERT_TRUE(b.take(t0));
   EXPECT_EQ(b.available(t0 + 1s), 5000u);
@@ -70,7 +70,7 @@ TEST(throttle, the_burst_never_exceeds_a_minute_however_long_the_pause) {
   EXPECT_EQ(b.available(time_point::max()), 5000u);
 }
 
-TEST(throttle, a_clock_that_goes_back_refills_nothing) {
+TEST(Spec_2_7_Throttle, a_clock_that_goes_back_refills_nothing) {
   token_bucket b(60, t0);  // one a second
   for (int i = 0; i < 60; ++i)
     ASSERT_TRUE(b.take(t0 + 10s));
@@ -79,7 +79,7 @@ TEST(throttle, a_clock_that_goes_back_refills_nothing) {
   EXPECT_TRUE(b.admits(t0 + 11s));
 }
 
-TEST(throttle, a_refusal_changes_nothing) {
+TEST(Spec_2_7_Throttle, a_refusal_changes_nothing) {
   token_bucket b(100, t0);
   for (int i = 0; i < 100; ++i)
     ASSERT_TRUE(b.take(t0));
@@ -93,7 +93,7 @@ TEST(throttle, a_refusal_changes_nothing) {
   EXPECT_TRUE(b.take(t0 + 600ms));
 }
 
-TEST(throttle, off_limits_nothing) {
+TEST(Spec_2_7_Throttle, off_limits_nothing) {
   c2d_throttle t({throttle_tier::off, 1}, t0);
   EXPECT_FALSE(t.on());
   for (int i = 0; i < 100000; ++i) {
@@ -104,7 +104,7 @@ TEST(throttle, off_limits_nothing) {
   }
 }
 
-TEST(throttle, units_multiply_the_rate_and_free_has_one_unit) {
+TEST(Spec_2_7_Throttle, units_multiply_the_rate_and_free_has_one_unit) {
   c2d_throttle s1({throttle_tier::s1, 3}, t0);
   EXPECT_EQ(s1.sends().per_minute(), 300u);
   EXPECT_EQ(s1.receives().per_minute(), 3000u);
@@ -119,7 +119,7 @@ TEST(throttle, units_multiply_the_rate_and_free_has_one_unit) {
   EXPECT_FALSE((throttle_config{throttle_tier::s2, max_throttle_units}).problem());
 }
 
-TEST(throttle, check_does_not_take_and_the_refusal_is_429001_naming_the_tier) {
+TEST(Spec_2_7_Throttle, check_does_not_take_and_the_refusal_is_429001_naming_the_tier) {
   c2d_throttle t({throttle_tier::s2, 1}, t0);
   for (int i = 0; i < 1000; ++i)
     ASSERT_TRUE(t.check_send(t0));  // checks alone never use the bucket

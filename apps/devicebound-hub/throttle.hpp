@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <devicebound/auth/rights.hpp>
 #include <devicebound/errors.hpp>
 #include <devicebound/message.hpp>
 #include <optional>
@@ -42,23 +43,9 @@ constexpr std::string_view to_string(throttle_tier t) noexcept {
 
 /// `off`, `free`, `S1`, `S2`, `S3` (the tier names are accepted in any case).
 constexpr std::optional<throttle_tier> parse_throttle_tier(std::string_view s) noexcept {
-  const auto same = [](std::string_view a, std::string_view b) {
-    if (a.size() != b.size())
-      return false;
-    for (std::size_t i = 0; i < a.size(); ++i) {
-      char x = a[i], y = b[i];
-      if (x >= 'A' && x <= 'Z')
-        x = static_cast<char>(x - 'A' + 'a');
-      if (y >= 'A' && y <= 'Z')
-        y = static_cast<char>(y - 'A' + 'a');
-      if (x != y)
-        return false;
-    }
-    return true;
-  };
   for (auto t : {throttle_tier::off, throttle_tier::free, throttle_tier::s1, throttle_tier::s2,
                  throttle_tier::s3})
-    if (same(s, to_string(t)))
+    if (auth::iequals(s, to_string(t)))
       return t;
   return std::nullopt;
 }

@@ -80,6 +80,9 @@ constexpr std::string_view trim(std::string_view s) noexcept {
 
 }  // namespace detail
 
+/// ASCII case-insensitive equality (right names, token field names, tier names).
+using detail::iequals;
+
 /// IoT Hub's text for a set of rights, e.g. `"RegistryWrite, ServiceConnect,
 /// DeviceConnect"` (the form of the portal and ARM); `"None"` for none.
 inline std::string to_string(access_rights rights) {
