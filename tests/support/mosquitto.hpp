@@ -372,7 +372,8 @@ struct hub_daemon_options {
   std::string log_level = "debug";
   std::chrono::milliseconds startup_timeout = 15s;
   /// Credentials of the readiness ping's MQTT connection, for a broker that
-  /// authenticates (the devicebound plugin): a policy name and its key.
+  /// authenticates (the devicebound plugin): a policy name and a SAS token signed
+  /// with its key (the plugin refuses raw keys).
   std::optional<std::string> ping_username;
   std::optional<std::string> ping_password;
 };
