@@ -489,7 +489,7 @@ void registry_try_open() {
                          "registry%s",
                          g_state->registry_path.c_str(),
                          g_state->file_keys ? " (auth_file no longer used)" : "");
-    // who came in through the auth file and is not registered
+    // who came in through the auth file and is not admitted by the registry
     g_state->recheck_pending = !kick_revoked_clients();
     return;
   }
