@@ -833,29 +833,27 @@ std::uint32_t next_model_partition() {
 /// About one operation in 12 is a crash.
 using step = model::gen::step<12>;
 
-RC_GTEST_PROP(postgres_store_model, crash_and_reopen_is_invisible_postgres_store, ()) {
-  if (!server()) {
-    // rapidcheck properties cannot GTEST_SKIP: a missing part fails only when required
-    RC_ASSERT(!test_support::all_parts_required());
-    RC_SUCCEED(server_failure());
-  }
-  const hub_config cfg = model::gen::draw_config();
-  const auto seed = *rc::gen::arbitrary<std::uint64_t>();
-  RC_LOG() << model::describe(cfg) << '\n';
-  crashing_postgres db(model_schema(), next_model_partition());
-  model::durability d;
-  d.open = [&db](const hub_config& c, token_source t) {
-    return db.open(c, std::move(t));
-  };
-  d.load = [&db] {
-    return db.load();
-  };
-  model::reference_hub initial(cfg);
-  model::harness h(cfg, seed, std::move(d));
-  const auto ops = *rc::gen::scale(
-      1.5, rc::state::gen::commands(initial, rc::state::gen::execOneOfWithArgs<step>()));
-  rc::state::runAll(ops, initial, h);
-  RC_CLASSIFY(h.crashes() > 0, "crashed");
+TEST(postgres_store_model, crash_and_reopen_is_invisible_postgres_store) {
+  NEED_POSTGRES();
+  EXPECT_TRUE(rc::check("crash and reopen is invisible (postgres_store)", [] {
+    const hub_config cfg = model::gen::draw_config();
+    const auto seed = *rc::gen::arbitrary<std::uint64_t>();
+    RC_LOG() << model::describe(cfg) << '\n';
+    crashing_postgres db(model_schema(), next_model_partition());
+    model::durability d;
+    d.open = [&db](const hub_config& c, token_source t) {
+      return db.open(c, std::move(t));
+    };
+    d.load = [&db] {
+      return db.load();
+    };
+    model::reference_hub initial(cfg);
+    model::harness h(cfg, seed, std::move(d));
+    const auto ops = *rc::gen::scale(
+        1.5, rc::state::gen::commands(initial, rc::state::gen::execOneOfWithArgs<step>()));
+    rc::state::runAll(ops, initial, h);
+    RC_CLASSIFY(h.crashes() > 0, "crashed");
+  }));
 }
 
 // A fixed sequence: a lock, an abandoned message, a record waiting for its
