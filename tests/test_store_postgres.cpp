@@ -634,6 +634,107 @@ TEST(postgres_lease, racing_claims_of_a_free_partition_give_it_to_exactly_one) {
   }
 }
 
+/// Runs SQL on a store's own connection, as if the store were in the middle of
+/// `apply` (the hung instance of the tests below).
+void on_connection(PGconn* c, const std::string& sql) {
+  PGresult* r = PQexec(c, sql.c_str());
+  const auto st = PQresultStatus(r);
+  EXPECT_TRUE(st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
+      << sql << ": " << PQresultErrorMessage(r);
+  PQclear(r);
+}
+
+/// Puts a store's connection where `apply` is after its lease check: in a
+/// transaction that has run the store's own prepared check (`check_epoch`) and
+/// written a device `id`, not committed.
+void mid_apply(postgres_store& s, const std::string& id) {
+  on_connection(s.handle(), "BEGIN");
+  const std::string partition = std::to_string(s.partition());
+  const char* values[] = {partition.c_str()};
+  PGresult* r = PQexecPrepared(s.handle(), "check_epoch", 1, values, nullptr, nullptr, 0);
+  EXPECT_EQ(PQresultStatus(r), PGRES_TUPLES_OK) << PQresultErrorMessage(r);
+  PQclear(r);
+  on_connection(s.handle(), "INSERT INTO devices(partition, id, generation_id) VALUES (" +
+                                partition + ", '" + id + "', '1')");
+}
+
+/// Server backends waiting for a lock now (from a connection of its own).
+int backends_waiting_for_a_lock() {
+  PGconn* c = PQconnectdb(server()->conninfo().c_str());
+  PGresult* r = PQexec(c, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'");
+  const int n = PQresultStatus(r) == PGRES_TUPLES_OK ? std::atoi(PQgetvalue(r, 0, 0)) : -1;
+  PQclear(r);
+  PQfinish(c);
+  return n;
+}
+
+// An apply that has checked the epoch holds the lease row FOR SHARE until it
+// commits: a takeover waits for it, and the new owner sees what it committed.
+TEST(postgres_lease, a_takeover_waits_for_a_write_that_checked_the_epoch) {
+  NEED_POSTGRES();
+  const auto schema = fresh_schema("order");
+  auto a = claimed_store(schema, "hub-a");
+  auto b = open_store(schema);
+  // probing a live lease does not wait for the holder's write in flight
+  mid_apply(a, "first");
+  EXPECT_EQ(b.claim(0, "hub-b", 30s).code(), errc::server_busy);
+  on_connection(a.handle(), "COMMIT");
+
+  expire_lease(schema, 0);
+  mid_apply(a, "in-flight");  // epoch checked, row written, not committed
+  std::atomic<bool> claimed{false};
+  result<std::uint64_t> got = make_error(errc::timeout, "not run");
+  std::thread taker([&] {
+    got = b.claim(0, "hub-b", 30s);
+    claimed = true;
+  });
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (backends_waiting_for_a_lock() < 1 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(10ms);  // bounded poll of the server's view
+  EXPECT_GE(backends_waiting_for_a_lock(), 1) << "the claim did not wait for the lease row";
+  EXPECT_FALSE(claimed.load()) << "the claim went past a write that had checked the epoch";
+  on_connection(a.handle(), "COMMIT");
+  taker.join();
+  ASSERT_TRUE(got) << got.error().message;
+  EXPECT_EQ(*got, 2u);
+  const auto devices = b.load().value().devices;
+  ASSERT_EQ(devices.size(), 2u);  // the new owner sees the old owner's last commit
+  EXPECT_EQ(devices[1].device_id, "in-flight");
+  EXPECT_TRUE(is_lease_lost(a.apply({journal::device_added{"late", "1"}}).error()));
+}
+
+// An owner that hangs inside `apply` (holding the lease row FOR SHARE) would
+// block a takeover for as long as it hangs: the server ends its session after
+// `stalled_transaction_timeout`, rolls it back, and the takeover goes on.
+TEST(postgres_lease, an_owner_stalled_inside_a_write_is_cut_off_and_commits_nothing) {
+  NEED_POSTGRES();
+  const auto schema = fresh_schema("stall");
+  auto o = options_for(schema);
+  o.stalled_transaction_timeout = 300ms;
+  auto a = postgres_store::open(o).value();
+  ASSERT_EQ(a.claim(0, "hub-a", 30s).value(), 1u);
+  ASSERT_TRUE(a.apply({journal::device_added{"d", "1"}}));
+  expire_lease(schema, 0);
+  mid_apply(a, "stalled");
+  // hub-a is stopped here (SIGSTOP): hub-b's claim waits, then goes through
+  auto b = open_store(schema);
+  const auto start = std::chrono::steady_clock::now();
+  auto got = b.claim(0, "hub-b", 30s);
+  ASSERT_TRUE(got) << got.error().message;
+  EXPECT_EQ(*got, 2u);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 8s);
+  // hub-a resumes: its session is gone, nothing of it was committed
+  auto r = a.apply({journal::device_added{"zombie", "1"}});
+  EXPECT_FALSE(r);
+  const auto devices = b.load().value().devices;
+  ASSERT_EQ(devices.size(), 1u);
+  EXPECT_EQ(devices[0].device_id, "d");
+  // the setting is what the option says
+  postgres_options bad = options_for(schema);
+  bad.lock_timeout = -1ms;
+  EXPECT_EQ(postgres_store::open(bad).code(), errc::argument_invalid);
+}
+
 // --- kill -9 of a sending process --------------------------------------------------
 
 /// The child: claims the partition, opens a hub and sends, receives and settles

@@ -58,6 +58,15 @@ struct postgres_options {
   /// with another count is refused (devices would move between partitions).
   std::uint32_t partition = 0;
   std::uint32_t partitions = 1;
+  /// The server ends this store's session when it stalls this long inside a
+  /// transaction (`idle_in_transaction_session_timeout`). An instance that
+  /// hangs in the middle of `apply` holds a share lock on its lease row, which
+  /// would block a takeover for as long as it hangs; the server cuts it off
+  /// instead, rolling its transaction back. Zero leaves the server's setting.
+  std::chrono::milliseconds stalled_transaction_timeout{5000};
+  /// How long a statement waits for a row lock (`lock_timeout`) before it fails
+  /// with 503001. Zero waits for ever.
+  std::chrono::milliseconds lock_timeout{10000};
 };
 
 /// A lease row as stored (`postgres_store::lease`).
@@ -398,18 +407,26 @@ class postgres_store {
                               std::chrono::milliseconds ttl) {
     if (auto r = check_lease_args(partition, owner, ttl); !r)
       return r.error();
+    // A live lease is refused from a plain read: probing a held partition must
+    // not take its row lock, which would make the holder's writes wait.
+    auto before = lease(partition);
+    if (!before)
+      return before.error();
+    if (*before && (*before)->owner && (*before)->live)
+      return held_by(partition, **before, owner);
     auto res = exec("claim", detail::pg_params().i64(partition).text(owner).i64(ttl.count()),
                     "claiming the lease of partition " + std::to_string(partition));
     if (!res)
       return res.error();
-    if (PQntuples(res->get()) != 1) {
+    if (PQntuples(res->get()) != 1) {  // claimed by another since the read
       auto held = lease(partition);
       if (!held)
         return held.error();
-      return make_error(errc::server_busy, where() + "partition " + std::to_string(partition) +
-                                               " is " +
-                                               (*held ? describe(**held) : std::string("taken")) +
-                                               ": not claimed for '" + std::string(owner) + "'");
+      if (!*held)
+        return make_error(errc::server_busy, where() + "partition " + std::to_string(partition) +
+                                                 " is taken: not claimed for '" +
+                                                 std::string(owner) + "'");
+      return held_by(partition, **held, owner);
     }
     detail::pg_reader rd{res->get(), 0, {}};
     const auto epoch = rd.u64(0, "epoch");
@@ -618,6 +635,11 @@ class postgres_store {
                    : "expired " + std::to_string(-l.remaining.count()) + " ms ago") +
            ")";
   }
+  error held_by(std::uint32_t partition, const partition_lease& l, std::string_view owner) const {
+    return make_error(errc::server_busy, where() + "partition " + std::to_string(partition) +
+                                             " is " + describe(l) + ": not claimed for '" +
+                                             std::string(owner) + "'");
+  }
   /// A lease-lost refusal naming who holds the partition now.
   error lost(std::uint32_t partition, std::string_view owner, std::uint64_t epoch,
              const char* what) {
@@ -677,8 +699,14 @@ class postgres_store {
       return make_error(errc::argument_invalid, where() + "the schema name cannot be quoted: " +
                                                     trimmed(PQerrorMessage(conn_.get())));
     schema_quoted_ = quoted.get();
-    const std::string setup = "SET client_min_messages = warning; SET search_path TO " +
-                              schema_quoted_ + "; SET TIME ZONE 'UTC'";
+    if (options_.stalled_transaction_timeout.count() < 0 || options_.lock_timeout.count() < 0)
+      return make_error(errc::argument_invalid, where() + "a timeout cannot be negative");
+    std::string setup = "SET client_min_messages = warning; SET search_path TO " + schema_quoted_ +
+                        "; SET TIME ZONE 'UTC'; SET lock_timeout = " +
+                        std::to_string(options_.lock_timeout.count());
+    if (options_.stalled_transaction_timeout.count() > 0)
+      setup += "; SET idle_in_transaction_session_timeout = " +
+               std::to_string(options_.stalled_transaction_timeout.count());
     if (auto r = exec_sql(setup.c_str(), "setting up the session"); !r)
       return r.error();
     if (auto r = migrate(); !r)
@@ -916,6 +944,8 @@ class postgres_store {
     text += ", while " + doing;
     if (PQstatus(conn_.get()) != CONNECTION_OK)
       return make_error(errc::server_busy, text + ": the connection to the database is lost");
+    if (state && std::string_view(state) == "55P03")  // lock_not_available
+      return make_error(errc::server_busy, text + ": a row lock was not granted in time");
     return make_error(errc::server_error, text);
   }
 
