@@ -266,6 +266,39 @@ TEST(postgres_store, one_transaction_per_operation_visible_to_every_connection) 
   EXPECT_EQ(reader.load().value(), h.snapshot());
 }
 
+TEST(postgres_store, grouped_commits_are_durable_only_once_the_group_commits) {
+  NEED_POSTGRES();
+  const auto schema = fresh_schema("group");
+  auto s = claimed_store(schema);
+  auto h = hub::open(hub_config{}, s, seeded_token_source(1)).value();
+  h.add_device("d").value();
+  const auto committed = h.snapshot();
+  const auto base = s.commits();
+  auto other = open_store(schema);
+  ASSERT_TRUE(s.begin_group());
+  EXPECT_TRUE(s.in_group());
+  EXPECT_EQ(s.begin_group().code(), errc::invalid_operation);
+  for (int i = 0; i < 10; ++i)
+    h.enqueue("d", full_message(std::to_string(i)), t0).value();
+  const auto grouped = h.snapshot();
+  // a change set that does not fit is undone alone; the group goes on
+  EXPECT_FALSE(s.apply({journal::device_added{"e", "1"}, journal::device_added{"d", "2"}}));
+  EXPECT_EQ(s.load().value(), grouped);        // the group's own view
+  EXPECT_EQ(other.load().value(), committed);  // nobody else sees it before the commit
+  ASSERT_TRUE(s.commit_group());
+  EXPECT_FALSE(s.in_group());
+  EXPECT_EQ(s.commits(), base + 1);
+  EXPECT_EQ(other.load().value(), grouped);
+  EXPECT_EQ(s.commit_group().code(), errc::invalid_operation);
+  // a group is refused at its start once the lease is gone
+  expire_lease(schema, 0);
+  ASSERT_EQ(other.claim(0, "hub-b", 30s).value(), 2u);
+  auto r = s.begin_group();
+  ASSERT_FALSE(r);
+  EXPECT_TRUE(is_lease_lost(r.error())) << r.error().message;
+  EXPECT_FALSE(s.in_group());
+}
+
 TEST(postgres_store, a_change_that_does_not_fit_is_refused_and_nothing_of_the_set_applied) {
   NEED_POSTGRES();
   const auto schema = fresh_schema("fit");

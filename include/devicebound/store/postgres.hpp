@@ -523,45 +523,70 @@ class postgres_store {
   /// transaction), that this store's owner still holds its partition at its
   /// epoch. All of it or nothing: a change that does not fit the stored rows
   /// is refused with 500001 naming it; a lost lease is refused with 500001
-  /// that `is_lease_lost` recognises.
+  /// that `is_lease_lost` recognises. Inside a commit group, one savepoint of
+  /// the group's transaction instead (the lease was checked at `begin_group`).
   result<void> apply(const journal::change_set& changes) {
     if (!conn_)
       return make_error(errc::server_error, where() + "is closed");
     if (!fence_)
       return no_lease("apply a change set");
-    if (auto r = command("begin", detail::pg_params(), "starting a transaction"); !r)
+    if (in_group_) {
+      if (auto r = command("savepoint", detail::pg_params(), "starting a savepoint"); !r)
+        return r;
+    } else if (auto r = begin_checked("refused a change set"); !r) {
       return r;
-    auto res =
-        exec("check_epoch", detail::pg_params().i64(options_.partition), "checking the lease");
-    if (!res) {
-      rollback();
-      return res.error();
     }
-    if (PQntuples(res->get()) == 1) {
-      detail::pg_reader rd{res->get(), 0, {}};
-      partition_lease l;
-      if (!rd.is_null(0))
-        l.owner = rd.text(0, "owner");
-      l.epoch = rd.u64(1, "epoch");
-      if (l.owner == fence_->owner && l.epoch == fence_->epoch && rd.why.empty()) {
-        for (const auto& c : changes) {
-          if (auto r = std::visit([this](const auto& x) { return write(x); }, c); !r) {
-            rollback();
-            return make_error(errc::server_error, where() + "applying " + journal::name_of(c) +
-                                                      ": " + r.error().message);
-          }
-        }
-        if (auto r = command("commit", detail::pg_params(), "committing"); !r) {
+    for (const auto& c : changes) {
+      if (auto r = std::visit([this](const auto& x) { return write(x); }, c); !r) {
+        if (in_group_)
+          (void)exec_sql("ROLLBACK TO SAVEPOINT op; RELEASE SAVEPOINT op", "rolling back");
+        else
           rollback();
-          return r;
-        }
-        ++commits_;
-        return {};
+        return make_error(errc::server_error,
+                          where() + "applying " + journal::name_of(c) + ": " + r.error().message);
       }
     }
-    rollback();
-    return lost(options_.partition, fence_->owner, fence_->epoch, "refused a change set");
+    if (in_group_)
+      return command("release_savepoint", detail::pg_params(), "releasing a savepoint");
+    if (auto r = command("commit", detail::pg_params(), "committing"); !r) {
+      rollback();
+      return r;
+    }
+    ++commits_;
+    return {};
   }
+
+  /// Grouped commits, as `sqlite_store` has them: from `begin_group` to
+  /// `commit_group`, change sets share one transaction and one commit. The
+  /// lease is checked once, at `begin_group`, and its row stays share-locked
+  /// until the group ends, so no takeover can come between. An operation made
+  /// inside a group is not durable until `commit_group` succeeds: its caller
+  /// must not acknowledge it before then. If `commit_group` fails, nothing of
+  /// the group is stored: reopen the hub.
+  result<void> begin_group() {
+    if (in_group_)
+      return make_error(errc::invalid_operation, "a commit group is already open");
+    if (!conn_)
+      return make_error(errc::server_error, where() + "is closed");
+    if (!fence_)
+      return no_lease("begin a commit group");
+    if (auto r = begin_checked("cannot begin a commit group"); !r)
+      return r;
+    in_group_ = true;
+    return {};
+  }
+  result<void> commit_group() {
+    if (!in_group_)
+      return make_error(errc::invalid_operation, "no commit group is open");
+    in_group_ = false;
+    if (auto r = command("commit", detail::pg_params(), "committing a group"); !r) {
+      rollback();
+      return r;
+    }
+    ++commits_;
+    return {};
+  }
+  bool in_group() const noexcept { return in_group_; }
 
   /// Reads this partition's state and the hub-wide identity registry. Values
   /// that cannot be what devicebound wrote give 400005 naming the table and row.
@@ -569,6 +594,11 @@ class postgres_store {
     if (!conn_)
       return make_error(errc::server_error, where() + "is closed");
     journal::snapshot s;
+    if (in_group_) {  // inside the group's transaction: what the group wrote so far
+      if (auto r = load_all(s); !r)
+        return r.error();
+      return s;
+    }
     // one read-only snapshot of the database for all the tables
     if (auto r = command("begin_read", detail::pg_params(), "starting a read"); !r)
       return r.error();
@@ -584,6 +614,11 @@ class postgres_store {
     if (!conn_)
       return make_error(errc::server_error, where() + "is closed");
     journal::snapshot s;
+    if (in_group_) {
+      if (auto r = load_registry(s); !r)
+        return r.error();
+      return s;
+    }
     if (auto r = command("begin_read", detail::pg_params(), "starting a read"); !r)
       return r.error();
     auto r = load_registry(s);
@@ -634,6 +669,30 @@ class postgres_store {
            (l.live ? "for another " + std::to_string(l.remaining.count()) + " ms"
                    : "expired " + std::to_string(-l.remaining.count()) + " ms ago") +
            ")";
+  }
+  /// Starts a transaction and checks, holding the lease row FOR SHARE until
+  /// the transaction ends, that this store's (owner, epoch) still holds its
+  /// partition; otherwise rolls back and refuses (lease lost).
+  result<void> begin_checked(const char* what) {
+    if (auto r = command("begin", detail::pg_params(), "starting a transaction"); !r)
+      return r;
+    auto res =
+        exec("check_epoch", detail::pg_params().i64(options_.partition), "checking the lease");
+    if (!res) {
+      rollback();
+      return res.error();
+    }
+    if (PQntuples(res->get()) == 1) {
+      detail::pg_reader rd{res->get(), 0, {}};
+      std::optional<std::string> owner;
+      if (!rd.is_null(0))
+        owner = rd.text(0, "owner");
+      const auto epoch = rd.u64(1, "epoch");
+      if (owner == fence_->owner && epoch == fence_->epoch && rd.why.empty())
+        return {};
+    }
+    rollback();
+    return lost(options_.partition, fence_->owner, fence_->epoch, what);
   }
   error held_by(std::uint32_t partition, const partition_lease& l, std::string_view owner) const {
     return make_error(errc::server_busy, where() + "partition " + std::to_string(partition) +
@@ -812,6 +871,8 @@ class postgres_store {
         {"begin", "BEGIN"},
         {"begin_read", "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"},
         {"commit", "COMMIT"},
+        {"savepoint", "SAVEPOINT op"},
+        {"release_savepoint", "RELEASE SAVEPOINT op"},
         {"claim",
          "INSERT INTO partition_lease AS l (partition, owner, epoch, lease_until) "
          "VALUES ($1, $2, 1, now() + $3::bigint * interval '1 millisecond') "
@@ -1395,6 +1456,7 @@ class postgres_store {
   std::optional<fence> fence_;
   std::uint64_t commits_ = 0;
   bool lease_lost_ = false;
+  bool in_group_ = false;
 };
 
 static_assert(hub_store<postgres_store>);
