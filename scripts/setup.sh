@@ -23,6 +23,8 @@ packages=(
   libcli11-dev libspdlog-dev libfmt-dev libtomlplusplus-dev libsqlite3-dev
   # docs: the generated state diagram
   graphviz
+  # RabbitMQ as the broker (docs/scale-out.md): tests start their own node on loopback
+  rabbitmq-server
 )
 
 missing=()
