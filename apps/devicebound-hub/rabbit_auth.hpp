@@ -36,6 +36,7 @@
 #include <utility>
 #include <vector>
 
+#include "../../broker/plugin/client_auth.hpp"
 #include "../../broker/plugin/topic_acl.hpp"
 
 namespace devicebound::hubd::rabbit {
@@ -240,41 +241,38 @@ struct identities {
   auth::device_key_lookup devices;
 };
 
-/// `user`: the password must be a SAS token for this hub (raw keys refused), and
+/// `user`: the password must be a SAS token for this hub (raw keys refused),
+/// admitted by the mosquitto plugin's own rule (`broker::admit`,
+/// broker/plugin/client_auth.hpp):
 /// - a device (username `{hub}/{id}/?...`, client id `{id}`): signed by the
 ///   device's key, or by a policy with DeviceConnect for the hub or that device;
 ///   the device registered and enabled;
-/// - anyone else, a back end: a hub-wide token of a policy with ServiceConnect.
+/// - anyone else, a back end: a hub-wide token of a policy that may connect; here
+///   it must grant ServiceConnect (devicebound's own device transport, a
+///   DeviceConnect policy on a back-end connection, speaks the plugin's
+///   extension topics, which RabbitMQ does not serve).
 inline decision check_user(const form& f, const auth_settings& s, const identities& ids,
-                           time_point now, auth::verify_options options = {}) {
+                           time_point now) {
   auto who = identify(f, s, true);
   if (!who)
     return deny(who.error().message);
   const std::string* password = field(f, "password");
   if (password == nullptr || password->empty())
-    return deny("no password");
-  auto p = auth::authenticate(*password, s.hub_host, ids.policies, ids.devices, now, options);
+    return deny("NotASasToken: no password");
+  if (!password->starts_with(auth::sas_token_prefix))
+    return deny(who->device ? "NotASasToken: a device's password must be a SAS token"
+                            : "NotASasToken: a back end's password must be a SAS token signed "
+                              "with a policy's key; raw keys are refused");
+  auto token = auth::parse_sas_token(*password);
+  if (!token)
+    return deny("MalformedSasToken: " + token.error().message);
+  auto p = broker::admit(who->client_id, *token, s.hub_host, who->device, ids.policies, ids.devices,
+                         now);
   if (!p)
     return deny(p.error().message);
-  if (!who->device) {
-    if (p->is_device())
-      return deny(
-          "a device's token on a back-end connection (a device's username is "
-          "{host}/{deviceId}/?api-version=...)");
-    if (auto a = auth::authorize(*p, auth::access_rights::service_connect); !a)
-      return deny(a.error().message);
-    return allow();
-  }
-  if (auto a = auth::authorize(*p, auth::access_rights::device_connect, who->client_id); !a)
-    return deny(a.error().message);
-  if (!p->device_id) {
-    // A hub-wide policy token: `authenticate` did not look the device up.
-    const auto d = ids.devices ? ids.devices(who->client_id) : std::nullopt;
-    if (!d)
-      return deny("UnknownDevice: device " + shown(who->client_id) + " is not registered");
-    if (!d->enabled)
-      return deny("DeviceDisabled: device " + shown(who->client_id) + " is disabled");
-  }
+  if (!who->device && !auth::includes(p->rights, auth::access_rights::service_connect))
+    return deny("policy " + *p->policy + " grants " + auth::to_string(p->rights) +
+                "; a back end on RabbitMQ needs ServiceConnect");
   return allow();
 }
 
