@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "rabbit_auth.hpp"
+#include "rabbit_config.hpp"
 
 namespace {
 
@@ -402,6 +403,58 @@ TEST_F(rabbit_auth, a_dotted_topic_level_is_checked_as_rabbitmq_routes_it) {
   // devices.dev1.messages.devicebound.x: a device-bound topic, so refused.
   EXPECT_FALSE(
       topic(device_username("dev1"), "write", "devices.dev1.messages.devicebound.x", "dev1").allow);
+}
+
+// --- the node's configuration (rabbit_config.hpp) --------------------------------------------
+
+TEST(rabbit_config, names_the_four_paths_and_the_mqtt_listener) {
+  rabbit::node_config c;
+  c.auth_base_url = "http://127.0.0.1:8088/";
+  c.mqtt_listen = "127.0.0.1:1883";
+  const auto conf = rabbit::rabbitmq_conf(c);
+  ASSERT_TRUE(conf) << conf.error().message;
+  for (const char* line :
+       {"auth_backends.1 = http\n", "auth_http.http_method = post\n",
+        "auth_http.user_path = http://127.0.0.1:8088/auth/user\n",
+        "auth_http.vhost_path = http://127.0.0.1:8088/auth/vhost\n",
+        "auth_http.resource_path = http://127.0.0.1:8088/auth/resource\n",
+        "auth_http.topic_path = http://127.0.0.1:8088/auth/topic\n",
+        "mqtt.listeners.tcp.1 = 127.0.0.1:1883\n", "mqtt.allow_anonymous = false\n",
+        "mqtt.durable_queue_type = quorum\n", "listeners.tcp = none\n"})
+    EXPECT_NE(conf->find(line), std::string::npos) << line << "\n" << *conf;
+  EXPECT_EQ(conf->find("ssl"), std::string::npos);
+  EXPECT_NE(rabbit::advanced_config().find("ignore_colons_in_username, true"), std::string::npos);
+  EXPECT_NE(rabbit::enabled_plugins().find("rabbitmq_auth_backend_http"), std::string::npos);
+}
+
+TEST(rabbit_config, internal_backend_first_and_tls) {
+  rabbit::node_config c;
+  c.auth_base_url = "http://127.0.0.1:8088";
+  c.internal_backend_first = true;
+  c.tls_listen = "0.0.0.0:8883";
+  c.tls_cert_file = "/etc/x/cert.pem";
+  c.tls_key_file = "/etc/x/key.pem";
+  const auto conf = rabbit::rabbitmq_conf(c);
+  ASSERT_TRUE(conf) << conf.error().message;
+  EXPECT_NE(conf->find("auth_backends.1 = internal\nauth_backends.2 = http\n"), std::string::npos);
+  EXPECT_NE(conf->find("mqtt.listeners.ssl.1 = 0.0.0.0:8883\n"), std::string::npos);
+  EXPECT_NE(conf->find("ssl_options.certfile = /etc/x/cert.pem\n"), std::string::npos);
+}
+
+TEST(rabbit_config, refuses_values_that_do_not_fit_a_line) {
+  rabbit::node_config c;
+  c.auth_base_url = "http://127.0.0.1:8088\nauth_backends.1 = internal";
+  EXPECT_FALSE(rabbit::rabbitmq_conf(c));
+  c.auth_base_url = "ftp://x";
+  EXPECT_FALSE(rabbit::rabbitmq_conf(c));
+  c.auth_base_url = "";
+  EXPECT_FALSE(rabbit::rabbitmq_conf(c));
+  c.auth_base_url = "http://127.0.0.1:1";
+  c.mqtt_listen = "127.0.0.1:1883 # x";
+  EXPECT_FALSE(rabbit::rabbitmq_conf(c));
+  c.mqtt_listen = "127.0.0.1:1883";
+  c.tls_listen = "0.0.0.0:8883";  // without its certificate and key
+  EXPECT_FALSE(rabbit::rabbitmq_conf(c));
 }
 
 }  // namespace

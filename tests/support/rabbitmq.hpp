@@ -1,7 +1,8 @@
 /// \file tests/support/rabbitmq.hpp
 /// One RabbitMQ node (Debian's rabbitmq-server 3.10) on 127.0.0.1 for a test:
 /// the MQTT plugin on a free port, authentication and authorisation by
-/// rabbitmq_auth_backend_http (the hub's `--rabbit-auth-listen`), everything
+/// rabbitmq_auth_backend_http (the hub's `--rabbit-auth-listen`; configuration
+/// from apps/devicebound-hub/rabbit_config.hpp), everything
 /// (Mnesia, logs, config, cookie) in its own temporary directory.
 ///
 /// Processes, all owned by PID: an `epmd -address 127.0.0.1 -port P` started
@@ -35,6 +36,7 @@
 #include <thread>
 #include <vector>
 
+#include "../../apps/devicebound-hub/rabbit_config.hpp"
 #include "temp_dir.hpp"
 
 namespace devicebound::test_support::rabbitmq {
@@ -279,24 +281,15 @@ class node {
   }
 
   void write_config() {
-    const std::string& a = options_.auth_http_base;
-    std::ofstream(dir_.file("rabbitmq.conf"))
-        << "listeners.tcp = none\n"
-        << "loopback_users = none\n"
-        << "mqtt.listeners.tcp.1 = 127.0.0.1:" << mqtt_port_ << "\n"
-        << "mqtt.allow_anonymous = false\n"
-        << "mqtt.durable_queue_type = quorum\n"
-        << "auth_backends.1 = http\n"
-        << "auth_http.http_method = post\n"
-        << "auth_http.user_path = " << a << "/auth/user\n"
-        << "auth_http.vhost_path = " << a << "/auth/vhost\n"
-        << "auth_http.resource_path = " << a << "/auth/resource\n"
-        << "auth_http.topic_path = " << a << "/auth/topic\n"
-        << "log.console = false\n"
-        << "log.file.level = info\n";
-    std::ofstream(dir_.file("advanced.config"))
-        << "[{rabbitmq_mqtt, [{ignore_colons_in_username, true}]}].\n";
-    std::ofstream(dir_.file("enabled_plugins")) << "[rabbitmq_mqtt,rabbitmq_auth_backend_http].\n";
+    hubd::rabbit::node_config c;
+    c.auth_base_url = options_.auth_http_base;
+    c.mqtt_listen = "127.0.0.1:" + std::to_string(mqtt_port_);
+    auto conf = hubd::rabbit::rabbitmq_conf(c);
+    if (!conf)
+      throw std::runtime_error("rabbitmq.conf: " + conf.error().message);
+    std::ofstream(dir_.file("rabbitmq.conf")) << *conf;
+    std::ofstream(dir_.file("advanced.config")) << hubd::rabbit::advanced_config();
+    std::ofstream(dir_.file("enabled_plugins")) << hubd::rabbit::enabled_plugins();
   }
 
   node_options options_;
