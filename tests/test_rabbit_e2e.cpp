@@ -119,11 +119,12 @@ class client {
   MQTTClient c_ = nullptr;
 };
 
-/// devicebound-hub with --rabbit-auth-listen (its MQTT door points at a closed
-/// port: only the auth backend is under test here).
+/// devicebound-hub with --rabbit-auth-listen. Its own MQTT door connects to the
+/// node at `broker_port` as a back end (policy `service`, a SAS token it signs),
+/// admitted by its own auth backend.
 class hub_process {
  public:
-  explicit hub_process(const std::filesystem::path& dir) {
+  hub_process(const std::filesystem::path& dir, std::uint16_t broker_port) : dir_(dir) {
     auth_port_ = rmq::free_port();
     const std::string auth = (dir / "auth.txt").string();
     std::ofstream(auth) << "dev1 " << dev1_key << "\n"
@@ -131,7 +132,8 @@ class hub_process {
                         << "policy service " << service_key << "\n";
     pid_ = rmq::spawn({hub_executable, "--in-memory", "--auth-file", auth, "--iothub-hostname",
                        hub_host, "--rabbit-auth-listen", "127.0.0.1:" + std::to_string(auth_port_),
-                       "-p", std::to_string(rmq::free_port()), "--log-level", "debug"},
+                       "-p", std::to_string(broker_port), "-u", "service", "--broker-sas-key",
+                       service_key, "--reconnect-max", "1s", "--log-level", "debug"},
                       {"PATH=/usr/bin:/bin"}, (dir / "hub.log").string());
     const auto deadline = std::chrono::steady_clock::now() + 20s;
     while (!rmq::accepts_connections(auth_port_)) {
@@ -149,8 +151,10 @@ class hub_process {
     }
   }
   std::uint16_t auth_port() const { return auth_port_; }
+  std::string log() const { return rmq::read_text((dir_ / "hub.log").string()); }
 
  private:
+  std::filesystem::path dir_;
   pid_t pid_ = -1;
   std::uint16_t auth_port_ = 0;
 };
@@ -161,8 +165,9 @@ class rabbit_e2e : public ::testing::Test {
     if (!rmq::installed())
       return;
     dir_ = std::make_unique<test_support::temp_dir>("devicebound-rabbit-e2e");
-    hub_ = std::make_unique<hub_process>(dir_->path());
     rmq::node_options o;
+    o.mqtt_port = rmq::free_port();
+    hub_ = std::make_unique<hub_process>(dir_->path(), o.mqtt_port);
     o.auth_http_base = "http://127.0.0.1:" + std::to_string(hub_->auth_port());
     node_ = std::make_unique<rmq::node>(o);
     std::printf("[ rabbitmq ] node started in %.1f s (beam pid %d, epmd pid %d on 127.0.0.1:%u)\n",
@@ -280,6 +285,19 @@ TEST_F(rabbit_e2e, device_may_publish_telemetry_but_not_to_a_devicebound_topic) 
   while (device.connected() && std::chrono::steady_clock::now() < deadline)
     std::this_thread::sleep_for(50ms);
   EXPECT_FALSE(device.connected());
+}
+
+TEST_F(rabbit_e2e, the_hubs_own_mqtt_connection_is_admitted_as_a_back_end) {
+  // The hub retries every second at most; its SAS token goes through its own backend.
+  const auto deadline = std::chrono::steady_clock::now() + 30s;
+  while (hub_->log().find("connected to the broker") == std::string::npos &&
+         std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(50ms);
+  const std::string log = hub_->log();
+  const std::size_t connected = log.find("connected to the broker");
+  ASSERT_NE(connected, std::string::npos) << log.substr(log.size() > 4000 ? log.size() - 4000 : 0);
+  // Its subscriptions were not refused (RabbitMQ would have closed the connection).
+  EXPECT_EQ(log.find("lost the broker connection", connected), std::string::npos);
 }
 
 }  // namespace
