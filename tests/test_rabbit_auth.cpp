@@ -148,7 +148,8 @@ TEST(rabbit_form, refuses_bad_escapes_missing_equals_and_repeated_names) {
   EXPECT_FALSE(rabbit::parse_form("a"));
   EXPECT_FALSE(rabbit::parse_form("=x"));
   EXPECT_FALSE(rabbit::parse_form("a=1&a=2"));
-  EXPECT_FALSE(rabbit::parse_form("a=%FF"));  // not UTF-8
+  EXPECT_FALSE(rabbit::parse_form("a=%FF"));                            // not UTF-8
+  EXPECT_FALSE(rabbit::parse_form("username=x%00myhub%2Fdev1%2F%3F"));  // a NUL byte
 }
 
 TEST(rabbit_form, endpoints_have_their_paths) {

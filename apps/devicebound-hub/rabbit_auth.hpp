@@ -88,7 +88,7 @@ using form = std::vector<std::pair<std::string, std::string>>;
 
 /// Decodes `a=1&b=x+y&c=%2F` (application/x-www-form-urlencoded, as RabbitMQ
 /// writes it: `+` is a space). Errors (`errc::malformed`): a bad escape, text
-/// that is not UTF-8, an entry without `=`, a name given twice.
+/// that is not UTF-8, a NUL byte, an entry without `=`, a name given twice.
 inline result<form> parse_form(std::string_view text) {
   form out;
   std::size_t start = 0;
@@ -117,6 +117,8 @@ inline result<form> parse_form(std::string_view text) {
     if (!value)
       return make_error(errc::malformed,
                         "form value of " + shown(*name) + ": " + value.error().message);
+    if (name->find('\0') != std::string::npos || value->find('\0') != std::string::npos)
+      return make_error(errc::malformed, "form entry " + shown(entry) + " holds a NUL byte");
     for (const auto& [n, v] : out)
       if (n == *name)
         return make_error(errc::malformed, "form name " + shown(*name) + " appears twice");
