@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "support/rabbitmq.hpp"
+#include "support/required.hpp"
 
 namespace {
 
@@ -192,7 +193,8 @@ class rabbit_e2e : public ::testing::Test {
   }
   void SetUp() override {
     if (!rmq::installed())
-      GTEST_SKIP() << "rabbitmq-server is not installed (scripts/setup.sh installs it)";
+      DEVICEBOUND_MISSING_PART("rabbitmq-server is not installed at "
+                               << rmq::server_script << " (scripts/setup.sh installs it)");
   }
   std::uint16_t port() const { return node_->mqtt_port(); }
 
