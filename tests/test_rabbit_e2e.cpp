@@ -165,6 +165,15 @@ class rabbit_e2e : public ::testing::Test {
   static void SetUpTestSuite() {
     if (!rmq::installed())
       return;
+    try {
+      start();
+    } catch (const std::exception& e) {
+      start_error_ = e.what();
+      node_.reset();
+      hub_.reset();
+    }
+  }
+  static void start() {
     dir_ = std::make_unique<test_support::temp_dir>("devicebound-rabbit-e2e");
     rmq::node_options o;
     o.mqtt_port = rmq::free_port();
@@ -195,12 +204,15 @@ class rabbit_e2e : public ::testing::Test {
     if (!rmq::installed())
       DEVICEBOUND_MISSING_PART("rabbitmq-server is not installed at "
                                << rmq::server_script << " (scripts/setup.sh installs it)");
+    if (!node_)
+      GTEST_FAIL() << "the hub or the RabbitMQ node did not start: " << start_error_;
   }
   std::uint16_t port() const { return node_->mqtt_port(); }
 
   static inline std::unique_ptr<test_support::temp_dir> dir_;
   static inline std::unique_ptr<hub_process> hub_;
   static inline std::unique_ptr<rmq::node> node_;
+  static inline std::string start_error_;
 };
 
 TEST_F(rabbit_e2e, device_with_its_sas_token_is_accepted_and_a_wrong_token_refused) {
