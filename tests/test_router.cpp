@@ -522,7 +522,7 @@ TEST_F(registry_router_test, auto_registered_devices_get_identities) {
 
 class policy_router_test : public registry_router_test {
  protected:
-  policy_router_test() {
+  void SetUp() override {
     ASSERT_TRUE(router_->begin_batch());
     identity_seed seed;
     seed.default_policies = true;
@@ -537,7 +537,10 @@ class policy_router_test : public registry_router_test {
   }
   /// What the store holds of a policy (the durable state), or nullopt.
   std::optional<auth::shared_access_policy> stored(std::string_view name) {
-    for (auto& p : store_.inner.load().value().policies)
+    const auto snapshot = store_.inner.load();
+    if (!snapshot)
+      return std::nullopt;
+    for (const auto& p : snapshot->policies)
       if (p.name == name)
         return p;
     return std::nullopt;
