@@ -6,6 +6,7 @@
 #include <devicebound/auth/signature.hpp>
 #include <devicebound/codec/device_json.hpp>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -198,7 +199,23 @@ TEST(https_routes, PolicyRepliesAreArmRulesAndTypedErrors) {
                "InvalidOperation");
   // a reply of the wrong kind is a 500, not a crash
   EXPECT_EQ(respond(get, done_reply{}, {}).status, 500u);
-  EXPECT_EQ(to_string(operation::policy_renew), "policy_renew");
+}
+
+TEST(https_routes, OperationAndRenewKeySpellingsRoundTrip) {
+  std::set<std::string_view> seen;
+  for (int i = 0; i <= static_cast<int>(operation::policy_delete); ++i) {
+    const auto op = static_cast<operation>(i);
+    const std::string_view s = to_string(op);
+    EXPECT_TRUE(seen.insert(s).second) << s;
+    EXPECT_EQ(parse_operation(s), op) << s;
+    EXPECT_FALSE(parse_operation(std::string(s) + "x"));
+  }
+  EXPECT_FALSE(parse_operation("unknown"));
+  for (auto k : {renew_key::primary, renew_key::secondary, renew_key::swap})
+    EXPECT_EQ(parse_renew_key(to_string(k)), k);
+  EXPECT_EQ(parse_renew_key("SWAP"), renew_key::swap);
+  EXPECT_FALSE(parse_renew_key("primaryx"));
+  EXPECT_FALSE(parse_renew_key(""));
 }
 
 // --- device C2D (SPEC 11.2, 11.3) ----------------------------------------------------------

@@ -602,6 +602,13 @@ TEST_F(policy_router_test, replace_keeps_keys_not_given_and_takes_those_given) {
   EXPECT_EQ(r.policy.secondary_key, given);
   EXPECT_EQ(stored("service")->rights, p.rights);
   EXPECT_EQ(auth::find_policy(view_.policies(), "service")->secondary_key, given);
+  // a primary key equal to the kept secondary: refused, nothing changes
+  auto same = policy("service", auth::access_rights::service_connect);
+  same.primary_key = given;
+  const auto e = ask_error(policy_put_request{"adm", same, false});
+  EXPECT_EQ(e.code, errc::argument_invalid);
+  EXPECT_NE(e.message.find("secondaryKey"), std::string::npos) << e.message;
+  EXPECT_EQ(stored("service")->primary_key, old.primary_key);
 }
 
 TEST_F(policy_router_test, renew_primary_secondary_and_swap) {

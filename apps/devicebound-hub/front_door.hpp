@@ -141,6 +141,26 @@ struct policy_put_request {
 };
 /// Which key `policy_renew_request` regenerates (`az iot hub policy renew-key --renew-key`).
 enum class renew_key : std::uint8_t { primary, secondary, swap };
+
+constexpr std::string_view to_string(renew_key k) noexcept {
+  switch (k) {
+    case renew_key::primary:
+      return "primary";
+    case renew_key::secondary:
+      return "secondary";
+    case renew_key::swap:
+      return "swap";
+  }
+  return "unknown";
+}
+
+/// `primary`, `secondary` or `swap`, in any case; nullopt otherwise.
+constexpr std::optional<renew_key> parse_renew_key(std::string_view s) noexcept {
+  for (auto k : {renew_key::primary, renew_key::secondary, renew_key::swap})
+    if (auth::iequals(s, to_string(k)))
+      return k;
+  return std::nullopt;
+}
 /// Regenerates a key, or swaps the two; replies `policy_reply`.
 struct policy_renew_request {
   std::string admin;

@@ -110,6 +110,18 @@ constexpr std::string_view to_string(operation op) noexcept {
   return "unknown";
 }
 
+/// The operation named `s` (exactly as `to_string` spells it); nullopt otherwise.
+constexpr std::optional<operation> parse_operation(std::string_view s) noexcept {
+  for (auto op : {operation::device_receive, operation::device_settle, operation::feedback_receive,
+                  operation::feedback_settle, operation::purge, operation::registry_put,
+                  operation::registry_get, operation::registry_list, operation::registry_delete,
+                  operation::policy_list, operation::policy_get, operation::policy_put,
+                  operation::policy_renew, operation::policy_delete})
+    if (to_string(op) == s)
+      return op;
+  return std::nullopt;
+}
+
 /// What the policy admin API needs: all four rights (an `iothubowner`-like
 /// policy). A caller can then never grant a right it lacks.
 inline constexpr auth::access_rights policy_admin_rights = auth::access_rights::all;
@@ -430,12 +442,8 @@ inline result<renew_key> decode_renew(std::string_view body) {
     return make_error(errc::argument_invalid,
                       "renewKey: missing or not a string (primary, secondary or swap)");
   const std::string v = it->get<std::string>();
-  if (iequals(v, "primary"))
-    return renew_key::primary;
-  if (iequals(v, "secondary"))
-    return renew_key::secondary;
-  if (iequals(v, "swap"))
-    return renew_key::swap;
+  if (auto k = parse_renew_key(v))
+    return *k;
   return make_error(errc::argument_invalid, "renewKey " + auth::detail::printable(v) +
                                                 ": expected primary, secondary or swap");
 }

@@ -722,6 +722,11 @@ class router {
       else
         return fail(from, make_error(errc::server_error, "the hub has no key source"));
     }
+    if (p.primary_key == p.secondary_key)
+      return fail(from, make_error(errc::argument_invalid,
+                                   "secondaryKey: the same as primaryKey (the two keys must "
+                                   "differ; one was kept from policy '" +
+                                       p.name + "')"));
     if (old && administers(*old))
       if (auto e = keeps_an_administrator(p.name, p))
         return fail(from, *e);
