@@ -13,9 +13,13 @@
 //
 // Options (plugin_opt_<name> in mosquitto.conf):
 //   registry_db  the hub's SQLite store, read-only: devices and policies are
-//                looked up there at CONNECT, and connected devices deleted or
-//                disabled there are disconnected (docs/architecture.md,
-//                "Identity channel to the broker plugin").
+//                looked up there at CONNECT, and after each hub commit every
+//                connected client is checked again: one whose device was
+//                deleted or disabled, or whose token no longer verifies or no
+//                longer grants its connection (a key regenerated, a policy
+//                deleted or its connect right removed), is disconnected
+//                (docs/architecture.md, "Identity channel to the broker
+//                plugin"; docs/security.md, "Revocation on the broker").
 //   registry_busy_timeout_ms  how long a lookup waits for a busy file (250).
 //   iothub_hostname  the hub's host name (`devicebound-hub --iothub-hostname`):
 //                a device's username must name it, and every token's `sr` must
@@ -23,7 +27,9 @@
 //                of its username, and a back end's token any host (test set-ups).
 //   auth_file    device and policy keys: the identities when there is no
 //                registry_db, and the fallback until the registry exists.
-//                Without either, any client may connect (test mode).
+//                Reloaded on SIGHUP; connected clients are then checked again
+//                as after a registry change. Without either, any client may
+//                connect (test mode).
 //   state_file   where to keep the ids of devices whose persistent session holds
 //                the device-bound subscription, so that a device reconnecting
 //                after a broker restart is announced again (pair it with
@@ -43,6 +49,7 @@
 #include <exception>
 #include <fstream>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -50,6 +57,7 @@
 #include <vector>
 
 #include "../../apps/devicebound-hub/auth_file.hpp"
+#include "client_auth.hpp"
 #include "registry_db.hpp"
 #include "topic_acl.hpp"
 
@@ -87,7 +95,8 @@ constexpr std::string_view event_prefix = "devicebound/broker/";
 // How often the plugin tries to open a registry_db that is not there yet, and
 // how often at most it asks the open one whether the hub committed. The hub
 // commits for messages too, so while it works every check that sees a commit
-// looks each connected device up again (one indexed read each).
+// looks each connected client's rows up again (an indexed read or two each;
+// HMACs only for a client whose rows changed: broker::recheck).
 constexpr auto registry_retry_interval = std::chrono::milliseconds(500);
 constexpr auto registry_check_interval = std::chrono::milliseconds(100);
 
@@ -97,6 +106,8 @@ struct client_rec {
   bool subscribed = false;    // its broker session holds devices/{id}/messages/devicebound/#
   bool persistent = false;    // that session outlives the connection (CleanSession 0)
   bool device = false;        // the connection authenticated as device {id}
+  // What the current connection authenticated with; absent in test mode.
+  std::optional<broker::admitted_client> admitted;
 };
 
 // Where identities come from right now.
@@ -120,10 +131,10 @@ struct plugin_state {
   std::string registry_problem;  // why the registry is not open (logged when it changes)
   steady::time_point next_registry_open{};
   steady::time_point next_registry_check{};
-  bool recheck_pending = false;  // the connected devices are still to be checked
+  bool recheck_pending = false;  // the connected clients are still to be checked
   bool state_dirty = false;
   std::time_t state_written_at = 0;
-  // The device being disconnected by kick_revoked_devices: mosquitto checks
+  // The client being disconnected by kick_revoked_clients: mosquitto checks
   // its subscriptions again while it does (check_subscription_acls).
   struct revoked {
     std::string id;
@@ -183,22 +194,16 @@ devicebound::time_point now_utc() {
   return std::chrono::time_point_cast<devicebound::duration>(std::chrono::system_clock::now());
 }
 
-// A back end needs a policy that may connect: ServiceConnect (a back end that
-// sends and settles) or DeviceConnect (devices through devicebound's own
-// transport). A registry-only policy opens no MQTT connection (SPEC 12.9.3).
-bool may_connect_as_back_end(auth::access_rights rights) {
-  return auth::includes(rights, auth::access_rights::service_connect) ||
-         auth::includes(rights, auth::access_rights::device_connect);
-}
-
 // Verifies `password` for client `id`. `device` is set when the username has
 // the device form `{host}/{id}/?...`: the token must then act for device `id`
-// of hub `{host}`.
-bool authenticate_client(std::string_view id, const char* password,
-                         const std::optional<broker::device_username>& device) {
+// of hub `{host}`. Returns what the connection authenticated with, kept to
+// check it again when the identities change (kick_revoked_clients).
+std::optional<broker::admitted_client> authenticate_client(
+    std::string_view id, const char* password,
+    const std::optional<broker::device_username>& device) {
   if (password == nullptr) {
     refuse_log(id, "no credentials");
-    return false;
+    return std::nullopt;
   }
   const std::string_view text = password;
   if (!text.starts_with(auth::sas_token_prefix)) {
@@ -207,15 +212,13 @@ bool authenticate_client(std::string_view id, const char* password,
     refuse_log(id, device ? "NotASasToken: a device's password must be a SAS token"
                           : "NotASasToken: a back end's password must be a SAS token signed "
                             "with a policy's key; raw keys are refused");
-    return false;
+    return std::nullopt;
   }
 
   auto token = auth::parse_sas_token(text);
   if (!token) {
-    refuse_log(id, std::string(text.starts_with(auth::sas_token_prefix) ? "MalformedSasToken: "
-                                                                        : "NotASasToken: ") +
-                       token.error().message);
-    return false;
+    refuse_log(id, "MalformedSasToken: " + token.error().message);
+    return std::nullopt;
   }
   // The hub's host: plugin_opt_iothub_hostname when given (a device's
   // username must name it too); else the device's username names it, and a
@@ -224,7 +227,7 @@ bool authenticate_client(std::string_view id, const char* password,
   if (device && !host.empty() && auth::normalise_host(device->host) != host) {
     refuse_log(id, "WrongHub: the username names hub '" + std::string(device->host) +
                        "'; this hub is '" + host + "'");
-    return false;
+    return std::nullopt;
   }
   if (!host.empty()) {
     // checked by authenticate() against the token's sr
@@ -234,23 +237,33 @@ bool authenticate_client(std::string_view id, const char* password,
     auto scope = auth::parse_sas_resource(token->resource);
     if (!scope) {
       refuse_log(id, "MalformedSasToken: " + scope.error().message);
-      return false;
+      return std::nullopt;
     }
     host = scope->host;
   }
-  std::vector<auth::shared_access_policy> policies;
+  // The rows the decision rests on, kept with the connection.
+  broker::credential_rows rows;
   if (token->key_name) {
     auto policy = find_policy(*token->key_name);
     if (!policy) {
       refuse_log(id, policy.error().message);
-      return false;
+      return std::nullopt;
     }
-    if (*policy)
-      policies.push_back(std::move(**policy));
+    rows.policy = std::move(*policy);
+  }
+  if (device) {
+    auto d = find_device(id);
+    if (!d) {
+      refuse_log(id, d.error().message);
+      return std::nullopt;
+    }
+    rows.device = std::move(*d);
   }
   std::optional<std::string> lookup_error;
   const auth::device_key_lookup lookup =
       [&](std::string_view device_id) -> std::optional<auth::device_credentials> {
+    if (device && device_id == id)
+      return rows.device;
     auto d = find_device(device_id);
     if (!d) {
       lookup_error = d.error().message;
@@ -258,51 +271,21 @@ bool authenticate_client(std::string_view id, const char* password,
     }
     return *d;
   };
-  auto who = auth::authenticate(*token, host, policies, lookup, now_utc());
+  std::span<const auth::shared_access_policy> policies;
+  if (rows.policy)
+    policies = std::span<const auth::shared_access_policy>(&*rows.policy, 1);
+  const auto now = now_utc();
+  auto who = broker::admit(id, *token, host, device.has_value(), policies, lookup, now);
   if (lookup_error) {
     refuse_log(id, *lookup_error);
-    return false;
+    return std::nullopt;
   }
   if (!who) {
     refuse_log(id, who.error().message);
-    return false;
+    return std::nullopt;
   }
-  if (!device) {
-    if (who->is_device()) {
-      refuse_log(id,
-                 "a device's token on a back-end connection (a device connects with "
-                 "username {host}/{deviceId}/?api-version=...)");
-      return false;
-    }
-    if (!may_connect_as_back_end(who->rights)) {
-      refuse_log(id, "policy " + *who->policy + " grants " + auth::to_string(who->rights) +
-                         ", neither ServiceConnect nor DeviceConnect");
-      return false;
-    }
-    // A back end acts on the whole hub: a token scoped below it (sr = {host}/x)
-    // grants nothing here, as on the other doors (auth::authorize, OutOfScope).
-    if (!who->scope.empty()) {
-      refuse_log(id, "OutOfScope: a token for " + who->scope + " cannot act on the whole hub");
-      return false;
-    }
-    return true;
-  }
-  // A device: its own key, or a policy with DeviceConnect acting for it (SPEC 12.7.4).
-  if (auto allowed = auth::authorize(*who, auth::access_rights::device_connect, id); !allowed) {
-    refuse_log(id, allowed.error().message);
-    return false;
-  }
-  if (!who->device_id) {
-    // A hub-wide policy token: `authenticate` did not look the device up.
-    auto d = find_device(id);
-    if (!d || !*d || !(*d)->enabled) {
-      refuse_log(id, !d ? d.error().message
-                        : (!*d ? "UnknownDevice: device is not registered"
-                               : "DeviceDisabled: device is disabled"));
-      return false;
-    }
-  }
-  return true;
+  return broker::admitted_client{std::move(*token), std::move(host), device.has_value(), now,
+                                 std::move(rows)};
 }
 
 // -------------------------------------------------------------------------- //
@@ -413,33 +396,70 @@ bool auth_file_reload() {
   return true;
 }
 
-// Disconnects every connected device that the current source no longer lets
-// in: deleted, disabled, or (after a switch of source) unknown to it. False
-// when the source could not be read: nobody was disconnected.
-bool kick_revoked_devices() {
-  std::vector<plugin_state::revoked> kick;
-  for (const auto& [id, rec] : g_state->clients) {
-    if (rec.conn == nullptr || !rec.device)
+// Checks every connected client again against the current source and
+// disconnects those it no longer lets in (broker::recheck): a device deleted
+// or disabled (or, after a switch of source, unknown to it), a token that no
+// longer verifies (its key regenerated, its policy deleted) or no longer
+// grants the connection (the policy lost ServiceConnect/DeviceConnect). Per
+// client an indexed read or two; HMACs only for a client whose device or
+// policy row changed since it was last verified. False when the source could
+// not be read: nobody was disconnected, the caller tries again.
+bool kick_revoked_clients() {
+  struct kick {
+    std::string id;
+    broker::recheck_verdict verdict;
+    std::string reason;
+    bool device;
+  };
+  std::vector<kick> kicks;
+  // One read per policy per pass, however many clients share it.
+  std::unordered_map<std::string, std::optional<auth::shared_access_policy>> policies;
+  const auto cannot_check = [](const std::string& why) {
+    if (!g_state->recheck_pending)  // once, not at every retry
+      mosquitto_log_printf(MOSQ_LOG_WARNING,
+                           DB_LOG_PREFIX "cannot check the connected clients: %s (tried again)",
+                           why.c_str());
+    return false;
+  };
+  for (auto& [id, rec] : g_state->clients) {
+    // Every connection let in while a source is in force has its credentials
+    // kept; only test mode (no source, never switched) has none.
+    if (rec.conn == nullptr || !rec.admitted)
       continue;
-    auto d = find_device(id);
-    if (!d) {
-      if (!g_state->recheck_pending)  // once, not at every retry
-        mosquitto_log_printf(MOSQ_LOG_WARNING,
-                             DB_LOG_PREFIX "cannot check the connected devices: %s (tried again)",
-                             d.error().message.c_str());
-      return false;
+    broker::credential_rows rows;
+    if (rec.admitted->device) {
+      auto d = find_device(id);
+      if (!d)
+        return cannot_check(d.error().message);
+      rows.device = std::move(*d);
     }
-    if (!*d || !(*d)->enabled)
-      kick.push_back({id, !*d});
+    if (const auto& name = rec.admitted->token.key_name) {
+      auto it = policies.find(*name);
+      if (it == policies.end()) {
+        auto p = find_policy(*name);
+        if (!p)
+          return cannot_check(p.error().message);
+        it = policies.emplace(*name, std::move(*p)).first;
+      }
+      rows.policy = it->second;
+    }
+    auto checked = broker::recheck(*rec.admitted, id, rows);
+    if (checked.verdict == broker::recheck_verdict::stays)
+      rec.admitted->verified_with = std::move(rows);
+    else
+      kicks.push_back({id, checked.verdict, std::move(checked.reason), rec.admitted->device});
   }
-  for (const auto& k : kick) {
-    mosquitto_log_printf(MOSQ_LOG_NOTICE, DB_LOG_PREFIX "disconnecting device %s: %s", k.id.c_str(),
-                         k.deleted ? "it is no longer registered" : "it is disabled");
+  for (const auto& k : kicks) {
+    const bool deleted = k.verdict == broker::recheck_verdict::deleted;
+    const bool revoked = k.verdict == broker::recheck_verdict::revoked;
+    mosquitto_log_printf(MOSQ_LOG_NOTICE, DB_LOG_PREFIX "disconnecting %s %s: %s%s",
+                         k.device ? "device" : "back end", k.id.c_str(),
+                         revoked ? "its credentials no longer hold: " : "", k.reason.c_str());
     // Without its will: the hub already knows (it made the change).
-    g_state->kicking = k;
+    g_state->kicking = plugin_state::revoked{k.id, deleted};
     mosquitto_kick_client_by_clientid(k.id.c_str(), false);
     g_state->kicking.reset();
-    if (k.deleted) {
+    if (deleted) {
       // Its persistent session's subscription is not announced again.
       if (auto it = g_state->clients.find(k.id); it != g_state->clients.end()) {
         if (it->second.conn == nullptr) {
@@ -469,8 +489,8 @@ void registry_try_open() {
                          "registry%s",
                          g_state->registry_path.c_str(),
                          g_state->file_keys ? " (auth_file no longer used)" : "");
-    // who came in through the auth file and is not registered
-    g_state->recheck_pending = !kick_revoked_devices();
+    // who came in through the auth file and is not admitted by the registry
+    g_state->recheck_pending = !kick_revoked_clients();
     return;
   }
   if (why != g_state->registry_problem) {
@@ -519,7 +539,7 @@ void registry_tick() {
   }
   g_state->registry_problem.clear();
   if (*changed || g_state->recheck_pending)
-    g_state->recheck_pending = !kick_revoked_devices();
+    g_state->recheck_pending = !kick_revoked_clients();
 }
 
 // -------------------------------------------------------------------------- //
@@ -540,6 +560,7 @@ int on_basic_auth(int, void* event_data, void*) {
     refuse_log(id, "its username names another device");
     return MOSQ_ERR_AUTH;
   }
+  std::optional<broker::admitted_client> admitted;
   switch (source()) {
     case identity_source::none:
       break;
@@ -549,7 +570,8 @@ int on_basic_auth(int, void* event_data, void*) {
       return MOSQ_ERR_AUTH;
     case identity_source::auth_file:
     case identity_source::registry:
-      if (!authenticate_client(id, ed->password, device))
+      admitted = authenticate_client(id, ed->password, device);
+      if (!admitted)
         return MOSQ_ERR_AUTH;
       break;
   }
@@ -564,6 +586,7 @@ int on_basic_auth(int, void* event_data, void*) {
     emit("disconnected", id, "");
   rec.conn = ed->client;
   rec.device = device.has_value();
+  rec.admitted = std::move(admitted);
   if (mosquitto_client_clean_session(ed->client)) {
     if (rec.persistent && rec.subscribed)
       g_state->state_dirty = true;
@@ -675,8 +698,10 @@ int on_tick(int, void*, void*) {
 }
 
 int on_reload(int, void*, void*) {
-  if (!g_state->auth_file.empty())
-    auth_file_reload();
+  // New keys in the auth file count for connected clients too, as a registry
+  // change does (while the registry is in force the file is not consulted).
+  if (!g_state->auth_file.empty() && auth_file_reload() && source() == identity_source::auth_file)
+    g_state->recheck_pending = !kick_revoked_clients();
   return MOSQ_ERR_SUCCESS;
 }
 

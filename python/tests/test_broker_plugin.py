@@ -576,6 +576,37 @@ def test_sighup_reloads_the_auth_file(start_broker, clients, tmp_path):
     assert try_connect(broker, clients, "dev1", device_username("dev1"), sas_token(resource, new_key_)) == 0
 
 
+def test_sighup_checks_connected_clients_against_the_new_keys(start_broker, clients, tmp_path):
+    """A reloaded auth file counts for the clients already connected, as a
+    registry change does: a device whose key changed and a back end whose
+    policy is gone are disconnected; the others stay."""
+    key1, key2, hub_key, ops_key = new_key(), new_key(), new_key(), new_key()
+    auth = write_auth_file(tmp_path / "keys", {"dev1": key1, "dev2": key2},
+                           {"hub": hub_key, "ops": ops_key})
+    broker = start_broker(auth_file=auth)
+    connections = {}
+    for client_id, username, password in (
+            ("dev1", device_username("dev1"), sas_token(f"{HUB_HOSTNAME}/devices/dev1", key1)),
+            ("dev2", device_username("dev2"), sas_token(f"{HUB_HOSTNAME}/devices/dev2", key2)),
+            ("devicebound-hub", "hub", sas_token(HUB_HOSTNAME, hub_key, policy="hub")),
+            ("ops", "ops", sas_token(HUB_HOSTNAME, ops_key, policy="ops"))):
+        connections[client_id] = clients.add(MqttClient(broker.plain_port, client_id,
+                                                        username=username, password=password))
+        assert connections[client_id].connect() == 0, client_id
+
+    write_auth_file(auth, {"dev1": new_key(), "dev2": key2}, {"hub": hub_key})
+    os.kill(broker.proc.pid, signal.SIGHUP)
+    connections["dev1"].wait_disconnected()
+    connections["ops"].wait_disconnected()
+    log = broker.log_text()
+    assert "disconnecting device dev1: its credentials no longer hold: BadSignature" in log
+    assert "disconnecting back end ops: its credentials no longer hold: UnknownPolicy" in log
+    assert log.count("disconnecting ") == 2
+    for client_id in ("dev2", "devicebound-hub"):  # a round trip after the check
+        assert connections[client_id].subscribe("devicebound/status/hub") == 1, client_id
+        assert not connections[client_id].is_disconnected, client_id
+
+
 def test_bad_auth_file_stops_the_broker(start_broker, tmp_path):
     bad = tmp_path / "keys"
     bad.write_text("dev1 not-base64!\n")

@@ -12,6 +12,7 @@ disconnection or on a log line.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 from pathlib import Path
@@ -64,9 +65,27 @@ class FakeHubStore:
     def version(self) -> int:
         return self.db.execute("PRAGMA user_version").fetchone()[0]
 
-    def migrate(self) -> None:
-        """Migration 1 -> 2 in one commit: the tables and the version together."""
-        self.db.executescript("BEGIN;" + SCHEMA_V2 + "PRAGMA user_version=2; COMMIT;")
+    @contextlib.contextmanager
+    def transaction(self):
+        """Several changes in one commit, as one registry call of the hub."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def migrate(self, also=None) -> None:
+        """Migration 1 -> 2 in one commit: the tables and the version together
+        (and whatever `also` writes, as a hub that seeds its registry)."""
+        with self.transaction():
+            for statement in SCHEMA_V2.split(";"):
+                if statement.strip():
+                    self.db.execute(statement)
+            self.db.execute("PRAGMA user_version=2")
+            if also is not None:
+                also()
 
     def put_device(self, device_id: str, primary: str = "", secondary: str = "",
                    status: str = "enabled", auth_type: str = "sas") -> None:
@@ -87,6 +106,9 @@ class FakeHubStore:
     def put_policy(self, name: str, primary: str, rights: int, secondary: str = "") -> None:
         self.db.execute("INSERT OR REPLACE INTO policies VALUES (?, ?, ?, ?)",
                         (name, primary, secondary, rights))
+
+    def delete_policy(self, name: str) -> None:
+        self.db.execute("DELETE FROM policies WHERE name=?", (name,))
 
     def close(self) -> None:
         self.db.close()
@@ -129,6 +151,14 @@ def try_backend(broker, clients, client_id: str, username: str | None, password:
 
 def wait_for_log(broker, text: str, count: int = 1) -> None:
     wait_until(lambda: broker.log_text().count(text) >= count, WAIT, f"log line '{text}'")
+
+
+def assert_still_connected(*connections: MqttClient) -> None:
+    """A round trip on each connection (SUBSCRIBE, SUBACK): it was not cut by
+    any check the broker made before it answered."""
+    for c in connections:
+        assert not c.is_disconnected, c.client_id
+        assert c.subscribe("devicebound/status/hub") == 1, c.client_id
 
 
 # --------------------------------------------------------------------------- #
@@ -260,30 +290,40 @@ def test_policy_rows_sign_back_end_tokens(start_broker, clients, hub_store):
 
 def test_auth_file_until_the_registry_exists(start_broker, clients, hub_store, tmp_path):
     """No store file at start (the hub has not run yet): the auth_file is used.
-    Once the hub has created and migrated its store, the registry alone counts,
-    and a device that came in through the file and is not registered is let go."""
-    file_key, hub_key, registry_key = new_key(), new_key(), new_key()
+    Once the hub has created and migrated its store, the registry alone counts:
+    every connected client is checked against it, and one that came in through
+    the file and is not admitted by the registry is let go."""
+    file_key, hub_key, registry_key, ops_key = new_key(), new_key(), new_key(), new_key()
     auth = tmp_path / "keys"
-    auth.write_text(f"dev1 {file_key}\npolicy hub {hub_key} ServiceConnect\n")
+    auth.write_text(f"dev1 {file_key}\npolicy hub {hub_key} ServiceConnect\n"
+                    f"policy ops {ops_key} ServiceConnect\n")
     db_path = tmp_path / "hub.db"
     broker = start_broker(auth_file=auth, registry_db=db_path)
     wait_for_log(broker, "using auth_file")
 
     rc, dev1 = connect_device(broker, clients, "dev1", file_key)
     assert rc == 0
-    assert try_backend(broker, clients, "devicebound-hub", "hub",
-                       sas_token(HUB_HOSTNAME, hub_key, policy="hub")) == 0
+    hub = clients.add(MqttClient(broker.plain_port, "devicebound-hub", username="hub",
+                                 password=sas_token(HUB_HOSTNAME, hub_key, policy="hub")))
+    assert hub.connect() == 0
+    ops = clients.add(MqttClient(broker.plain_port, "ops", username="ops",
+                                 password=sas_token(HUB_HOSTNAME, ops_key, policy="ops")))
+    assert ops.connect() == 0
 
     store = hub_store(migrate=False)  # the file exists, without the tables: still the auth_file
     wait_for_log(broker, "schema version 1")
     assert connect_device(broker, clients, "dev1", file_key)[0] == 0
     dev1.wait_disconnected()  # taken over by the same device's new connection
 
-    store.migrate()
-    store.put_policy("hub", hub_key, SERVICE_CONNECT)
-    store.put_device("dev2", registry_key)
+    # The hub migrates and seeds its registry in one commit: its policy "hub"
+    # with the same key, no "ops", no dev1.
+    store.migrate(also=lambda: (store.put_policy("hub", hub_key, SERVICE_CONNECT),
+                                store.put_device("dev2", registry_key)))
     wait_for_log(broker, "devices and policies come from the hub's registry")
     wait_for_log(broker, "disconnecting device dev1: it is no longer registered")
+    ops.wait_disconnected()
+    wait_for_log(broker, "disconnecting back end ops: its credentials no longer hold: UnknownPolicy")
+    assert_still_connected(hub)  # admitted by the registry too
     assert connect_device(broker, clients, "dev1", file_key)[0] == 5  # the file no longer counts
     assert connect_device(broker, clients, "dev2", registry_key)[0] == 0
     assert try_backend(broker, clients, "devicebound-hub2", "hub",
@@ -353,3 +393,150 @@ def test_bad_registry_option_stops_the_broker(start_broker, tmp_path):
         assert "registry_busy_timeout_ms" in str(error)
     else:
         raise AssertionError("mosquitto started with a bad plugin_opt_registry_busy_timeout_ms")
+
+
+# --------------------------------------------------------------------------- #
+# Keys and policies changed while clients are connected (issue 14): each
+# connected client is verified again, at the instant it connected, against the
+# registry after the hub's commit (docs/security.md, "Revocation on the broker").
+
+
+def test_regenerated_device_key_disconnects_the_connections_it_signed(start_broker, clients, hub_store):
+    store = hub_store()
+    hub_key = new_key()
+    store.put_policy("hub", hub_key, SERVICE_CONNECT)
+    keys = {d: (new_key(), new_key()) for d in ("dev1", "dev2", "dev3")}
+    for device_id, (primary, secondary) in keys.items():
+        store.put_device(device_id, primary, secondary)
+    broker = start_broker(registry_db=store.path)
+    events = clients.add(EventListener(broker, username="hub",
+                                       password=sas_token(HUB_HOSTNAME, hub_key, policy="hub")))
+
+    rc, dev1 = connect_device(broker, clients, "dev1", keys["dev1"][0], subscribe=True)  # primary
+    assert rc == 0
+    events.expect("subscribed", "dev1")
+    rc, dev2 = connect_device(broker, clients, "dev2", keys["dev2"][1])  # secondary
+    assert rc == 0
+    rc, dev3 = connect_device(broker, clients, "dev3", keys["dev3"][0])  # primary, untouched
+    assert rc == 0
+
+    # Both devices' primary keys regenerated, in one commit.
+    new1, new2 = new_key(), new_key()
+    with store.transaction():
+        store.put_device("dev1", new1, keys["dev1"][1])
+        store.put_device("dev2", new2, keys["dev2"][1])
+    dev1.wait_disconnected(WAIT)
+    events.expect("disconnected", "dev1", b"")
+    wait_for_log(broker, "disconnecting device dev1: its credentials no longer hold: BadSignature")
+    # The check that cut dev1 saw dev2's new key too: dev2 (secondary key),
+    # dev3 and the hub's connection are still there after it.
+    assert_still_connected(dev2, dev3, events.client)
+    assert "disconnecting device dev2" not in broker.log_text()
+
+    assert connect_device(broker, clients, "dev1", keys["dev1"][0])[0] == 5  # the old key
+    rc, dev1 = connect_device(broker, clients, "dev1", new1)
+    assert rc == 0
+    # A key change leaves the device's session as it was (as disabling does).
+    events.expect("subscribed", "dev1")
+    assert keys["dev1"][0] not in broker.log_text() and new1 not in broker.log_text()
+
+
+def test_back_end_is_disconnected_when_its_policy_changes(start_broker, clients, hub_store):
+    store = hub_store()
+    hub, renewed, dropped, narrowed, widened, owner = (new_key() for _ in range(6))
+    renewed_secondary, dev_key = new_key(), new_key()
+    store.put_policy("hub", hub, SERVICE_CONNECT)
+    store.put_policy("renewed", renewed, SERVICE_CONNECT, secondary=renewed_secondary)
+    store.put_policy("dropped", dropped, SERVICE_CONNECT)
+    store.put_policy("narrowed", narrowed, SERVICE_CONNECT | REGISTRY_READ)
+    store.put_policy("widened", widened, SERVICE_CONNECT)
+    store.put_policy("owner", owner, SERVICE_CONNECT | DEVICE_CONNECT | REGISTRY_WRITE)
+    store.put_device("dev1", dev_key)
+    broker = start_broker(registry_db=store.path)
+    events = clients.add(EventListener(broker, username="hub",
+                                       password=sas_token(HUB_HOSTNAME, hub, policy="hub")))
+
+    def back_end(client_id: str, policy: str, key: str) -> MqttClient:
+        c = clients.add(MqttClient(broker.plain_port, client_id, username=policy,
+                                   password=sas_token(HUB_HOSTNAME, key, policy=policy)))
+        assert c.connect() == 0, client_id
+        return c
+
+    on_primary = back_end("svc-renewed", "renewed", renewed)
+    on_secondary = back_end("svc-renewed2", "renewed", renewed_secondary)
+    on_dropped = back_end("svc-dropped", "dropped", dropped)
+    on_narrowed = back_end("svc-narrowed", "narrowed", narrowed)
+    on_widened = back_end("svc-widened", "widened", widened)
+    on_owner = back_end("svc-owner", "owner", owner)
+    rc, dev1 = connect_device(broker, clients, "dev1", dev_key)
+    assert rc == 0
+
+    with store.transaction():
+        store.put_policy("renewed", new_key(), SERVICE_CONNECT, secondary=renewed_secondary)
+        store.delete_policy("dropped")
+        store.put_policy("narrowed", narrowed, REGISTRY_READ)  # ServiceConnect removed
+        store.put_policy("widened", widened, SERVICE_CONNECT | REGISTRY_WRITE)
+        store.put_policy("owner", owner, SERVICE_CONNECT | REGISTRY_WRITE)  # still ServiceConnect
+
+    for gone in (on_primary, on_dropped, on_narrowed):
+        gone.wait_disconnected(WAIT)
+    wait_for_log(broker, "disconnecting back end svc-renewed: its credentials no longer hold: "
+                         "BadSignature")
+    wait_for_log(broker, "disconnecting back end svc-dropped: its credentials no longer hold: "
+                         "UnknownPolicy")
+    wait_for_log(broker, "disconnecting back end svc-narrowed: its credentials no longer hold: "
+                         "policy narrowed grants RegistryRead, neither ServiceConnect nor DeviceConnect")
+    assert_still_connected(on_secondary, on_widened, on_owner, dev1, events.client)
+    assert broker.log_text().count("disconnecting ") == 3
+
+    # Their tokens are refused from now on; a token of the new state is not.
+    assert try_backend(broker, clients, "svc-renewed", "renewed",
+                       sas_token(HUB_HOSTNAME, renewed, policy="renewed")) == 5
+    assert try_backend(broker, clients, "svc-dropped", "dropped",
+                       sas_token(HUB_HOSTNAME, dropped, policy="dropped")) == 5
+    assert try_backend(broker, clients, "svc-narrowed", "narrowed",
+                       sas_token(HUB_HOSTNAME, narrowed, policy="narrowed")) == 5
+    assert try_backend(broker, clients, "svc-renewed", "renewed",
+                       sas_token(HUB_HOSTNAME, renewed_secondary, policy="renewed")) == 0
+
+
+def test_policy_token_device_is_disconnected_when_the_policy_loses_device_connect(
+        start_broker, clients, hub_store):
+    store = hub_store()
+    hub, devices, scoped, dev_key = new_key(), new_key(), new_key(), new_key()
+    store.put_policy("hub", hub, SERVICE_CONNECT)
+    store.put_policy("devices", devices, DEVICE_CONNECT)
+    store.put_policy("scoped", scoped, DEVICE_CONNECT)
+    for device_id in ("dev1", "dev2", "dev3"):
+        store.put_device(device_id, dev_key)
+    broker = start_broker(registry_db=store.path)
+    events = clients.add(EventListener(broker, username="hub",
+                                       password=sas_token(HUB_HOSTNAME, hub, policy="hub")))
+
+    def by_policy(device_id: str, policy: str, key: str, resource_: str) -> MqttClient:
+        c = clients.add(MqttClient(broker.plain_port, device_id, username=device_username(device_id),
+                                   password=sas_token(resource_, key, policy=policy)))
+        assert c.connect() == 0, device_id
+        return c
+
+    dev1 = by_policy("dev1", "devices", devices, HUB_HOSTNAME)  # a hub-wide policy token
+    dev2 = by_policy("dev2", "scoped", scoped, resource("dev2"))  # scoped to the device
+    rc, dev3 = connect_device(broker, clients, "dev3", dev_key)  # its own key
+    assert rc == 0
+
+    with store.transaction():
+        store.put_policy("devices", devices, SERVICE_CONNECT)  # DeviceConnect removed
+        store.put_policy("scoped", new_key(), DEVICE_CONNECT)  # key renewed
+        store.put_device("dev1", new_key())  # the device's own key: no matter to a policy token
+    dev1.wait_disconnected(WAIT)
+    dev2.wait_disconnected(WAIT)
+    gone = {(e.kind, e.device, e.payload) for e in (events.next(), events.next())}
+    assert gone == {("disconnected", "dev1", b""), ("disconnected", "dev2", b"")}
+    wait_for_log(broker, "disconnecting device dev1: its credentials no longer hold: InsufficientRights")
+    wait_for_log(broker, "disconnecting device dev2: its credentials no longer hold: BadSignature")
+    assert_still_connected(dev3, events.client)
+    assert broker.log_text().count("disconnecting ") == 2
+
+    again = clients.add(MqttClient(broker.plain_port, "dev1", username=device_username("dev1"),
+                                   password=sas_token(HUB_HOSTNAME, devices, policy="devices")))
+    assert again.connect() == 5
