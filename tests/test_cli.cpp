@@ -371,6 +371,13 @@ TEST_F(cli, policy_commands_need_every_right_and_keep_an_administrator) {
   EXPECT_EXIT_CODE(run({"policy", "create", "-n", "x", "--permissions", "Root"}, owner()), 2);
   EXPECT_EXIT_CODE(run({"policy", "renew-key", "-n", "service", "--renew-key", "third"}, owner()),
                    2);
+  EXPECT_EXIT_CODE(run({"policy", "create", "-n", "x", "--permissions", ", "}, owner()), 2);
+  // one quoted argument, spaces and commas mixed
+  r = run({"policy", "create", "-n", "mixed", "--permissions", "DeviceConnect, RegistryWrite"},
+          owner());
+  EXPECT_EXIT_CODE(r, 0);
+  EXPECT_EQ(one_json(r)["rights"], "RegistryWrite, DeviceConnect");
+  EXPECT_EXIT_CODE(run({"policy", "delete", "-n", "mixed"}, owner()), 0);
   r = run({"policy", "renew-key", "-n", "nobody", "--renew-key", "swap"}, owner());
   EXPECT_EXIT_CODE(r, 4);
   r = run({"policy", "list"}, owner());

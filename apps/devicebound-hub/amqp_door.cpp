@@ -1168,6 +1168,7 @@ struct amqp_door::impl {
       spdlog::info("amqp: connection {}: closed the links of device '{}': {}", c.id, r.device, why);
     }
   }
+
   /// Keys or rights changed (committed; the identity view has the change):
   /// every grant they may touch is verified again, its token at the time it
   /// was granted. A grant that no longer verifies goes; the links no remaining
@@ -1212,9 +1213,13 @@ struct amqp_door::impl {
                    amqp::to_string(l.kind), reason);
       link_gone(c, l);
       set_condition(pn_link_condition(pl), "amqp:unauthorized-access",
-                    "the SAS token that authorised this link no longer verifies (a key was "
-                    "renewed, a policy or device changed or deleted): " +
-                        (why.empty() ? reason : why));
+                    why.empty()
+                        ? "the SAS token that authorised this link no longer grants what it "
+                          "needs (the policy's rights changed): " +
+                              reason
+                        : "the SAS token that authorised this link no longer verifies (a key "
+                          "was renewed, a policy or device changed or deleted): " +
+                              why);
       pn_link_close(pl);
       closed_link = true;
     }
@@ -1402,7 +1407,8 @@ void amqp_door::release(std::span<const outbound> items) {
     std::optional<std::uint64_t> conn;
     if (std::holds_alternative<device_revoked>(item) ||
         std::holds_alternative<credentials_changed>(item)) {
-      // every connection checks whether it has something of that device
+      // every connection checks whether it holds something of that device, or
+      // a token the changed keys or rights concern
       for (const auto& [id, pc] : d.live) {
         d.mailbox[id].push_back(item);
         if (std::find(touched.begin(), touched.end(), pc) == touched.end())

@@ -1147,12 +1147,26 @@ void add_policy_commands(CLI::App& app, int& code) {
   create->callback([a, &code] {
     run(a->common, code, [&] {
       const auto cs = service_login(a->common);
+      // "A B", "A,B", "A, B" and separate arguments all name the same rights
       std::string rights;
       for (const auto& p : a->permissions) {
-        if (!rights.empty())
+        for (char ch : p) {
+          if (ch == ' ' || ch == ',') {
+            if (!rights.empty() && rights.back() != ',')
+              rights += ',';
+          } else {
+            rights += ch;
+          }
+        }
+        if (!rights.empty() && rights.back() != ',')
           rights += ',';
-        rights += p;
       }
+      while (!rights.empty() && rights.back() == ',')
+        rights.pop_back();
+      if (rights.empty())
+        throw usage(
+            "--permissions: name at least one of RegistryRead, RegistryWrite, "
+            "ServiceConnect, DeviceConnect");
       if (auto parsed = auth::parse_access_rights(rights); !parsed)
         throw usage("--permissions: " + parsed.error().message);
       json body;
