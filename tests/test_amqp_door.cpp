@@ -797,6 +797,36 @@ TEST_F(amqp_door_revocation, FewerRightsCloseTheLinksThatNeedThemAndKeepTheConne
   EXPECT_FALSE(svc->closed());
 }
 
+TEST_F(amqp_door_revocation, APolicyChangeIsDurable) {
+  // the same daemon with a store file instead of --in-memory
+  hub_->stop();
+  auto o = options_;
+  auto mem = std::find(o.args.begin(), o.args.end(), "--in-memory");
+  ASSERT_NE(mem, o.args.end());
+  *mem = "--store";
+  o.args.insert(mem + 1, dir_.file("hub.db"));
+  o.args.insert(o.args.end(),
+                {"--https-listen", "127.0.0.1:" + std::to_string(https_port_), "--https-insecure"});
+  hub_ = std::make_unique<support::hub_daemon>(o);
+  ASSERT_EQ(http("PUT", "/devicebound/policies/service",
+                 R"({"rights":"ServiceConnect","primaryKey":")" + primary_b64 +
+                     R"(","secondaryKey":")" + secondary_b64 + R"("})"),
+            200u)
+      << last_reply_;
+  ASSERT_EQ(http("PUT", "/devicebound/policies/backend", R"({"rights":"ServiceConnect"})"), 201u)
+      << last_reply_;
+  ASSERT_EQ(http("DELETE", "/devicebound/policies/backend"), 204u) << last_reply_;
+  hub_->stop();
+  hub_ = std::make_unique<support::hub_daemon>(o);
+  client c(port_, sasl_mode::none);
+  ASSERT_TRUE(c.opened());
+  cbs k(c);
+  EXPECT_FALSE(k.ok(service_token()));  // the auth file's key was replaced
+  EXPECT_TRUE(k.ok(service_token(expiry_in(3600s), primary_b64)));
+  EXPECT_TRUE(k.ok(service_token(expiry_in(3600s), secondary_b64)));
+  EXPECT_EQ(http("GET", "/devicebound/policies/backend"), 404u) << last_reply_;
+}
+
 TEST_F(amqp_door_revocation, ARotatedDeviceKeyClosesTheDevicesConnection) {
   auto dev = device("dev1");
   pn_link_t* r = dev->attach(false, "/devices/dev1/messages/devicebound", 5);
