@@ -204,11 +204,11 @@ class router {
     std::vector<outbound> out = std::exchange(outbox_, {});
     auto view = std::exchange(view_changes_, {});
     const bool full = std::exchange(full_view_, false);
+    auto changed = std::exchange(credentials_, {});
     if (const auto& f = hub_->store_failure())
       return *f;
     if (registry_failed_)
       return *registry_failed_;
-    auto changed = std::exchange(credentials_, {});
     if (was_open && group_.commit)
       if (auto r = group_.commit(); !r)
         return r.error();
