@@ -21,6 +21,8 @@ packages=(
   python3-venv
   # hub daemon, tools and stores
   libcli11-dev libspdlog-dev libfmt-dev libtomlplusplus-dev libsqlite3-dev
+  # the PostgreSQL store (store/postgres.hpp, libpq) and the server its test starts
+  libpq-dev postgresql-15
   # docs: the generated state diagram
   graphviz
 )
