@@ -343,7 +343,7 @@ std::variant<daemon_config, int> load_config(int argc, char** argv) {
   bool amqp_insecure = false;
   std::vector<std::string> https_listen;
   bool https_insecure = false;
-  std::optional<std::string> rabbit_auth_listen;
+  std::optional<std::string> rabbit_auth_listen, broker_kind, rabbit_amqp_url;
   std::optional<std::uint32_t> https_request_timeout;
   std::optional<std::uint32_t> amqp_max_connections, amqp_max_sessions, amqp_max_links,
       amqp_max_frame_size, amqp_open_timeout, https_max_connections, https_max_header_bytes,
@@ -411,6 +411,13 @@ std::variant<daemon_config, int> load_config(int argc, char** argv) {
   app.add_option("--rabbit-auth-listen", rabbit_auth_listen,
                  "answer RabbitMQ's HTTP auth backend on HOST:PORT (plain HTTP, loopback only; "
                  "needs --auth-file; docs/scale-out.md)");
+  app.add_option("--broker", broker_kind,
+                 "the MQTT broker: mosquitto (default; devicebound's plugin) or rabbitmq "
+                 "(RabbitMQ's MQTT plugin; needs --rabbit-auth-listen and --rabbit-amqp-url; "
+                 "docs/scale-out.md)");
+  app.add_option("--rabbit-amqp-url", rabbit_amqp_url,
+                 "with --broker rabbitmq: amqp://USER:PASSWORD@HOST:PORT/, a RabbitMQ user "
+                 "that reads the event exchange and the firehose (presence and delivery)");
   app.add_flag("--https-insecure", https_insecure,
                "plain HTTP instead of HTTPS, on loopback --https-listen addresses only (tests)");
   app.add_option("--https-request-timeout", https_request_timeout,
@@ -533,6 +540,10 @@ std::variant<daemon_config, int> load_config(int argc, char** argv) {
       cfg.https.insecure = true;
     if (rabbit_auth_listen)
       cfg.rabbit_auth_listen = *rabbit_auth_listen;
+    if (broker_kind)
+      cfg.broker_kind = *broker_kind;
+    if (rabbit_amqp_url)
+      cfg.rabbit_amqp_url = *rabbit_amqp_url;
     if (https_request_timeout)
       cfg.https.request_timeout_seconds = *https_request_timeout;
     const auto set = [](auto& out, const auto& v) {

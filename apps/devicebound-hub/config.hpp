@@ -104,6 +104,11 @@ struct daemon_config {
   /// `--rabbit-auth-listen HOST:PORT`: answer RabbitMQ's HTTP auth backend there
   /// (plain HTTP, loopback only; docs/scale-out.md). Empty: not served.
   std::string rabbit_auth_listen;
+  /// `--broker mosquitto|rabbitmq` (broker_seam.hpp): the broker the MQTT door
+  /// is behind. rabbitmq: escaped bags, ids with '.' refused, events from
+  /// `rabbit_amqp_url` (`--rabbit-amqp-url amqp://USER:PASSWORD@HOST:PORT/`).
+  std::string broker_kind = "mosquitto";
+  std::string rabbit_amqp_url;
   std::string log_level = "info";
 };
 

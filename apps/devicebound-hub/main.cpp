@@ -50,6 +50,9 @@
 #include "identity_view.hpp"
 #include "mqtt_door.hpp"
 #include "router.hpp"
+#ifdef DEVICEBOUND_WITH_RABBIT_EVENTS
+#include "rabbit_events.hpp"
+#endif
 #ifdef DEVICEBOUND_WITH_RABBIT_AUTH
 #include "rabbit_auth_listener.hpp"
 #endif
@@ -298,6 +301,43 @@ int main(int argc, char** argv) {
     spdlog::critical("bad configuration: max_in_flight must be at least 1");
     return exit_config;
   }
+  // The broker seam (docs/architecture.md, "The broker seam").
+  const auto kind = parse_broker_kind(cfg.broker_kind);
+  if (!kind) {
+    spdlog::critical("bad configuration: {}", kind.error().message);
+    return exit_config;
+  }
+  if (*kind == broker_kind::mosquitto && !cfg.rabbit_amqp_url.empty()) {
+    spdlog::critical("bad configuration: --rabbit-amqp-url needs --broker rabbitmq");
+    return exit_config;
+  }
+  std::unique_ptr<broker_events> events;
+  if (*kind == broker_kind::rabbitmq) {
+#ifdef DEVICEBOUND_WITH_RABBIT_EVENTS
+    if (cfg.rabbit_amqp_url.empty()) {
+      spdlog::critical(
+          "bad configuration: --broker rabbitmq needs --rabbit-amqp-url "
+          "amqp://USER:PASSWORD@HOST:PORT/ (the presence and delivery events)");
+      return exit_config;
+    }
+    auto url = rabbit::parse_amqp_url(cfg.rabbit_amqp_url);
+    if (!url) {
+      spdlog::critical("bad configuration: {}", url.error().message);
+      return exit_config;
+    }
+    if (auto c = check_device_id_for(*kind, cfg.broker.client_id); !c) {
+      spdlog::critical("bad client id: {}", c.error().message);
+      return exit_config;
+    }
+    events = std::make_unique<rabbit_events>(
+        rabbit_events_config{std::move(*url), cfg.broker.client_id, std::chrono::seconds(1)});
+#else
+    spdlog::critical(
+        "--broker rabbitmq: this devicebound-hub was built without the RabbitMQ event consumer "
+        "(rabbitmq-c: librabbitmq-dev; and OpenSSL for the auth backend)");
+    return exit_config;
+#endif
+  }
 
   std::unique_ptr<sqlite_store> store;  // before the hub: the hub commits to it
   hub h;
@@ -312,7 +352,24 @@ int main(int argc, char** argv) {
   if (const int code = open_registry(cfg, store.get(), identities, seed); code != exit_ok)
     return code;
 
+  // Ids the broker cannot carry are refused: at start (the auth file, --device), and
+  // by the router at every registration.
+  for (const auto& id : cfg.devices)
+    if (auto c = check_device_id_for(*kind, id); !c) {
+      spdlog::critical("--device: {}", c.error().message);
+      return exit_config;
+    }
+  for (const auto& d : seed.devices)
+    if (auto c = check_device_id_for(*kind, d.id); !c) {
+      spdlog::critical("--auth-file: {}", c.error().message);
+      return exit_config;
+    }
+
   router_options ro;
+  if (*kind != broker_kind::mosquitto)
+    ro.check_new_device_id = [k = *kind](std::string_view id) {
+      return check_device_id_for(k, id);
+    };
   ro.identities = &identities;
   ro.view = &view;
   ro.new_key = keys_from(system_token_source());
@@ -353,7 +410,7 @@ int main(int argc, char** argv) {
       return auth::to_string(auth::generate_sas_token(host, key, expiry, policy));
     };
   }
-  mqtt_door mqtt(cfg.broker, cfg.reconnect);
+  mqtt_door mqtt(cfg.broker, cfg.reconnect, broker_dialect::of(*kind), std::move(events));
   std::vector<front_door*> doors{&mqtt};
 #ifdef DEVICEBOUND_WITH_AMQP_DOOR
   std::unique_ptr<amqp_door> amqp;
@@ -431,10 +488,10 @@ int main(int argc, char** argv) {
   engine_loop loop(rt, doors);
 
   spdlog::info(
-      "devicebound-hub {} '{}': broker {}://{}:{}, client id '{}', lock {} ms, default TTL {} "
+      "devicebound-hub {} '{}': broker {} {}://{}:{}, client id '{}', lock {} ms, default TTL {} "
       "ms, max delivery count {}, queue depth {}, {} in flight per device, auto-register {}",
-      devicebound::version, cfg.hub.name, cfg.broker.tls ? "ssl" : "tcp", cfg.broker.host,
-      cfg.broker.port, cfg.broker.client_id, cfg.hub.lock_duration.count(),
+      devicebound::version, cfg.hub.name, to_string(*kind), cfg.broker.tls ? "ssl" : "tcp",
+      cfg.broker.host, cfg.broker.port, cfg.broker.client_id, cfg.hub.lock_duration.count(),
       cfg.hub.default_ttl.count(), cfg.hub.max_delivery_count, cfg.hub.max_queue_depth,
       cfg.max_in_flight, cfg.auto_register ? "on" : "off");
   if (cfg.limits.throttle.tier != throttle_tier::off) {

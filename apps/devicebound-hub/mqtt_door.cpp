@@ -74,12 +74,6 @@ std::string salvage_request_id(std::string_view bag) {
   return {};
 }
 
-/// A stock IoT Hub device's delivery tag: the device-bound topic, which the
-/// broker plugin reports back when it hands the message to the device.
-std::string stock_delivery_tag(std::string_view device, const message& m) {
-  return codec::encode_devicebound_topic(device, m);
-}
-
 std::uint32_t window_of(const codec::property_bag& bag) {
   const std::string* v = proto::find(bag, proto::key_window);
   const auto n = v ? proto::parse_unsigned<std::uint32_t>(*v) : std::nullopt;
@@ -99,8 +93,11 @@ retry::basic_policy<retry::exponential_backoff_with_jitter> make_reconnect_polic
 
 }  // namespace
 
-mqtt_door::mqtt_door(mqtt::connection_options broker, reconnect_config reconnect)
+mqtt_door::mqtt_door(mqtt::connection_options broker, reconnect_config reconnect,
+                     broker_dialect dialect, std::unique_ptr<broker_events> events)
     : broker_(std::move(broker)),
+      dialect_(std::move(dialect)),
+      events_(events ? std::move(events) : std::make_unique<plugin_events>()),
       session_(
           broker_, broker_.client_id,
           [this](std::string_view topic, std::string_view payload) { on_message(topic, payload); },
@@ -117,6 +114,8 @@ result<void> mqtt_door::start(door_id id, request_sink sink, std::stop_token sto
   id_ = id;
   sink_ = std::move(sink);
   stop_ = std::move(stop);
+  if (auto r = events_->start([this](broker_event e) { on_event(std::move(e)); }); !r)
+    return r;
   started_ = true;
   return {};
 }
@@ -167,8 +166,8 @@ time_point mqtt_door::poll(time_point now) {
 
 result<void> mqtt_door::connect() {
   spdlog::debug("connecting to {}:{}", broker_.host, broker_.port);
-  const std::vector<std::string> filters{std::string(proto::hub_requests_filter),
-                                         std::string(proto::broker_events_filter)};
+  std::vector<std::string> filters{std::string(proto::hub_requests_filter)};
+  filters.insert(filters.end(), dialect_.event_filters.begin(), dialect_.event_filters.end());
   const mqtt::session::will_message will{std::string(proto::hub_status_topic), "offline", true};
   lost_ = false;
   auto r = session_.connect(false, filters, will, stop_);
@@ -185,6 +184,7 @@ result<void> mqtt_door::connect() {
 }
 
 void mqtt_door::stop() {
+  events_->stop();
   if (!connected_)
     return;
   (void)session_.publish(std::string(proto::hub_status_topic), "offline", true);
@@ -197,8 +197,10 @@ void mqtt_door::stop() {
 void mqtt_door::on_message(std::string_view topic, std::string_view payload) {
   if (topic.starts_with(proto::hub_requests_prefix))
     on_request(topic, payload);
+  else if (auto e = events_->on_mqtt(topic, payload))
+    on_event(std::move(*e));
   else if (topic.starts_with(proto::broker_events_prefix))
-    on_broker_event(topic, payload);
+    spdlog::warn("ignored a malformed broker event on {}", topic);
   else
     spdlog::debug("ignored a message on {}", topic);
 }
@@ -319,30 +321,19 @@ void mqtt_door::on_request(std::string_view topic, std::string_view payload) {
   }
 }
 
-void mqtt_door::on_broker_event(std::string_view topic, std::string_view payload) {
-  const std::string_view rest = topic.substr(proto::broker_events_prefix.size());
-  const auto slash = rest.find('/');
-  if (slash == std::string_view::npos) {
-    spdlog::warn("ignored a malformed broker event on {}", topic);
-    return;
-  }
-  const std::string_view kind = rest.substr(0, slash);
-  const std::string id(rest.substr(slash + 1));
-  if (auto v = validate_device_id(id); !v) {
-    spdlog::warn("ignored broker event {}: {}", topic, v.error().message);
-    return;
-  }
+// On Paho's thread (plugin events) or the event source's own (RabbitMQ).
+void mqtt_door::on_event(broker_event e) {
   const reply_to none{id_, {}};  // broker events are not answered
-  if (kind == "subscribed") {
-    if (!payload.empty() && payload != codec::devicebound_topic_filter(id))
-      spdlog::debug("device '{}' subscribed to '{}'", id, payload);
-    emit(none, device_present{id, {}, 0, &stock_delivery_tag});
-  } else if (kind == "delivered") {
-    emit(none, device_delivered{id, std::string(payload)});
-  } else if (kind == "disconnected") {
-    emit(none, device_absent{id, std::nullopt});
-  } else {
-    spdlog::debug("ignored broker event {}", topic);
+  switch (e.what) {
+    case broker_event::kind::subscribed:
+      emit(none, device_present{std::move(e.device), {}, 0, dialect_.delivery_tag});
+      return;
+    case broker_event::kind::delivered:
+      emit(none, device_delivered{std::move(e.device), std::move(e.tag)});
+      return;
+    case broker_event::kind::disconnected:
+      emit(none, device_absent{std::move(e.device), std::nullopt});
+      return;
   }
 }
 

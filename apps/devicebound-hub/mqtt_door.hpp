@@ -1,7 +1,9 @@
 // The MQTT front door: devicebound's extension topics (docs/protocol.md) and the
-// broker plugin's presence and delivery events, through one MQTT connection to
-// the broker. It only translates: topics in -> typed requests, replies and
-// pushes -> topics out. It reconnects under a retry policy.
+// broker's presence and delivery events, through one MQTT connection to the
+// broker. It only translates: topics in -> typed requests, replies and pushes ->
+// topics out. It reconnects under a retry policy. What differs between brokers
+// (mosquitto + plugin, RabbitMQ) is its `broker_events` and `broker_dialect`
+// (broker_seam.hpp; docs/architecture.md, "The broker seam").
 #pragma once
 
 #include <atomic>
@@ -16,6 +18,7 @@
 #include <utility>
 #include <vector>
 
+#include "broker_seam.hpp"
 #include "front_door.hpp"
 
 namespace devicebound::hubd {
@@ -27,7 +30,10 @@ struct reconnect_config {
 
 class mqtt_door final : public front_door {
  public:
-  mqtt_door(mqtt::connection_options broker, reconnect_config reconnect);
+  /// `events` null: mosquitto's plugin events (`plugin_events`), `dialect` mosquitto's.
+  mqtt_door(mqtt::connection_options broker, reconnect_config reconnect,
+            broker_dialect dialect = broker_dialect::of(broker_kind::mosquitto),
+            std::unique_ptr<broker_events> events = nullptr);
   ~mqtt_door() override;
 
   std::string_view name() const noexcept override { return "mqtt"; }
@@ -42,11 +48,13 @@ class mqtt_door final : public front_door {
 
   void on_message(std::string_view topic, std::string_view payload);
   void on_request(std::string_view topic, std::string_view payload);
-  void on_broker_event(std::string_view topic, std::string_view payload);
+  void on_event(broker_event e);
   void emit(reply_to to, request r);
   result<void> connect();
 
   mqtt::connection_options broker_;
+  broker_dialect dialect_;
+  std::unique_ptr<broker_events> events_;
   door_id id_ = 0;
   request_sink sink_;
   std::stop_token stop_;

@@ -64,6 +64,9 @@ struct router_options {
   identity_view* view = nullptr;
   /// Random keys for devices registered without keys (32 bytes each).
   key_source new_key;
+  /// Whether the broker can carry a new device's id (broker_seam.hpp,
+  /// `check_device_id_for`); its error refuses the registration. Empty: any valid id.
+  std::function<result<void>(std::string_view)> check_new_device_id;
 };
 
 /// What the registry is seeded with where it has nothing (first start, or a
@@ -423,6 +426,10 @@ class router {
   // --- devices ---------------------------------------------------------------------------
 
   bool register_device(const std::string& id, std::string_view by, time_point now = {}) {
+    if (auto c = check_new_id(id); !c) {
+      log(log_level::error, "cannot register device '", id, "': ", c.error().message);
+      return false;
+    }
     auto r = hub_->add_device(id);
     if (!r) {
       log(log_level::error, "cannot register device '", id, "': ", r.error().message);
@@ -435,6 +442,12 @@ class router {
     else
       log(log_level::info, "'", by, "' registered device '", id, "' (generation ", *r, ")");
     return true;
+  }
+
+  result<void> check_new_id(std::string_view id) const {
+    if (options_.check_new_device_id)
+      return options_.check_new_device_id(id);
+    return {};
   }
 
   /// Whether `id` is registered, registering it when auto-register is on.
@@ -562,6 +575,8 @@ class router {
     if (options_.identities && options_.identities->contains(r.device))
       return fail(from, make_error(errc::device_already_exists,
                                    "device '" + r.device + "' already exists"));
+    if (auto c = check_new_id(r.device); !c)
+      return fail(from, c.error());
     auto g = hub_->add_device(r.device);
     if (!g)
       return fail(from, g.error());
@@ -604,6 +619,8 @@ class router {
     auto generation = [this](std::string_view id) -> result<std::string> {
       if (hub_->has_device(id))
         return hub_->generation_id(id);
+      if (auto c = check_new_id(id); !c)
+        return c.error();
       return hub_->add_device(id);
     };
     auto p = reg->put(r.update, r.if_match, generation, now, options_.new_key);

@@ -150,6 +150,13 @@ struct node_options {
   /// Ports; 0: a free one.
   std::uint16_t mqtt_port = 0;
   std::chrono::seconds ready_timeout{120};
+  /// For `devicebound-hub --broker rabbitmq`: an AMQP 0-9-1 listener on a free
+  /// port, the event exchange plugin, the firehose on from boot, and the user
+  /// `events_user` (internal backend first) for the hub's event consumer.
+  bool broker_events = false;
+  std::uint16_t amqp_port = 0;  ///< with `broker_events`; 0: a free one
+  std::string events_user = "devicebound-events";
+  std::string events_password = "events-secret";
 };
 
 /// One running node. Throws `std::runtime_error` when it does not start in time
@@ -158,6 +165,8 @@ class node {
  public:
   explicit node(node_options o) : options_(std::move(o)), dir_("devicebound-rabbitmq") {
     mqtt_port_ = options_.mqtt_port ? options_.mqtt_port : free_port();
+    if (options_.broker_events)
+      amqp_port_ = options_.amqp_port ? options_.amqp_port : free_port();
     dist_port_ = free_port();
     epmd_port_ = free_port();
     write_config();
@@ -200,7 +209,8 @@ class node {
     for (;;) {
       if (beam_pid_ <= 0)
         beam_pid_ = read_pid();
-      if (beam_pid_ > 0 && accepts_connections(mqtt_port_))
+      if (beam_pid_ > 0 && accepts_connections(mqtt_port_) &&
+          (amqp_port_ == 0 || accepts_connections(amqp_port_)))
         break;
       int st = 0;
       const bool exited = ::waitpid(server_pid_, &st, WNOHANG) == server_pid_;
@@ -223,6 +233,13 @@ class node {
 
   std::uint16_t mqtt_port() const noexcept { return mqtt_port_; }
   std::uint16_t epmd_port() const noexcept { return epmd_port_; }
+  /// The AMQP 0-9-1 listener (`broker_events`), 0 without.
+  std::uint16_t amqp_port() const noexcept { return amqp_port_; }
+  /// `amqp://USER:PASSWORD@127.0.0.1:PORT/` of the events user (`broker_events`).
+  std::string events_url() const {
+    return "amqp://" + options_.events_user + ":" + options_.events_password +
+           "@127.0.0.1:" + std::to_string(amqp_port_) + "/";
+  }
   pid_t beam_pid() const noexcept { return beam_pid_; }
   pid_t epmd_pid() const noexcept { return epmd_pid_; }
   /// From starting epmd to the MQTT listener accepting connections.
@@ -284,17 +301,25 @@ class node {
     hubd::rabbit::node_config c;
     c.auth_base_url = options_.auth_http_base;
     c.mqtt_listen = "127.0.0.1:" + std::to_string(mqtt_port_);
+    if (options_.broker_events) {
+      c.amqp_listen = "127.0.0.1:" + std::to_string(amqp_port_);
+      c.broker_events = true;
+      c.internal_backend_first = true;
+      c.hub_user = options_.events_user;
+      c.hub_password = options_.events_password;
+    }
     auto conf = hubd::rabbit::rabbitmq_conf(c);
     if (!conf)
       throw std::runtime_error("rabbitmq.conf: " + conf.error().message);
     std::ofstream(dir_.file("rabbitmq.conf")) << *conf;
-    std::ofstream(dir_.file("advanced.config")) << hubd::rabbit::advanced_config();
-    std::ofstream(dir_.file("enabled_plugins")) << hubd::rabbit::enabled_plugins();
+    std::ofstream(dir_.file("advanced.config")) << hubd::rabbit::advanced_config(c);
+    std::ofstream(dir_.file("enabled_plugins")) << hubd::rabbit::enabled_plugins(c);
   }
 
   node_options options_;
   temp_dir dir_;
   std::uint16_t mqtt_port_ = 0;
+  std::uint16_t amqp_port_ = 0;
   std::uint16_t dist_port_ = 0;
   std::uint16_t epmd_port_ = 0;
   pid_t epmd_pid_ = -1;
