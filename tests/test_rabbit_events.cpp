@@ -95,22 +95,61 @@ TEST(rabbit_events, session_queue_names) {
   EXPECT_FALSE(rabbit::device_of_session_queue(""));
 }
 
-TEST(rabbit_events, consumer_events_are_presence) {
-  rabbit::incoming created{"consumer.created", "mqtt-subscription-dev1qos1", {}};
-  auto s = rabbit::event_of(created);
-  ASSERT_TRUE(s);
-  EXPECT_EQ(s->what, kind::subscribed);
-  EXPECT_EQ(s->device, "dev1");
-  rabbit::incoming deleted{"consumer.deleted", "mqtt-subscription-dev1qos1", {}};
-  auto d = rabbit::event_of(deleted);
+rabbit::incoming consumer(std::string key, std::optional<std::string> queue) {
+  rabbit::incoming in;
+  in.routing_key = std::move(key);
+  in.queue = std::move(queue);
+  return in;
+}
+
+rabbit::incoming binding(std::string source, std::string queue, std::string key) {
+  rabbit::incoming in;
+  in.routing_key = "binding.created";
+  in.source_name = std::move(source);
+  in.destination_name = std::move(queue);
+  in.binding_key = std::move(key);
+  return in;
+}
+
+rabbit::incoming delivery(std::string queue, std::vector<std::string> keys) {
+  rabbit::incoming in;
+  in.routing_key = "deliver." + queue;
+  in.routing_keys = std::move(keys);
+  return in;
+}
+
+using nk = rabbit::note::kind;
+
+TEST(rabbit_events, notes_of_the_event_exchange) {
+  auto c = rabbit::note_of(consumer("consumer.created", "mqtt-subscription-dev1qos1"));
+  ASSERT_TRUE(c);
+  EXPECT_EQ(c->what, nk::consumer_created);
+  EXPECT_EQ(c->device, "dev1");
+  auto d = rabbit::note_of(consumer("consumer.deleted", "mqtt-subscription-dev1qos1"));
   ASSERT_TRUE(d);
-  EXPECT_EQ(d->what, kind::disconnected);
-  // not a device's QoS 1 session, the hub's own, or no queue header
-  EXPECT_FALSE(rabbit::event_of({"consumer.created", "mqtt-subscription-dev1qos0", {}}));
-  EXPECT_FALSE(rabbit::event_of({"consumer.created", "amq.gen-1", {}}));
-  EXPECT_FALSE(rabbit::event_of({"consumer.created", "mqtt-subscription-hubqos1", {}}, "hub"));
-  EXPECT_FALSE(rabbit::event_of({"consumer.created", std::nullopt, {}}));
-  EXPECT_FALSE(rabbit::event_of({"queue.created", "mqtt-subscription-dev1qos1", {}}));
+  EXPECT_EQ(d->what, nk::consumer_deleted);
+  auto b = rabbit::note_of(
+      binding("amq.topic", "mqtt-subscription-dev1qos1", "devices.dev1.messages.devicebound.#"));
+  ASSERT_TRUE(b);
+  EXPECT_EQ(b->what, nk::bound);
+  rabbit::incoming qd;
+  qd.routing_key = "queue.deleted";
+  qd.name = "mqtt-subscription-dev1qos1";
+  auto q = rabbit::note_of(qd);
+  ASSERT_TRUE(q);
+  EXPECT_EQ(q->what, nk::queue_deleted);
+  // not a device's QoS 1 session, the hub's own, no queue header, another filter or exchange
+  EXPECT_FALSE(rabbit::note_of(consumer("consumer.created", "mqtt-subscription-dev1qos0")));
+  EXPECT_FALSE(rabbit::note_of(consumer("consumer.created", "amq.gen-1")));
+  EXPECT_FALSE(rabbit::note_of(consumer("consumer.created", "mqtt-subscription-hubqos1"), "hub"));
+  EXPECT_FALSE(rabbit::note_of(consumer("consumer.created", std::nullopt)));
+  EXPECT_FALSE(rabbit::note_of(consumer("queue.created", "mqtt-subscription-dev1qos1")));
+  EXPECT_FALSE(rabbit::note_of(
+      binding("amq.topic", "mqtt-subscription-dev1qos1", "devices.dev1.messages.events.#")));
+  EXPECT_FALSE(rabbit::note_of(
+      binding("amq.topic", "mqtt-subscription-dev1qos1", "devices.dev2.messages.devicebound.#")));
+  EXPECT_FALSE(rabbit::note_of(
+      binding("other", "mqtt-subscription-dev1qos1", "devices.dev1.messages.devicebound.#")));
 }
 
 TEST(rabbit_events, a_firehose_delivery_is_the_escaped_topic_the_hub_published) {
@@ -124,16 +163,62 @@ TEST(rabbit_events, a_firehose_delivery_is_the_escaped_topic_the_hub_published) 
   for (char& c : routing_key)
     if (c == '/')
       c = '.';
-  auto e = rabbit::event_of({"deliver.mqtt-subscription-dev1qos1", std::nullopt, {routing_key}});
+  auto e = rabbit::note_of(delivery("mqtt-subscription-dev1qos1", {routing_key}));
   ASSERT_TRUE(e);
-  EXPECT_EQ(e->what, kind::delivered);
+  EXPECT_EQ(e->what, nk::delivered);
   EXPECT_EQ(e->device, "dev1");
   EXPECT_EQ(e->tag, tag);
   // deliveries to other queues (the hub's own, a back end's, the event queue)
-  EXPECT_FALSE(rabbit::event_of({"deliver.mqtt-subscription-hubqos1", std::nullopt, {"a"}}, "hub"));
-  EXPECT_FALSE(rabbit::event_of({"deliver.amq.gen-1", std::nullopt, {"a"}}));
-  EXPECT_FALSE(rabbit::event_of({"deliver.mqtt-subscription-dev1qos1", std::nullopt, {}}));
-  EXPECT_FALSE(rabbit::event_of({"publish.amq.topic", std::nullopt, {routing_key}}));
+  EXPECT_FALSE(rabbit::note_of(delivery("mqtt-subscription-hubqos1", {"a"}), "hub"));
+  EXPECT_FALSE(rabbit::note_of(delivery("amq.gen-1", {"a"})));
+  EXPECT_FALSE(rabbit::note_of(delivery("mqtt-subscription-dev1qos1", {})));
+  rabbit::incoming publish;
+  publish.routing_key = "publish.amq.topic";
+  publish.routing_keys = {routing_key};
+  EXPECT_FALSE(rabbit::note_of(publish));
+}
+
+TEST(rabbit_events, subscribed_waits_for_the_binding_of_a_first_subscribe) {
+  const time_point t = time_point{} + std::chrono::hours(1);
+  rabbit::presence_tracker p(std::chrono::seconds(1));
+  // first subscribe: the consumer comes first, the binding a moment later
+  EXPECT_TRUE(p.on({nk::consumer_created, "dev1", {}}, t).empty());
+  EXPECT_TRUE(p.tick(t + std::chrono::milliseconds(500)).empty());
+  auto s = p.on({nk::bound, "dev1", {}}, t + std::chrono::milliseconds(600));
+  ASSERT_EQ(s.size(), 1u);
+  EXPECT_EQ(s[0].what, kind::subscribed);
+  EXPECT_EQ(s[0].device, "dev1");
+  EXPECT_TRUE(p.tick(t + std::chrono::seconds(5)).empty());
+  // gone, then back on its persistent session: bound already, subscribed at once
+  auto d = p.on({nk::consumer_deleted, "dev1", {}}, t + std::chrono::seconds(6));
+  ASSERT_EQ(d.size(), 1u);
+  EXPECT_EQ(d[0].what, kind::disconnected);
+  auto again = p.on({nk::consumer_created, "dev1", {}}, t + std::chrono::seconds(7));
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(again[0].what, kind::subscribed);
+  // its session deleted: the next consumer waits for a binding again
+  (void)p.on({nk::queue_deleted, "dev1", {}}, t + std::chrono::seconds(8));
+  EXPECT_TRUE(p.on({nk::consumer_created, "dev1", {}}, t + std::chrono::seconds(9)).empty());
+  // a binding made before the tracker knew (the hub restarted): taken as bound after the grace
+  EXPECT_TRUE(p.tick(t + std::chrono::milliseconds(9999)).empty());
+  auto late = p.tick(t + std::chrono::seconds(10));
+  ASSERT_EQ(late.size(), 1u);
+  EXPECT_EQ(late[0].what, kind::subscribed);
+  // deliveries pass through
+  auto dl = p.on({nk::delivered, "dev1", "devices/dev1/messages/devicebound/x"}, t);
+  ASSERT_EQ(dl.size(), 1u);
+  EXPECT_EQ(dl[0].what, kind::delivered);
+  EXPECT_EQ(dl[0].tag, "devices/dev1/messages/devicebound/x");
+}
+
+TEST(rabbit_events, a_consumer_gone_before_its_binding_is_never_subscribed) {
+  const time_point t = time_point{} + std::chrono::hours(1);
+  rabbit::presence_tracker p(std::chrono::seconds(1));
+  EXPECT_TRUE(p.on({nk::consumer_created, "dev1", {}}, t).empty());
+  auto d = p.on({nk::consumer_deleted, "dev1", {}}, t);
+  ASSERT_EQ(d.size(), 1u);
+  EXPECT_EQ(d[0].what, kind::disconnected);
+  EXPECT_TRUE(p.tick(t + std::chrono::seconds(5)).empty());
 }
 
 TEST(rabbit_events, amqp_url) {

@@ -32,7 +32,7 @@ std::optional<std::string> string_of(const amqp_field_value_t& v) {
   return std::nullopt;
 }
 
-/// What `rabbit::event_of` needs from a received message.
+/// What `rabbit::note_of` needs from a received message.
 rabbit::incoming read(const amqp_envelope_t& env) {
   rabbit::incoming in;
   in.routing_key = std::string(view(env.routing_key));
@@ -44,6 +44,14 @@ rabbit::incoming read(const amqp_envelope_t& env) {
     const std::string_view key = view(e.key);
     if (key == "queue") {
       in.queue = string_of(e.value);
+    } else if (key == "name") {
+      in.name = string_of(e.value);
+    } else if (key == "source_name") {
+      in.source_name = string_of(e.value);
+    } else if (key == "destination_name") {
+      in.destination_name = string_of(e.value);
+    } else if (key == "routing_key") {
+      in.binding_key = string_of(e.value);
     } else if (key == "routing_keys" && e.value.kind == AMQP_FIELD_KIND_ARRAY) {
       const amqp_array_t& a = e.value.value.array;
       for (int j = 0; j < a.num_entries; ++j)
@@ -144,7 +152,13 @@ struct rabbit_events::impl {
     spdlog::info("RabbitMQ events: consuming {} and {} at {}:{} (queue {})", rabbit::event_exchange,
                  rabbit::trace_exchange, config.url.host, config.url.port, queue);
     announced = false;
+    rabbit::presence_tracker presence(config.binding_grace);
+    const auto send = [&](std::vector<broker_event> events) {
+      for (auto& e : events)
+        emit(std::move(e));
+    };
     while (!st.stop_requested()) {
+      send(presence.tick(system_clock{}.now()));
       amqp_maybe_release_buffers(conn);
       amqp_envelope_t env;
       timeval wait{0, 200000};  // to look at the stop token
@@ -157,10 +171,9 @@ struct rabbit_events::impl {
       }
       const rabbit::incoming in = read(env);
       amqp_destroy_envelope(&env);
-      if (auto e = rabbit::event_of(in, config.hub_client_id)) {
-        spdlog::debug("RabbitMQ event {} (queue {}): device '{}'", in.routing_key,
-                      in.queue.value_or("-"), e->device);
-        emit(std::move(*e));
+      if (auto n = rabbit::note_of(in, config.hub_client_id)) {
+        spdlog::debug("RabbitMQ event {}: device '{}'", in.routing_key, n->device);
+        send(presence.on(*n, system_clock{}.now()));
       }
     }
     return {};

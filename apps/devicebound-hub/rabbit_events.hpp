@@ -2,20 +2,25 @@
 // `broker_events` of `--broker rabbitmq`. An AMQP 0-9-1 connection
 // (rabbitmq-c) binds one exclusive, auto-deleted queue to
 //
-//   amq.rabbitmq.event  consumer.created / consumer.deleted   (rabbitmq_event_exchange)
+//   amq.rabbitmq.event  consumer.*, binding.created, queue.deleted  (rabbitmq_event_exchange)
 //   amq.rabbitmq.trace  deliver.#                             (the firehose, trace_vhosts)
 //
 // and reads, for a device's MQTT session queue `mqtt-subscription-{id}qos1`:
-// consumer.created = subscribed, consumer.deleted = disconnected, and
-// deliver.mqtt-subscription-{id}qos1 = the message (its routing key, which is
-// the device-bound topic with `/` written `.`) handed to the device's connection.
+// consumer.created (+ binding.created of its device-bound filter) = subscribed,
+// consumer.deleted = disconnected, and deliver.mqtt-subscription-{id}qos1 = the
+// message (its routing key, which is the device-bound topic with `/` written
+// `.`) handed to the device's connection.
 //
-// `rabbit::event_of` is the sans-I/O mapping (tests/test_rabbit_events.cpp);
+// `rabbit::note_of` and `rabbit::presence_tracker` are the sans-I/O part
+// (tests/test_rabbit_events.cpp);
 // `rabbit_events` the I/O, built only with librabbitmq (DEVICEBOUND_WITH_RABBIT_EVENTS).
 #pragma once
 
+#include <devicebound/clock.hpp>
+#include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -46,37 +51,135 @@ inline std::optional<std::string> device_of_session_queue(std::string_view queue
 
 /// What the consumer read from one message of either exchange.
 struct incoming {
-  std::string routing_key;                ///< the message's own routing key
-  std::optional<std::string> queue;       ///< event exchange: header `queue`
-  std::vector<std::string> routing_keys;  ///< firehose: header `routing_keys`
+  std::string routing_key;                      ///< the message's own routing key
+  std::optional<std::string> queue;             ///< consumer.*: header `queue`
+  std::optional<std::string> name;              ///< queue.deleted: header `name`
+  std::optional<std::string> source_name;       ///< binding.created: `source_name`
+  std::optional<std::string> destination_name;  ///< binding.created: `destination_name`
+  std::optional<std::string> binding_key;       ///< binding.created: header `routing_key`
+  std::vector<std::string> routing_keys;        ///< firehose: header `routing_keys`
 };
 
-/// The broker event of one message; nullopt when it is about anything but a
-/// device's QoS 1 session queue, or lacks what it needs. `ignore` is the hub's
-/// own MQTT client id (its session queue is not a device's).
-inline std::optional<broker_event> event_of(const incoming& in, std::string_view ignore = {}) {
-  broker_event e;
+/// One fact about a device's QoS 1 session queue.
+struct note {
+  enum class kind : std::uint8_t {
+    consumer_created,  ///< its connection consumes it (connect, or first QoS 1 subscribe)
+    consumer_deleted,  ///< that connection is gone
+    bound,             ///< bound to `amq.topic` with its device-bound filter
+    queue_deleted,     ///< the session is gone (and its bindings)
+    delivered,         ///< the firehose: a message handed to the connection
+  };
+  kind what = kind::consumer_created;
+  std::string device;
+  std::string tag;  ///< delivered: the MQTT topic it was published on
+};
+
+/// The note of one message; nullopt when it is about anything but a device's
+/// QoS 1 session queue, or lacks what it needs. `ignore` is the hub's own MQTT
+/// client id (its session queue is not a device's).
+inline std::optional<note> note_of(const incoming& in, std::string_view ignore = {}) {
+  note n;
   std::optional<std::string> device;
   if (in.routing_key == "consumer.created" || in.routing_key == "consumer.deleted") {
     if (!in.queue)
       return std::nullopt;
     device = device_of_session_queue(*in.queue);
-    e.what = in.routing_key == "consumer.created" ? broker_event::kind::subscribed
-                                                  : broker_event::kind::disconnected;
+    n.what = in.routing_key == "consumer.created" ? note::kind::consumer_created
+                                                  : note::kind::consumer_deleted;
+  } else if (in.routing_key == "queue.deleted") {
+    if (!in.name)
+      return std::nullopt;
+    device = device_of_session_queue(*in.name);
+    n.what = note::kind::queue_deleted;
+  } else if (in.routing_key == "binding.created") {
+    if (!in.destination_name || !in.source_name || !in.binding_key ||
+        *in.source_name != "amq.topic")
+      return std::nullopt;
+    device = device_of_session_queue(*in.destination_name);
+    // RabbitMQ's form of the device's filter `devices/{id}/messages/devicebound/#`.
+    if (!device || *in.binding_key != "devices." + *device + ".messages.devicebound.#")
+      return std::nullopt;
+    n.what = note::kind::bound;
   } else if (in.routing_key.starts_with("deliver.")) {
     device = device_of_session_queue(std::string_view(in.routing_key).substr(8));
     if (in.routing_keys.size() != 1)
       return std::nullopt;
-    e.what = broker_event::kind::delivered;
-    e.tag = mqtt_topic_of(in.routing_keys.front());
+    n.what = note::kind::delivered;
+    n.tag = mqtt_topic_of(in.routing_keys.front());
   } else {
     return std::nullopt;
   }
   if (!device || (!ignore.empty() && *device == ignore))
     return std::nullopt;
-  e.device = std::move(*device);
-  return e;
+  n.device = std::move(*device);
+  return n;
 }
+
+/// Turns notes into broker events. A device is `subscribed` when its
+/// connection consumes its session queue *and* that queue is bound to its
+/// device-bound filter: at a first subscribe RabbitMQ creates the consumer
+/// before the binding, and a message published in between is routed nowhere.
+/// A binding made before this tracker started (a persistent session, the hub
+/// restarted) is not known: a consumer whose binding does not show within
+/// `grace` is taken as bound.
+class presence_tracker {
+ public:
+  explicit presence_tracker(duration grace) : grace_(grace) {}
+
+  std::vector<broker_event> on(const note& n, time_point now) {
+    std::vector<broker_event> out;
+    switch (n.what) {
+      case note::kind::consumer_created:
+        if (bound_.contains(n.device))
+          out.push_back({broker_event::kind::subscribed, n.device, {}});
+        else
+          pending_[n.device] = now + grace_;
+        break;
+      case note::kind::bound:
+        bound_.insert(n.device);
+        if (pending_.erase(n.device) > 0)
+          out.push_back({broker_event::kind::subscribed, n.device, {}});
+        break;
+      case note::kind::consumer_deleted:
+        pending_.erase(n.device);
+        out.push_back({broker_event::kind::disconnected, n.device, {}});
+        break;
+      case note::kind::queue_deleted:
+        pending_.erase(n.device);
+        bound_.erase(n.device);
+        break;
+      case note::kind::delivered:
+        out.push_back({broker_event::kind::delivered, n.device, n.tag});
+        break;
+    }
+    return out;
+  }
+
+  /// Consumers whose binding did not show in time: subscribed.
+  std::vector<broker_event> tick(time_point now) {
+    std::vector<broker_event> out;
+    for (auto it = pending_.begin(); it != pending_.end();) {
+      if (it->second <= now) {
+        out.push_back({broker_event::kind::subscribed, it->first, {}});
+        it = pending_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    return out;
+  }
+
+  /// Forgets everything (the consumer reconnected: events were lost meanwhile).
+  void reset() {
+    bound_.clear();
+    pending_.clear();
+  }
+
+ private:
+  duration grace_;
+  std::set<std::string> bound_;
+  std::map<std::string, time_point> pending_;
+};
 
 /// `amqp://user:pass@host:port/` (vhost `/` only; user and password
 /// percent-decoded). Errors: argument_invalid naming the part.
@@ -142,6 +245,8 @@ struct rabbit_events_config {
   rabbit::amqp_url url;
   std::string hub_client_id;  ///< the hub's own MQTT session queue is not a device's
   duration reconnect = std::chrono::seconds(1);
+  /// `presence_tracker`'s wait for a consumer's binding.
+  duration binding_grace = std::chrono::seconds(1);
 };
 
 /// The RabbitMQ event consumer (rabbitmq-c), on its own thread. It reconnects
