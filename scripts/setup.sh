@@ -27,6 +27,8 @@ packages=(
   graphviz
   # RabbitMQ as the broker (docs/scale-out.md): tests start their own node on loopback
   rabbitmq-server
+  # devicebound-hub --broker rabbitmq: its event consumer (AMQP 0-9-1, rabbitmq-c 0.11)
+  librabbitmq-dev
 )
 
 missing=()
