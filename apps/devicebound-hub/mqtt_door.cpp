@@ -108,7 +108,10 @@ mqtt_door::mqtt_door(mqtt::connection_options broker, reconnect_config reconnect
           }),
       reconnect_(make_reconnect_policy(reconnect)) {}
 
-mqtt_door::~mqtt_door() = default;
+// The event source's thread calls into this door: stopped before any member goes.
+mqtt_door::~mqtt_door() {
+  events_->stop();
+}
 
 result<void> mqtt_door::start(door_id id, request_sink sink, std::stop_token stop) {
   id_ = id;
