@@ -25,6 +25,8 @@ packages=(
   libpq-dev postgresql-15
   # docs: the generated state diagram
   graphviz
+  # RabbitMQ as the broker (docs/scale-out.md): tests start their own node on loopback
+  rabbitmq-server
 )
 
 missing=()

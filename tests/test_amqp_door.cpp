@@ -675,6 +675,178 @@ TEST_F(amqp_door_limits, ThrottledSendsAreRejectedAsTheSdksExpectAndQueueNothing
   EXPECT_EQ(proton::get<std::string>(next->msg.id()), "marker");
 }
 
+// --- live revocation: policies and keys changed at runtime (docs/security.md) -----------------
+
+const std::string owner_key_b64 = "b3duZXIta2V5LW9mLXRoZS1hbXFwLWRvb3ItdGVzdCE=";
+const std::string primary_b64 = "cHJpbWFyeS1rZXktb2YtdGhlLXNlcnZpY2UtcG9sLiE=";
+const std::string secondary_b64 = "c2Vjb25kYXJ5LWtleS1vZi10aGUtc2VydmljZS1wISE=";
+
+/// The daemon with an `iothubowner` policy and a plain HTTP door on loopback,
+/// through which the test changes policies and keys (the admin API, docs/https.md).
+class amqp_door_revocation : public amqp_door_e2e {
+ protected:
+  void SetUp() override {
+    amqp_door_e2e::SetUp();
+    if (IsSkipped() || HasFatalFailure())
+      return;
+    hub_->stop();
+    {
+      std::ofstream f(dir_.file("auth.txt"), std::ios::app);
+      f << "policy iothubowner " << owner_key_b64 << "\n";
+    }
+    https_port_ = support::free_port();
+    auto o = options_;
+    o.args.insert(o.args.end(), {"--https-listen", "127.0.0.1:" + std::to_string(https_port_),
+                                 "--https-insecure"});
+    hub_ = std::make_unique<support::hub_daemon>(o);
+  }
+
+  /// One HTTP request as `iothubowner`; returns the status (0: no answer).
+  unsigned http(const std::string& method, const std::string& target, const std::string& body = {},
+                const std::string& extra_header = {}) {
+    const std::string token = to_string(devicebound::auth::generate_sas_token(
+        hub_host, key_of(owner_key_b64), expiry_in(3600s), "iothubowner"));
+    raw_socket s(https_port_);
+    s.write(method + " " + target + "?api-version=2021-04-12 HTTP/1.1\r\nHost: " + hub_host +
+            "\r\nAuthorization: " + token +
+            "\r\nContent-Type: application/json\r\nConnection: close\r\n" + extra_header +
+            "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body);
+    bool closed = false;
+    const std::string reply = s.read_to_end(closed);
+    const auto sp = reply.find(' ');
+    if (sp == std::string::npos)
+      return 0;
+    last_reply_ = reply;
+    return static_cast<unsigned>(std::atoi(reply.c_str() + sp + 1));
+  }
+
+  std::unique_ptr<client> service_with(const std::string& key) {
+    auto c = std::make_unique<client>(port_, sasl_mode::none);
+    EXPECT_TRUE(c->opened());
+    cbs k(*c);
+    EXPECT_TRUE(k.ok(service_token(expiry_in(3600s), key)));
+    return c;
+  }
+
+  std::uint16_t https_port_ = 0;
+  std::string last_reply_;
+};
+
+TEST_F(amqp_door_revocation, RenewingThePrimaryKeyClosesWhatItSignedAndSparesTheSecondary) {
+  ASSERT_EQ(http("PUT", "/devicebound/policies/service",
+                 R"({"rights":"ServiceConnect","primaryKey":")" + primary_b64 +
+                     R"(","secondaryKey":")" + secondary_b64 + R"("})"),
+            200u)
+      << last_reply_;
+  auto a = service_with(primary_b64);
+  auto b = service_with(secondary_b64);
+  pn_link_t* la = a->attach(true, "/messages/devicebound");
+  pn_link_t* lb = b->attach(true, "/messages/devicebound");
+  ASSERT_EQ(a->outcome(a->send(la, c2d("dev1", "a", "a-1"))).first, PN_ACCEPTED);
+  ASSERT_EQ(b->outcome(b->send(lb, c2d("dev2", "b", "b-1"))).first, PN_ACCEPTED);
+
+  ASSERT_EQ(http("POST", "/devicebound/policies/service/renew-key", R"({"renewKey":"primary"})"),
+            200u)
+      << last_reply_;
+  // the primary's connection: its link detached, then the connection closed
+  EXPECT_TRUE(a->wait([&] { return a->link_closed_by_peer(la); }));
+  EXPECT_EQ(a->link_error(la), "amqp:unauthorized-access");
+  EXPECT_TRUE(a->wait([&] { return a->closed(); }));
+  EXPECT_EQ(a->close_condition(), "amqp:unauthorized-access");
+  // the secondary's keeps working
+  EXPECT_TRUE(b->attached(lb));
+  EXPECT_EQ(b->outcome(b->send(lb, c2d("dev2", "b", "b-2"))).first, PN_ACCEPTED);
+  EXPECT_FALSE(b->closed());
+  // and the old primary no longer opens anything
+  client late(port_, sasl_mode::none);
+  ASSERT_TRUE(late.opened());
+  cbs k(late);
+  EXPECT_FALSE(k.ok(service_token(expiry_in(3600s), primary_b64)));
+  EXPECT_TRUE(k.ok(service_token(expiry_in(3600s), secondary_b64)));
+}
+
+TEST_F(amqp_door_revocation, DeletingAPolicyClosesItsConnectionsOnly) {
+  auto svc = service();
+  pn_link_t* s = svc->attach(true, "/messages/devicebound");
+  ASSERT_TRUE(svc->attached(s));
+  auto dev = device("dev1");
+  pn_link_t* r = dev->attach(false, "/devices/dev1/messages/devicebound", 5);
+  ASSERT_TRUE(dev->attached(r));
+
+  ASSERT_EQ(http("DELETE", "/devicebound/policies/service"), 204u) << last_reply_;
+  EXPECT_TRUE(svc->wait([&] { return svc->link_closed_by_peer(s); }));
+  EXPECT_EQ(svc->link_error(s), "amqp:unauthorized-access");
+  EXPECT_TRUE(svc->wait([&] { return svc->closed(); }));
+  EXPECT_EQ(svc->close_condition(), "amqp:unauthorized-access");
+  // a device's own key is not touched by a policy change
+  EXPECT_TRUE(dev->attached(r));
+  EXPECT_FALSE(dev->closed());
+}
+
+TEST_F(amqp_door_revocation, FewerRightsCloseTheLinksThatNeedThemAndKeepTheConnection) {
+  auto svc = service();
+  pn_link_t* s = svc->attach(true, "/messages/devicebound");
+  ASSERT_TRUE(svc->attached(s));
+  // the same keys, RegistryRead instead of ServiceConnect: the token still verifies
+  ASSERT_EQ(http("PUT", "/devicebound/policies/service", R"({"rights":"RegistryRead"})"), 200u)
+      << last_reply_;
+  EXPECT_TRUE(svc->wait([&] { return svc->link_closed_by_peer(s); }));
+  EXPECT_EQ(svc->link_error(s), "amqp:unauthorized-access");
+  EXPECT_EQ(svc->link_error(svc->attach(true, "/messages/devicebound")),
+            "amqp:unauthorized-access");
+  EXPECT_FALSE(svc->closed());
+}
+
+TEST_F(amqp_door_revocation, APolicyChangeIsDurable) {
+  // the same daemon with a store file instead of --in-memory
+  hub_->stop();
+  auto o = options_;
+  auto mem = std::find(o.args.begin(), o.args.end(), "--in-memory");
+  ASSERT_NE(mem, o.args.end());
+  *mem = "--store";
+  o.args.insert(mem + 1, dir_.file("hub.db"));
+  o.args.insert(o.args.end(),
+                {"--https-listen", "127.0.0.1:" + std::to_string(https_port_), "--https-insecure"});
+  hub_ = std::make_unique<support::hub_daemon>(o);
+  ASSERT_EQ(http("PUT", "/devicebound/policies/service",
+                 R"({"rights":"ServiceConnect","primaryKey":")" + primary_b64 +
+                     R"(","secondaryKey":")" + secondary_b64 + R"("})"),
+            200u)
+      << last_reply_;
+  ASSERT_EQ(http("PUT", "/devicebound/policies/backend", R"({"rights":"ServiceConnect"})"), 201u)
+      << last_reply_;
+  ASSERT_EQ(http("DELETE", "/devicebound/policies/backend"), 204u) << last_reply_;
+  hub_->stop();
+  hub_ = std::make_unique<support::hub_daemon>(o);
+  client c(port_, sasl_mode::none);
+  ASSERT_TRUE(c.opened());
+  cbs k(c);
+  EXPECT_FALSE(k.ok(service_token()));  // the auth file's key was replaced
+  EXPECT_TRUE(k.ok(service_token(expiry_in(3600s), primary_b64)));
+  EXPECT_TRUE(k.ok(service_token(expiry_in(3600s), secondary_b64)));
+  EXPECT_EQ(http("GET", "/devicebound/policies/backend"), 404u) << last_reply_;
+}
+
+TEST_F(amqp_door_revocation, ARotatedDeviceKeyClosesTheDevicesConnection) {
+  auto dev = device("dev1");
+  pn_link_t* r = dev->attach(false, "/devices/dev1/messages/devicebound", 5);
+  ASSERT_TRUE(dev->attached(r));
+  auto other = device("dev2");
+  pn_link_t* r2 = other->attach(false, "/devices/dev2/messages/devicebound", 5);
+  ASSERT_TRUE(other->attached(r2));
+  ASSERT_EQ(http("PUT", "/devices/dev1",
+                 R"({"deviceId":"dev1","status":"enabled","authentication":{"type":"sas",)"
+                 R"("symmetricKey":{"primaryKey":"YS1uZXctZGV2aWNlLWtleS1mb3ItZGV2MS10ZXN0ISE=",)"
+                 R"("secondaryKey":"YS1uZXctZGV2aWNlLWtleS1mb3ItZGV2MS10ZXN0ISE="}}})",
+                 "If-Match: \"*\"\r\n"),
+            200u)
+      << last_reply_;
+  EXPECT_TRUE(dev->wait([&] { return dev->closed(); }));
+  EXPECT_EQ(dev->close_condition(), "amqp:unauthorized-access");
+  EXPECT_TRUE(other->attached(r2));
+  EXPECT_FALSE(other->closed());
+}
+
 TEST(amqp_door_config, BadLimitsAndPlainNonLoopbackListenersExit2) {
   if (!support::hub_daemon::available())
     DEVICEBOUND_MISSING_PART("devicebound-hub not found at " << support::default_hub);

@@ -303,6 +303,87 @@ TEST_F(cli, device_connection_string_works_for_the_device) {
   EXPECT_NE(r.err.find("error: DeviceNotFound (404001)"), std::string::npos) << r.err;
 }
 
+// --- policy … -------------------------------------------------------------------------
+
+TEST_F(cli, policy_create_list_renew_key_delete_round_trip) {
+  auto r =
+      run({"policy", "create", "-n", "backend", "--permissions", "RegistryRead", "ServiceConnect"},
+          owner());
+  EXPECT_EXIT_CODE(r, 0);
+  json p = one_json(r);
+  EXPECT_EQ(p["keyName"], "backend");
+  EXPECT_EQ(p["rights"], "RegistryRead, ServiceConnect");
+  const std::string first = p["primaryKey"];
+  const std::string second = p["secondaryKey"];
+  EXPECT_FALSE(first.empty());
+  EXPECT_NE(first, second);
+  const auto as_backend = [&](const std::string& key) {
+    return "HostName=" + host() + ";SharedAccessKeyName=backend;SharedAccessKey=" + key;
+  };
+  // the new policy works at once (RegistryRead)
+  EXPECT_EXIT_CODE(run({"device", "list"}, as_backend(first)), 0);
+
+  r = run({"policy", "create", "-n", "backend", "--permissions", "ServiceConnect"}, owner());
+  EXPECT_EXIT_CODE(r, 1);
+  EXPECT_EQ(error_of(r)["code"], "InvalidOperation");
+
+  r = run({"policy", "list", "-o", "table"}, owner());
+  EXPECT_EXIT_CODE(r, 0);
+  EXPECT_NE(r.out.find("KEY NAME"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("backend"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("iothubowner"), std::string::npos) << r.out;
+  r = run({"policy", "list"}, owner());
+  EXPECT_EXIT_CODE(r, 0);
+  EXPECT_EQ(one_json(r).size(), 3u);  // iothubowner, service, backend
+
+  r = run({"policy", "renew-key", "-n", "backend", "--renew-key", "primary"}, owner());
+  EXPECT_EXIT_CODE(r, 0);
+  p = one_json(r);
+  const std::string renewed = p["primaryKey"];
+  EXPECT_NE(renewed, first);
+  EXPECT_EQ(p["secondaryKey"], second);
+  EXPECT_EXIT_CODE(run({"device", "list"}, as_backend(first)), 3);  // the old key: refused
+  EXPECT_EXIT_CODE(run({"device", "list"}, as_backend(renewed)), 0);
+  EXPECT_EXIT_CODE(run({"device", "list"}, as_backend(second)), 0);
+
+  r = run({"policy", "show", "-n", "backend"}, owner());
+  EXPECT_EXIT_CODE(r, 0);
+  EXPECT_EQ(one_json(r)["primaryKey"], renewed);
+
+  r = run({"policy", "delete", "-n", "backend"}, owner());
+  EXPECT_EXIT_CODE(r, 0);
+  EXPECT_EQ(r.out, "");
+  EXPECT_EXIT_CODE(run({"device", "list"}, as_backend(second)), 3);
+  r = run({"policy", "show", "-n", "backend"}, owner());
+  EXPECT_EXIT_CODE(r, 4);
+  EXPECT_EQ(error_of(r)["code"], "PolicyNotFound");
+}
+
+TEST_F(cli, policy_commands_need_every_right_and_keep_an_administrator) {
+  auto r = run({"policy", "list"}, service());
+  EXPECT_EXIT_CODE(r, 3);
+  EXPECT_EQ(error_of(r)["code"], "IotHubUnauthorizedAccess");
+  r = run({"policy", "delete", "-n", "iothubowner"}, owner());
+  EXPECT_EXIT_CODE(r, 1);
+  EXPECT_EQ(error_of(r)["code"], "InvalidOperation");
+  EXPECT_NE(error_of(r)["message"].get<std::string>().find("last policy"), std::string::npos);
+  // bad flags: exit 2, nothing sent
+  EXPECT_EXIT_CODE(run({"policy", "create", "-n", "x", "--permissions", "Root"}, owner()), 2);
+  EXPECT_EXIT_CODE(run({"policy", "renew-key", "-n", "service", "--renew-key", "third"}, owner()),
+                   2);
+  EXPECT_EXIT_CODE(run({"policy", "create", "-n", "x", "--permissions", ", "}, owner()), 2);
+  // one quoted argument, spaces and commas mixed
+  r = run({"policy", "create", "-n", "mixed", "--permissions", "DeviceConnect, RegistryWrite"},
+          owner());
+  EXPECT_EXIT_CODE(r, 0);
+  EXPECT_EQ(one_json(r)["rights"], "RegistryWrite, DeviceConnect");
+  EXPECT_EXIT_CODE(run({"policy", "delete", "-n", "mixed"}, owner()), 0);
+  r = run({"policy", "renew-key", "-n", "nobody", "--renew-key", "swap"}, owner());
+  EXPECT_EXIT_CODE(r, 4);
+  r = run({"policy", "list"}, owner());
+  EXPECT_EQ(one_json(r).size(), 2u);
+}
+
 // --- c2d … ----------------------------------------------------------------------------
 
 TEST_F(cli, send_receive_complete_and_feedback_round) {

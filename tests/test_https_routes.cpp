@@ -6,7 +6,9 @@
 #include <devicebound/auth/signature.hpp>
 #include <devicebound/codec/device_json.hpp>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "https_routes.hpp"
@@ -64,6 +66,156 @@ void expect_error(const http_response& r, unsigned status, std::string_view name
       << r.body;
   EXPECT_TRUE(j["ExceptionMessage"].get<std::string>().starts_with("Tracking ID:")) << r.body;
   EXPECT_NE(j["ExceptionMessage"].get<std::string>().find("-TimeStamp:"), std::string::npos);
+}
+
+// --- shared access policies (devicebound's admin API) -----------------------------------------
+
+TEST(https_routes, PolicyRoutesMapToTheirRequests) {
+  routed r = ok(go("GET", "/devicebound/policies?api-version=2021-04-12"));
+  EXPECT_EQ(r.op, operation::policy_list);
+  EXPECT_EQ(r.needed, auth::access_rights::all);
+  EXPECT_TRUE(r.device.empty());
+  EXPECT_TRUE(std::holds_alternative<policy_list_request>(r.what));
+  EXPECT_EQ(ok(go("GET", "/DeviceBound/Policies/")).op, operation::policy_list);
+
+  r = ok(go("GET", "/devicebound/policies/iothubowner"));
+  EXPECT_EQ(r.op, operation::policy_get);
+  EXPECT_EQ(std::get<policy_get_request>(r.what).name, "iothubowner");
+
+  r = ok(go("DELETE", "/devicebound/policies/my.policy-1_x?api-version=x"));
+  EXPECT_EQ(r.op, operation::policy_delete);
+  EXPECT_EQ(r.needed, auth::access_rights::all);
+  EXPECT_EQ(std::get<policy_delete_request>(r.what).name, "my.policy-1_x");
+
+  r = ok(go("POST", "/devicebound/policies/service/renew-key", R"({"renewKey":"Secondary"})"));
+  EXPECT_EQ(r.op, operation::policy_renew);
+  EXPECT_EQ(std::get<policy_renew_request>(r.what).which, renew_key::secondary);
+  EXPECT_EQ(
+      std::get<policy_renew_request>(
+          ok(go("POST", "/devicebound/policies/service/renew-key", R"({"renewKey":"swap"})")).what)
+          .which,
+      renew_key::swap);
+  EXPECT_EQ(std::get<policy_renew_request>(ok(go("POST", "/devicebound/policies/service/renew-key",
+                                                 R"({"renewKey":"primary"})"))
+                                               .what)
+                .which,
+            renew_key::primary);
+}
+
+TEST(https_routes, PolicyPutDecodesTheRule) {
+  const std::string key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+  routed r =
+      ok(go("PUT", "/devicebound/policies/backend",
+            R"({"keyName":"backend","rights":"RegistryRead, ServiceConnect","primaryKey":")" + key +
+                R"(","secondaryKey":null,"extra":1})"));
+  EXPECT_EQ(r.op, operation::policy_put);
+  EXPECT_EQ(r.needed, auth::access_rights::all);
+  auto p = std::get<policy_put_request>(r.what);
+  EXPECT_EQ(p.policy.name, "backend");
+  EXPECT_EQ(p.policy.rights,
+            auth::access_rights::registry_read | auth::access_rights::service_connect);
+  EXPECT_EQ(p.policy.primary_key.to_base64(), key);
+  EXPECT_TRUE(p.policy.secondary_key.empty());
+  EXPECT_FALSE(p.create_only);
+  // rights as an array; If-None-Match: * creates only
+  r = ok(go("PUT", "/devicebound/policies/b2", R"({"rights":["DeviceConnect","RegistryWrite"]})",
+            {{"if-none-match", "*"}}));
+  p = std::get<policy_put_request>(r.what);
+  EXPECT_EQ(p.policy.rights,
+            auth::access_rights::device_connect | auth::access_rights::registry_write);
+  EXPECT_TRUE(p.policy.primary_key.empty());
+  EXPECT_TRUE(p.create_only);
+}
+
+TEST(https_routes, PolicyErrorsAre400NamingTheField) {
+  const auto bad = [](const std::string& method, const std::string& target, const std::string& body,
+                      std::string_view names) {
+    const auto res = refused(go(method, target, body));
+    expect_error(res, 400, "ArgumentInvalid");
+    EXPECT_NE(res.body.find(names), std::string::npos) << target << " " << body << ": " << res.body;
+  };
+  const std::string put = "/devicebound/policies/p";
+  bad("PUT", put, "not json", "not JSON");
+  bad("PUT", put, "[1]", "not a JSON object");
+  bad("PUT", put, "{}", "rights: missing");
+  bad("PUT", put, R"({"rights":"ServiceConnect, Root"})", "rights: unknown right");
+  bad("PUT", put, R"({"rights":"None"})", "rights: a policy needs at least one right");
+  bad("PUT", put, R"({"rights":[]})", "rights: a string or a non-empty array");
+  bad("PUT", put, R"({"rights":[4]})", "rights: an entry is not a string");
+  bad("PUT", put, R"({"rights":4})", "rights:");
+  bad("PUT", put, R"({"rights":"ServiceConnect","primaryKey":"!!"})", "primaryKey: not base64");
+  bad("PUT", put, R"({"rights":"ServiceConnect","secondaryKey":"AAEC"})",
+      "secondaryKey: a key is base64 of 16 to 64 bytes");
+  bad("PUT", put, R"({"rights":"ServiceConnect","primaryKey":7})", "primaryKey: not a string");
+  bad("PUT", put,
+      R"({"rights":"ServiceConnect","primaryKey":"AAECAwQFBgcICQoLDA0ODw==","secondaryKey":"AAECAwQFBgcICQoLDA0ODw=="})",
+      "secondaryKey: the same as primaryKey");
+  bad("PUT", put, R"({"rights":"ServiceConnect","keyName":"other"})", "keyName");
+  bad("PUT", "/devicebound/policies/bad%20name", R"({"rights":"ServiceConnect"})", "policy name");
+  bad("GET", "/devicebound/policies/" + std::string(65, 'a'), "", "1 to 64 characters");
+  const std::string renew = "/devicebound/policies/p/renew-key";
+  bad("POST", renew, "", "not JSON");
+  bad("POST", renew, "{}", "renewKey: missing");
+  bad("POST", renew, R"({"renewKey":"tertiary"})", "renewKey 'tertiary'");
+  bad("POST", renew, R"({"renewKey":1})", "renewKey: missing or not a string");
+  // wrong methods
+  expect_error(refused(go("POST", "/devicebound/policies")), 405, "MethodNotAllowed");
+  expect_error(refused(go("POST", "/devicebound/policies/p")), 405, "MethodNotAllowed");
+  expect_error(refused(go("GET", renew)), 405, "MethodNotAllowed");
+  expect_error(refused(go("GET", "/devicebound/policies/p/other")), 400, "ArgumentInvalid");
+}
+
+TEST(https_routes, PolicyRepliesAreArmRulesAndTypedErrors) {
+  auth::shared_access_policy p{
+      "svc", auth::shared_access_key::from_bytes(std::string(16, 'a')),
+      auth::shared_access_key::from_bytes(std::string(16, 'b')),
+      auth::access_rights::service_connect | auth::access_rights::registry_write};
+  const routed get = ok(go("GET", "/devicebound/policies/svc"));
+  auto res = respond(get, policy_reply{p, false}, {});
+  EXPECT_EQ(res.status, 200u);
+  EXPECT_EQ(header(res, "Content-Type"), "application/json; charset=utf-8");
+  auto j = nlohmann::json::parse(res.body);
+  EXPECT_EQ(j["keyName"], "svc");
+  EXPECT_EQ(j["primaryKey"], p.primary_key.to_base64());
+  EXPECT_EQ(j["secondaryKey"], p.secondary_key.to_base64());
+  EXPECT_EQ(j["rights"], "RegistryWrite, ServiceConnect");
+
+  const routed put = ok(go("PUT", "/devicebound/policies/svc", R"({"rights":"ServiceConnect"})"));
+  EXPECT_EQ(respond(put, policy_reply{p, true}, {}).status, 201u);
+  EXPECT_EQ(respond(put, policy_reply{p, false}, {}).status, 200u);
+
+  const routed list = ok(go("GET", "/devicebound/policies"));
+  res = respond(list, policies_reply{{p, p}}, {});
+  EXPECT_EQ(res.status, 200u);
+  j = nlohmann::json::parse(res.body);
+  ASSERT_EQ(j["value"].size(), 2u);
+  EXPECT_EQ(j["value"][1]["keyName"], "svc");
+
+  const routed del = ok(go("DELETE", "/devicebound/policies/svc"));
+  EXPECT_EQ(respond(del, done_reply{}, {}).status, 204u);
+  expect_error(respond(del, make_error(errc::device_not_found, "no policy 'svc'"), {}), 404,
+               "PolicyNotFound");
+  expect_error(respond(del, make_error(errc::invalid_operation, "the last policy ..."), {}), 409,
+               "InvalidOperation");
+  // a reply of the wrong kind is a 500, not a crash
+  EXPECT_EQ(respond(get, done_reply{}, {}).status, 500u);
+}
+
+TEST(https_routes, OperationAndRenewKeySpellingsRoundTrip) {
+  std::set<std::string_view> seen;
+  for (int i = 0; i <= static_cast<int>(operation::policy_delete); ++i) {
+    const auto op = static_cast<operation>(i);
+    const std::string_view s = to_string(op);
+    EXPECT_TRUE(seen.insert(s).second) << s;
+    EXPECT_EQ(parse_operation(s), op) << s;
+    EXPECT_FALSE(parse_operation(std::string(s) + "x"));
+  }
+  EXPECT_FALSE(parse_operation("unknown"));
+  for (auto k : {renew_key::primary, renew_key::secondary, renew_key::swap})
+    EXPECT_EQ(parse_renew_key(to_string(k)), k);
+  EXPECT_EQ(parse_renew_key("SWAP"), renew_key::swap);
+  EXPECT_FALSE(parse_renew_key("primaryx"));
+  EXPECT_FALSE(parse_renew_key(""));
 }
 
 // --- device C2D (SPEC 11.2, 11.3) ----------------------------------------------------------
@@ -531,6 +683,63 @@ TEST_F(https_auth, EachEndpointNeedsItsRight) {
   EXPECT_EQ(check("DELETE", "/devices/dev1", service("registryRead")), "401");
   EXPECT_EQ(check("DELETE", "/devices/dev1", service("iothubowner")), "iothubowner");
   EXPECT_EQ(check("GET", "/devices/dev1", device("dev1")), "401");
+}
+
+TEST_F(https_auth, PolicyRoutesNeedEveryRight) {
+  ids_.set_policies({{"service", policy_key, {}, auth::access_rights::service_connect},
+                     {"registryReadWrite", policy_key, {}, auth::access_rights::registry_write},
+                     {"device", policy_key, {}, auth::access_rights::device_connect},
+                     {"almost",
+                      policy_key,
+                      {},
+                      auth::access_rights::registry_write | auth::access_rights::service_connect},
+                     {"iothubowner", policy_key, {}, auth::access_rights::all}});
+  const std::string body = R"({"rights":"ServiceConnect"})";
+  const auto check_body = [&](const std::string& method, const std::string& target,
+                              const std::string& b, const std::string& token) {
+    call c{method, target, {{"authorization", token}}, b};
+    const routed x = ok(route(c.view()));
+    response_context ctx;
+    ctx.now = time_point{} + 1'700'000'000'000ms;
+    auto who = authorize(x, c.view(), ids_, hub_host, ctx);
+    if (auto* name = std::get_if<std::string>(&who))
+      return *name;
+    expect_error(std::get<http_response>(who), 401, "IotHubUnauthorizedAccess");
+    return std::string("401");
+  };
+  const std::vector<std::tuple<std::string, std::string, std::string>> ops = {
+      {"GET", "/devicebound/policies", ""},
+      {"GET", "/devicebound/policies/service", ""},
+      {"PUT", "/devicebound/policies/p2", body},
+      {"POST", "/devicebound/policies/service/renew-key", R"({"renewKey":"primary"})"},
+      {"DELETE", "/devicebound/policies/service", ""}};
+  for (const auto& [method, target, b] : ops) {
+    EXPECT_EQ(check_body(method, target, b, service("iothubowner")), "iothubowner") << target;
+    for (const char* weak : {"service", "registryReadWrite", "device", "almost"})
+      EXPECT_EQ(check_body(method, target, b, service(weak)), "401") << method << target << weak;
+    EXPECT_EQ(check_body(method, target, b, device("dev1")), "401") << target;
+  }
+  // a policy token scoped to a device cannot administer the hub either
+  const auto scoped = to_string(auth::generate_sas_token(std::string(hub_host) + "/devices/dev1",
+                                                         policy_key, 4'000'000'000, "iothubowner"));
+  EXPECT_EQ(check_body("GET", "/devicebound/policies", "", scoped), "401");
+}
+
+TEST_F(https_auth, ARenewedKeyIsRefusedOnTheNextRequest) {
+  // HTTPS keeps nothing between requests: each one is verified against the view of the moment
+  const auto other =
+      auth::shared_access_key::from_base64("b3RoZXIta2V5LW9mLWF0LWxlYXN0LTE2LWJ5dGVzISE=").value();
+  const std::string old_primary = service("service");  // signed with policy_key
+  EXPECT_EQ(check("GET", "/messages/serviceBound/feedback", old_primary), "service");
+  // renew-key primary: policy_key is gone, `other` is the new primary
+  ids_.set_policies({{"service", other, {}, auth::access_rights::service_connect}});
+  EXPECT_EQ(check("GET", "/messages/serviceBound/feedback", old_primary), "401");
+  const std::string fresh =
+      to_string(auth::generate_sas_token(hub_host, other, 4'000'000'000, "service"));
+  EXPECT_EQ(check("GET", "/messages/serviceBound/feedback", fresh), "service");
+  // deleted: refused
+  ids_.set_policies({});
+  EXPECT_EQ(check("GET", "/messages/serviceBound/feedback", fresh), "401");
 }
 
 TEST(https_routes, StampCallerNamesWhoAsked) {

@@ -518,6 +518,203 @@ TEST_F(registry_router_test, auto_registered_devices_get_identities) {
   EXPECT_TRUE(view_.device("auto1"));
 }
 
+// --- shared access policies (the admin API; docs/https.md "Policies") -----------------------
+
+class policy_router_test : public registry_router_test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(router_->begin_batch());
+    identity_seed seed;
+    seed.default_policies = true;
+    router_->seed_identities(seed, t0);
+    EXPECT_TRUE(router_->end_batch());
+  }
+  static auth::shared_access_policy policy(std::string name, auth::access_rights rights) {
+    auth::shared_access_policy p;
+    p.name = std::move(name);
+    p.rights = rights;
+    return p;
+  }
+  /// What the store holds of a policy (the durable state), or nullopt.
+  std::optional<auth::shared_access_policy> stored(std::string_view name) {
+    const auto snapshot = store_.inner.load();
+    if (!snapshot)
+      return std::nullopt;
+    for (const auto& p : snapshot->policies)
+      if (p.name == name)
+        return p;
+    return std::nullopt;
+  }
+  /// The one credentials_changed of a batch, or nullopt.
+  static std::optional<credentials_changed> changed(const std::vector<outbound>& out) {
+    const auto c = all<credentials_changed>(out);
+    EXPECT_LE(c.size(), 1u);
+    return c.empty() ? std::nullopt : std::optional(c[0]);
+  }
+};
+
+TEST_F(policy_router_test, list_and_get) {
+  const auto l = ask<policies_reply>(policy_list_request{});
+  ASSERT_EQ(l.policies.size(), 5u);
+  EXPECT_EQ(l.policies[0].name, "device");  // by name
+  const auto g = ask<policy_reply>(policy_get_request{"service"});
+  EXPECT_EQ(g.policy.rights, auth::access_rights::service_connect);
+  EXPECT_EQ(g.policy.primary_key.bytes().size(), 32u);
+  EXPECT_EQ(ask_error(policy_get_request{"nobody"}).code, errc::device_not_found);
+}
+
+TEST_F(policy_router_test, put_creates_with_generated_keys_commits_and_updates_the_view) {
+  const int before = store_.commits;
+  auto out = batch(items(asked(
+      to_.address,
+      policy_put_request{"adm", policy("backend", auth::access_rights::service_connect), true})));
+  EXPECT_EQ(store_.commits, before + 1);
+  const auto r = all<reply>(out);
+  ASSERT_EQ(r.size(), 1u);
+  const auto& p = std::get<policy_reply>(r[0].what);
+  EXPECT_TRUE(p.created);
+  EXPECT_EQ(p.policy.primary_key.bytes().size(), 32u);
+  EXPECT_EQ(p.policy.secondary_key.bytes().size(), 32u);
+  EXPECT_NE(p.policy.primary_key, p.policy.secondary_key);
+  EXPECT_EQ(stored("backend"), p.policy);
+  const auto view = view_.policies();
+  EXPECT_NE(auth::find_policy(view, "backend"), nullptr);
+  const auto c = changed(out);
+  ASSERT_TRUE(c);
+  EXPECT_TRUE(c->policies);
+  EXPECT_EQ(door_of(outbound{*c}), every_door);
+  // create only: the second one is refused and changes nothing
+  EXPECT_EQ(
+      ask_error(policy_put_request{"adm", policy("backend", auth::access_rights::all), true}).code,
+      errc::invalid_operation);
+  EXPECT_EQ(stored("backend"), p.policy);
+}
+
+TEST_F(policy_router_test, replace_keeps_keys_not_given_and_takes_those_given) {
+  const auto old = registry_.get_policy("service").value();
+  auto p =
+      policy("service", auth::access_rights::service_connect | auth::access_rights::registry_read);
+  const auto given = auth::shared_access_key::from_bytes(std::string(20, 'g'));
+  p.secondary_key = given;
+  const auto r = ask<policy_reply>(policy_put_request{"adm", p, false});
+  EXPECT_FALSE(r.created);
+  EXPECT_EQ(r.policy.primary_key, old.primary_key);
+  EXPECT_EQ(r.policy.secondary_key, given);
+  EXPECT_EQ(stored("service")->rights, p.rights);
+  EXPECT_EQ(auth::find_policy(view_.policies(), "service")->secondary_key, given);
+  // a primary key equal to the kept secondary: refused, nothing changes
+  auto same = policy("service", auth::access_rights::service_connect);
+  same.primary_key = given;
+  const auto e = ask_error(policy_put_request{"adm", same, false});
+  EXPECT_EQ(e.code, errc::argument_invalid);
+  EXPECT_NE(e.message.find("secondaryKey"), std::string::npos) << e.message;
+  EXPECT_EQ(stored("service")->primary_key, old.primary_key);
+}
+
+TEST_F(policy_router_test, renew_primary_secondary_and_swap) {
+  const auto old = registry_.get_policy("service").value();
+  auto out =
+      batch(items(asked(to_.address, policy_renew_request{"adm", "service", renew_key::primary})));
+  auto r = std::get<policy_reply>(all<reply>(out).at(0).what);
+  EXPECT_NE(r.policy.primary_key, old.primary_key);
+  EXPECT_EQ(r.policy.secondary_key, old.secondary_key);
+  EXPECT_EQ(stored("service"), r.policy);
+  EXPECT_EQ(auth::find_policy(view_.policies(), "service")->primary_key, r.policy.primary_key);
+  ASSERT_TRUE(changed(out));
+  const auto after_primary = r.policy;
+  r = ask<policy_reply>(policy_renew_request{"adm", "service", renew_key::secondary});
+  EXPECT_EQ(r.policy.primary_key, after_primary.primary_key);
+  EXPECT_NE(r.policy.secondary_key, after_primary.secondary_key);
+  const auto before_swap = r.policy;
+  r = ask<policy_reply>(policy_renew_request{"adm", "service", renew_key::swap});
+  EXPECT_EQ(r.policy.primary_key, before_swap.secondary_key);
+  EXPECT_EQ(r.policy.secondary_key, before_swap.primary_key);
+  EXPECT_EQ(stored("service"), r.policy);
+  EXPECT_EQ(ask_error(policy_renew_request{"adm", "nobody", renew_key::primary}).code,
+            errc::device_not_found);
+}
+
+TEST_F(policy_router_test, delete_removes_it_durably_and_from_the_view) {
+  auto out = batch(items(asked(to_.address, policy_delete_request{"adm", "registryRead"})));
+  EXPECT_TRUE(std::holds_alternative<done_reply>(all<reply>(out).at(0).what));
+  ASSERT_TRUE(changed(out));
+  EXPECT_FALSE(stored("registryRead"));
+  EXPECT_FALSE(registry_.get_policy("registryRead"));
+  EXPECT_EQ(auth::find_policy(view_.policies(), "registryRead"), nullptr);
+  EXPECT_EQ(ask_error(policy_delete_request{"adm", "registryRead"}).code, errc::device_not_found);
+}
+
+TEST_F(policy_router_test, the_last_policy_with_every_right_cannot_go_or_lose_one) {
+  const auto before = registry_.policies();
+  const int commits = store_.commits;
+  auto e = ask_error(policy_delete_request{"adm", "iothubowner"});
+  EXPECT_EQ(e.code, errc::invalid_operation);
+  EXPECT_NE(e.message.find("last policy with all four rights"), std::string::npos) << e.message;
+  e = ask_error(
+      policy_put_request{"adm", policy("iothubowner", auth::access_rights::registry_write), false});
+  EXPECT_EQ(e.code, errc::invalid_operation);
+  EXPECT_EQ(registry_.policies(), before);
+  EXPECT_EQ(store_.inner.load().value().policies, before);
+  EXPECT_EQ(view_.policies(), before);
+  EXPECT_EQ(store_.commits, commits + 2);  // empty batches; nothing written
+  // with a second administrator, the first may go
+  (void)ask<policy_reply>(
+      policy_put_request{"adm", policy("owner2", auth::access_rights::all), true});
+  (void)ask<done_reply>(policy_delete_request{"adm", "iothubowner"});
+  EXPECT_FALSE(stored("iothubowner"));
+  // a policy without every right can always be deleted or changed
+  (void)ask<done_reply>(policy_delete_request{"adm", "device"});
+}
+
+TEST_F(policy_router_test, errors_change_nothing_and_release_no_credentials_change) {
+  const auto before = registry_.policies();
+  for (request r :
+       {request{policy_put_request{"adm", policy("bad name!", auth::access_rights::all), false}},
+        request{policy_renew_request{"adm", "nobody", renew_key::swap}},
+        request{policy_delete_request{"adm", "nobody"}},
+        request{policy_put_request{"adm", policy("service", auth::access_rights::all), true}}}) {
+    auto out = batch(items(asked(to_.address, r)));
+    ASSERT_EQ(all<reply>(out).size(), 1u);
+    EXPECT_TRUE(std::holds_alternative<error>(all<reply>(out)[0].what));
+    EXPECT_FALSE(changed(out));
+  }
+  EXPECT_EQ(registry_.policies(), before);
+  EXPECT_EQ(store_.inner.load().value().policies, before);
+  EXPECT_EQ(view_.policies(), before);
+}
+
+TEST_F(policy_router_test, a_failed_commit_leaves_the_view_and_releases_nothing) {
+  const auto before = view_.policies();
+  store_.fail_commit = true;
+  ASSERT_TRUE(router_->begin_batch());
+  router_->handle(asked(to_.address, policy_renew_request{"adm", "service", renew_key::primary}),
+                  t0);
+  EXPECT_FALSE(router_->end_batch());
+  EXPECT_EQ(view_.policies(), before);
+}
+
+TEST_F(policy_router_test, device_key_changes_and_deletes_name_the_device) {
+  auto u = sas("dev1");
+  u.primary_key = auth::shared_access_key::from_bytes(std::string(32, 'n')).to_base64();
+  auto out = batch(items(asked(to_.address, registry_put_request{"adm", u, std::string("*")})));
+  auto c = changed(out);
+  ASSERT_TRUE(c);
+  EXPECT_FALSE(c->policies);
+  EXPECT_EQ(c->devices, std::vector<std::string>{"dev1"});
+  // a create names nothing: no token can rely on a device that did not exist
+  out = batch(items(asked(to_.address, registry_put_request{"adm", sas("dev7"), std::nullopt})));
+  EXPECT_FALSE(changed(out));
+  out = batch(items(asked(to_.address, registry_delete_request{"adm", "dev7", std::nullopt})));
+  c = changed(out);
+  ASSERT_TRUE(c);
+  EXPECT_EQ(c->devices, std::vector<std::string>{"dev7"});
+}
+
+TEST_F(router_test, policy_requests_without_a_registry_are_not_supported) {
+  EXPECT_EQ(ask_error(policy_list_request{}).code, errc::not_supported);
+  EXPECT_EQ(ask_error(policy_delete_request{"adm", "x"}).code, errc::not_supported);
+}
+
 // --- the C2D throttles (SPEC 2.7; apps/devicebound-hub/throttle.hpp) ---------------------------
 
 class throttled_router_test : public router_test {

@@ -105,6 +105,11 @@ namespace {
 struct grant {
   std::string key;  ///< policy|scope: a renewal replaces the grant of the same key
   auth::principal who;
+  /// The token as put, and when: when keys or rights change, the token is
+  /// verified again against the new ones at that time (so its expiry is judged
+  /// as it was), and the grant goes if it no longer verifies.
+  std::string token;
+  time_point granted_at{};
 };
 
 /// An item the door pushes on a link that has no credit yet.
@@ -537,10 +542,13 @@ struct amqp_door::impl {
     const std::string key = who->policy.value_or("") + "|" + who->scope;
     auto g = std::find_if(c.grants.begin(), c.grants.end(),
                           [&](const grant& x) { return x.key == key; });
-    if (g != c.grants.end())
+    if (g != c.grants.end()) {
       g->who = *who;  // renewal (SPEC 10.7.1)
-    else
-      c.grants.push_back(grant{key, *who});
+      g->token = std::string(token);
+      g->granted_at = now;
+    } else {
+      c.grants.push_back(grant{key, *who, std::string(token), now});
+    }
     return who;
   }
 
@@ -1160,6 +1168,75 @@ struct amqp_door::impl {
       spdlog::info("amqp: connection {}: closed the links of device '{}': {}", c.id, r.device, why);
     }
   }
+
+  /// Keys or rights changed (committed; the identity view has the change):
+  /// every grant they may touch is verified again, its token at the time it
+  /// was granted. A grant that no longer verifies goes; the links no remaining
+  /// grant covers are detached with `amqp:unauthorized-access`, and a
+  /// connection left with no grant closes after the grace period with the same
+  /// condition. Grants that still verify (a token signed with the other key)
+  /// and what they cover stay.
+  void deliver(conn_state& c, credentials_changed& r) {
+    if (!auth_on() || c.grants.empty())
+      return;
+    const auto touched = [&](const grant& g) {
+      if (r.policies && g.who.policy)
+        return true;
+      return g.who.device_id &&
+             std::find(r.devices.begin(), r.devices.end(), *g.who.device_id) != r.devices.end();
+    };
+    std::string why;
+    const auto before = c.grants.size();
+    for (auto& g : c.grants) {
+      if (!touched(g))
+        continue;
+      auto again = config.identities->authenticate(g.token, config.iothub_hostname, g.granted_at);
+      if (again) {
+        g.who = *again;  // the rights may have changed: fewer links may be covered
+        continue;
+      }
+      why = again.error().message;
+      g.key.clear();  // dropped below
+      spdlog::info("amqp: connection {}: a token no longer verifies: {}", c.id, why);
+    }
+    std::erase_if(c.grants, [](const grant& g) { return g.key.empty(); });
+    const bool dropped = c.grants.size() != before;
+    const time_point now = system_clock{}.now();
+    bool closed_link = false;
+    for (auto& [pl, l] : c.links) {
+      if (!l.open || l.needs == auth::access_rights::none)
+        continue;
+      std::string reason;
+      if (authorized(c, l, now, &reason))
+        continue;
+      spdlog::info("amqp: connection {}: closing link '{}' ({}): {}", c.id, str(pn_link_name(pl)),
+                   amqp::to_string(l.kind), reason);
+      link_gone(c, l);
+      set_condition(pn_link_condition(pl), "amqp:unauthorized-access",
+                    why.empty()
+                        ? "the SAS token that authorised this link no longer grants what it "
+                          "needs (the policy's rights changed): " +
+                              reason
+                        : "the SAS token that authorised this link no longer verifies (a key "
+                          "was renewed, a policy or device changed or deleted): " +
+                              why);
+      pn_link_close(pl);
+      closed_link = true;
+    }
+    if (dropped && c.grants.empty()) {
+      spdlog::info("amqp: connection {}: closing in {} ms: no token verifies any more", c.id,
+                   revoked_close_grace_ms);
+      c.close_at = now + std::chrono::milliseconds(revoked_close_grace_ms);
+      c.close_why =
+          "the SAS token of this connection no longer verifies (a key was renewed, a "
+          "policy or device changed or deleted): " +
+          why;
+      c.close_condition = "amqp:unauthorized-access";
+    } else if (closed_link) {
+      spdlog::info("amqp: connection {}: closed the links its tokens no longer cover", c.id);
+    }
+  }
+
   void deliver(conn_state& c, feedback_push& p) {
     link_state* l = link_for_push(c, p.connection);
     if (!l)
@@ -1328,8 +1405,10 @@ void amqp_door::release(std::span<const outbound> items) {
   std::lock_guard<std::mutex> g(d.mailbox_m);
   for (const auto& item : items) {
     std::optional<std::uint64_t> conn;
-    if (std::holds_alternative<device_revoked>(item)) {
-      // every connection checks whether it has something of that device
+    if (std::holds_alternative<device_revoked>(item) ||
+        std::holds_alternative<credentials_changed>(item)) {
+      // every connection checks whether it holds something of that device, or
+      // a token the changed keys or rights concern
       for (const auto& [id, pc] : d.live) {
         d.mailbox[id].push_back(item);
         if (std::find(touched.begin(), touched.end(), pc) == touched.end())

@@ -343,6 +343,7 @@ std::variant<daemon_config, int> load_config(int argc, char** argv) {
   bool amqp_insecure = false;
   std::vector<std::string> https_listen;
   bool https_insecure = false;
+  std::optional<std::string> rabbit_auth_listen;
   std::optional<std::uint32_t> https_request_timeout;
   std::optional<std::uint32_t> amqp_max_connections, amqp_max_sessions, amqp_max_links,
       amqp_max_frame_size, amqp_open_timeout, https_max_connections, https_max_header_bytes,
@@ -407,6 +408,9 @@ std::variant<daemon_config, int> load_config(int argc, char** argv) {
   app.add_option("--https-listen", https_listen,
                  "serve IoT Hub's REST API over HTTPS on HOST:PORT (repeatable; IoT Hub's port is "
                  "443; TLS with --tls-server-cert/--tls-server-key; docs/https.md)");
+  app.add_option("--rabbit-auth-listen", rabbit_auth_listen,
+                 "answer RabbitMQ's HTTP auth backend on HOST:PORT (plain HTTP, loopback only; "
+                 "needs --auth-file; docs/scale-out.md)");
   app.add_flag("--https-insecure", https_insecure,
                "plain HTTP instead of HTTPS, on loopback --https-listen addresses only (tests)");
   app.add_option("--https-request-timeout", https_request_timeout,
@@ -527,6 +531,8 @@ std::variant<daemon_config, int> load_config(int argc, char** argv) {
     cfg.https.listen.insert(cfg.https.listen.end(), https_listen.begin(), https_listen.end());
     if (https_insecure)
       cfg.https.insecure = true;
+    if (rabbit_auth_listen)
+      cfg.rabbit_auth_listen = *rabbit_auth_listen;
     if (https_request_timeout)
       cfg.https.request_timeout_seconds = *https_request_timeout;
     const auto set = [](auto& out, const auto& v) {

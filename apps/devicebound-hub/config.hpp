@@ -101,6 +101,9 @@ struct daemon_config {
   amqp_listen_config amqp;
   https_listen_config https;
   limits_config limits;
+  /// `--rabbit-auth-listen HOST:PORT`: answer RabbitMQ's HTTP auth backend there
+  /// (plain HTTP, loopback only; docs/scale-out.md). Empty: not served.
+  std::string rabbit_auth_listen;
   std::string log_level = "info";
 };
 

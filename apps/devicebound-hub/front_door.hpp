@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <devicebound/auth/policy.hpp>
 #include <devicebound/errors.hpp>
 #include <devicebound/feedback_batch.hpp>
 #include <devicebound/identity.hpp>
@@ -122,6 +123,56 @@ struct registry_delete_request {
   std::string device;
   std::optional<std::string> if_match;
 };
+/// The shared access policies (devicebound's admin API: IoT Hub manages them
+/// through ARM, docs/https.md "Policies"). Every one needs all four rights.
+/// Replies `policies_reply`.
+struct policy_list_request {};
+/// Replies `policy_reply`, or 404 for an unknown policy.
+struct policy_get_request {
+  std::string name;
+};
+/// Creates or replaces a policy. Empty keys are generated on a create and kept
+/// on a replace. `create_only`: 409 if the policy exists (`If-None-Match: *`).
+/// Refused (409) when no policy with all four rights would be left.
+struct policy_put_request {
+  std::string admin;  ///< who asks (logs only)
+  auth::shared_access_policy policy;
+  bool create_only = false;
+};
+/// Which key `policy_renew_request` regenerates (`az iot hub policy renew-key --renew-key`).
+enum class renew_key : std::uint8_t { primary, secondary, swap };
+
+constexpr std::string_view to_string(renew_key k) noexcept {
+  switch (k) {
+    case renew_key::primary:
+      return "primary";
+    case renew_key::secondary:
+      return "secondary";
+    case renew_key::swap:
+      return "swap";
+  }
+  return "unknown";
+}
+
+/// `primary`, `secondary` or `swap`, in any case; nullopt otherwise.
+constexpr std::optional<renew_key> parse_renew_key(std::string_view s) noexcept {
+  for (auto k : {renew_key::primary, renew_key::secondary, renew_key::swap})
+    if (auth::iequals(s, to_string(k)))
+      return k;
+  return std::nullopt;
+}
+/// Regenerates a key, or swaps the two; replies `policy_reply`.
+struct policy_renew_request {
+  std::string admin;
+  std::string name;
+  renew_key which = renew_key::primary;
+};
+/// Deletes a policy; replies `done_reply`. Refused (409) for the last policy
+/// with all four rights.
+struct policy_delete_request {
+  std::string admin;
+  std::string name;
+};
 /// A request the door could not decode: the router answers it with `why`, in
 /// order with the replies around it.
 struct refused_request {
@@ -159,12 +210,14 @@ struct door_status {
   bool peers_forgot = false;
 };
 
-using request = std::variant<send_request, receive_request, settle_request, purge_request,
-                             queue_depth_request, feedback_receive_request, feedback_settle_request,
-                             feedback_attach_request, feedback_detach_request, add_device_request,
-                             remove_device_request, ping_request, refused_request, device_present,
-                             device_absent, device_delivered, door_status, registry_put_request,
-                             registry_get_request, registry_list_request, registry_delete_request>;
+using request =
+    std::variant<send_request, receive_request, settle_request, purge_request, queue_depth_request,
+                 feedback_receive_request, feedback_settle_request, feedback_attach_request,
+                 feedback_detach_request, add_device_request, remove_device_request, ping_request,
+                 refused_request, device_present, device_absent, device_delivered, door_status,
+                 registry_put_request, registry_get_request, registry_list_request,
+                 registry_delete_request, policy_list_request, policy_get_request,
+                 policy_put_request, policy_renew_request, policy_delete_request>;
 
 /// One request as the engine thread takes it from a door.
 struct inbound {
@@ -204,12 +257,20 @@ struct device_reply {  ///< registry put/get: the device as the registry API sho
 struct devices_reply {  ///< registry list
   std::vector<device_view> devices;
 };
+struct policy_reply {  ///< policy get, put, renew: the policy as stored now
+  auth::shared_access_policy policy;
+  bool created = false;  ///< put: it did not exist
+};
+struct policies_reply {  ///< policy list, by name
+  std::vector<auth::shared_access_policy> policies;
+};
 
 /// The answer to one request, to the door it came through.
 struct reply {
   reply_to to;
   std::variant<error, done_reply, sent_reply, count_reply, depth_reply, window_reply,
-               generation_reply, message_reply, feedback_reply, device_reply, devices_reply>
+               generation_reply, message_reply, feedback_reply, device_reply, devices_reply,
+               policy_reply, policies_reply>
       what;
 };
 
@@ -242,7 +303,19 @@ struct device_revoked {
   bool deleted = false;  ///< false: disabled
 };
 
-using outbound = std::variant<reply, device_push, feedback_push, device_revoked>;
+/// Keys or rights changed (committed): a policy was created, replaced, had a
+/// key regenerated or was deleted (`policies`), or these devices' identities
+/// were updated or removed. A door that keeps what a token granted (AMQP's CBS
+/// grants) verifies those grants again and closes what no longer verifies.
+/// Sent with `door == every_door`; the identity view is already updated.
+struct credentials_changed {
+  door_id door = every_door;
+  bool policies = false;
+  std::vector<std::string> devices;
+};
+
+using outbound =
+    std::variant<reply, device_push, feedback_push, device_revoked, credentials_changed>;
 
 /// The door an `outbound` item leaves through.
 inline door_id door_of(const outbound& o) {

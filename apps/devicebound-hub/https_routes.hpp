@@ -16,6 +16,7 @@
 #include <devicebound/codec/feedback_json.hpp>
 #include <devicebound/codec/iso8601.hpp>
 #include <devicebound/device_id.hpp>
+#include <devicebound/registry.hpp>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
@@ -67,7 +68,63 @@ enum class operation : std::uint8_t {
   registry_get,      ///< GET /devices/{id}
   registry_list,     ///< GET /devices[/]
   registry_delete,   ///< DELETE /devices/{id}
+  policy_list,       ///< GET /devicebound/policies (devicebound's admin API)
+  policy_get,        ///< GET /devicebound/policies/{name}
+  policy_put,        ///< PUT /devicebound/policies/{name}
+  policy_renew,      ///< POST /devicebound/policies/{name}/renew-key
+  policy_delete,     ///< DELETE /devicebound/policies/{name}
 };
+
+/// The endpoint's name for logs (`"policy_put"`).
+constexpr std::string_view to_string(operation op) noexcept {
+  switch (op) {
+    case operation::device_receive:
+      return "device_receive";
+    case operation::device_settle:
+      return "device_settle";
+    case operation::feedback_receive:
+      return "feedback_receive";
+    case operation::feedback_settle:
+      return "feedback_settle";
+    case operation::purge:
+      return "purge";
+    case operation::registry_put:
+      return "registry_put";
+    case operation::registry_get:
+      return "registry_get";
+    case operation::registry_list:
+      return "registry_list";
+    case operation::registry_delete:
+      return "registry_delete";
+    case operation::policy_list:
+      return "policy_list";
+    case operation::policy_get:
+      return "policy_get";
+    case operation::policy_put:
+      return "policy_put";
+    case operation::policy_renew:
+      return "policy_renew";
+    case operation::policy_delete:
+      return "policy_delete";
+  }
+  return "unknown";
+}
+
+/// The operation named `s` (exactly as `to_string` spells it); nullopt otherwise.
+constexpr std::optional<operation> parse_operation(std::string_view s) noexcept {
+  for (auto op : {operation::device_receive, operation::device_settle, operation::feedback_receive,
+                  operation::feedback_settle, operation::purge, operation::registry_put,
+                  operation::registry_get, operation::registry_list, operation::registry_delete,
+                  operation::policy_list, operation::policy_get, operation::policy_put,
+                  operation::policy_renew, operation::policy_delete})
+    if (to_string(op) == s)
+      return op;
+  return std::nullopt;
+}
+
+/// What the policy admin API needs: all four rights (an `iothubowner`-like
+/// policy). A caller can then never grant a right it lacks.
+inline constexpr auth::access_rights policy_admin_rights = auth::access_rights::all;
 
 /// A request that routed: what the router is asked, and what the caller's
 /// token must allow (SPEC 12.9.3).
@@ -287,6 +344,110 @@ inline result<lock_token> path_lock_token(std::string_view segment) {
   return *token;
 }
 
+/// A policy name as the registry takes it: 1 to 64 letters, digits, `-`, `_`, `.`.
+inline result<std::string> policy_name(std::string_view name) {
+  if (name.empty() || name.size() > 64)
+    return make_error(errc::argument_invalid,
+                      "policy name " + auth::detail::printable(name) + ": 1 to 64 characters");
+  for (char c : name)
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-' ||
+          c == '_' || c == '.'))
+      return make_error(errc::argument_invalid, "policy name " + auth::detail::printable(name) +
+                                                    ": only letters, digits, - _ and .");
+  return std::string(name);
+}
+
+/// The body of `PUT /devicebound/policies/{name}` (ARM's
+/// SharedAccessAuthorizationRule): `rights` (required; `"RegistryRead,
+/// ServiceConnect"` or an array of names), `primaryKey` and `secondaryKey`
+/// (optional base64 of 16 to 64 bytes; absent, null or empty: generated on a
+/// create, kept on a replace), `keyName` (optional; must be the path's). Other
+/// fields are ignored. Errors (400) name the field.
+inline result<auth::shared_access_policy> decode_policy(std::string_view body,
+                                                        const std::string& name) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(body);
+  } catch (const nlohmann::json::exception&) {
+    return make_error(errc::argument_invalid,
+                      "the body is not JSON (expected {\"rights\": \"ServiceConnect\", ...})");
+  }
+  if (!j.is_object())
+    return make_error(errc::argument_invalid, "the body is not a JSON object");
+  auth::shared_access_policy p;
+  p.name = name;
+  if (auto it = j.find("keyName"); it != j.end() && !it->is_null()) {
+    if (!it->is_string())
+      return make_error(errc::argument_invalid, "keyName: not a string");
+    if (it->get<std::string>() != name)
+      return make_error(errc::argument_invalid,
+                        "keyName " + auth::detail::printable(it->get<std::string>()) +
+                            " in the body is not the policy " + auth::detail::printable(name) +
+                            " of the path");
+  }
+  auto r = j.find("rights");
+  if (r == j.end() || r->is_null())
+    return make_error(errc::argument_invalid,
+                      "rights: missing (e.g. \"RegistryRead, ServiceConnect\")");
+  std::string text;
+  if (r->is_string()) {
+    text = r->get<std::string>();
+  } else if (r->is_array() && !r->empty()) {
+    for (const auto& x : *r) {
+      if (!x.is_string())
+        return make_error(errc::argument_invalid, "rights: an entry is not a string");
+      if (!text.empty())
+        text += ',';
+      text += x.get<std::string>();
+    }
+  } else {
+    return make_error(errc::argument_invalid, "rights: a string or a non-empty array of names");
+  }
+  auto rights = auth::parse_access_rights(text);
+  if (!rights)
+    return make_error(errc::argument_invalid, "rights: " + rights.error().message);
+  if (*rights == auth::access_rights::none)
+    return make_error(errc::argument_invalid, "rights: a policy needs at least one right");
+  p.rights = *rights;
+  for (const auto& [field, key] :
+       {std::pair{"primaryKey", &p.primary_key}, std::pair{"secondaryKey", &p.secondary_key}}) {
+    auto it = j.find(field);
+    if (it == j.end() || it->is_null())
+      continue;
+    if (!it->is_string())
+      return make_error(errc::argument_invalid, std::string(field) + ": not a string");
+    auto k = registry::parse_key(it->get<std::string>(), field);
+    if (!k)
+      return k.error();
+    *key = std::move(*k);
+  }
+  if (!p.primary_key.empty() && p.primary_key == p.secondary_key)
+    return make_error(errc::argument_invalid,
+                      "secondaryKey: the same as primaryKey (the two keys must differ)");
+  return p;
+}
+
+/// The body of `POST /devicebound/policies/{name}/renew-key`:
+/// `{"renewKey": "primary" | "secondary" | "swap"}` (case-insensitive).
+inline result<renew_key> decode_renew(std::string_view body) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(body);
+  } catch (const nlohmann::json::exception&) {
+    return make_error(errc::argument_invalid,
+                      "the body is not JSON (expected {\"renewKey\": \"primary\"})");
+  }
+  auto it = j.is_object() ? j.find("renewKey") : j.end();
+  if (!j.is_object() || it == j.end() || !it->is_string())
+    return make_error(errc::argument_invalid,
+                      "renewKey: missing or not a string (primary, secondary or swap)");
+  const std::string v = it->get<std::string>();
+  if (auto k = parse_renew_key(v))
+    return *k;
+  return make_error(errc::argument_invalid, "renewKey " + auth::detail::printable(v) +
+                                                ": expected primary, secondary or swap");
+}
+
 }  // namespace detail
 
 /// Routes one request (SPEC 11.1-11.5, 12.1-12.3). Paths match
@@ -387,6 +548,44 @@ inline route_result route(const http_request& req, const response_context& ctx =
         return routed{operation::device_settle, rights::device_connect, *device,
                       settle_request{*device, *token, disposition::abandon}};
       }
+    }
+  }
+
+  // devicebound's own admin API for shared access policies (IoT Hub has them in
+  // ARM, not on its data plane): every call needs all four rights.
+  if (is(0, "devicebound") && is(1, "policies")) {
+    constexpr auto admin = policy_admin_rights;
+    if (s.size() == 2) {
+      if (m != "GET")
+        return not_allowed("GET");
+      return routed{operation::policy_list, admin, {}, policy_list_request{}};
+    }
+    auto name = policy_name(s[2]);
+    if (!name)
+      return bad_request(name.error().message, ctx);
+    if (s.size() == 3) {
+      if (m == "GET")
+        return routed{operation::policy_get, admin, {}, policy_get_request{*name}};
+      if (m == "DELETE")
+        return routed{operation::policy_delete, admin, {}, policy_delete_request{{}, *name}};
+      if (m == "PUT") {
+        auto p = decode_policy(req.body, *name);
+        if (!p)
+          return error_response(p.error(), ctx);
+        const std::string* none_match = header_value(req.headers, "if-none-match");
+        const bool create_only = none_match && unquote(*none_match) == "*";
+        return routed{
+            operation::policy_put, admin, {}, policy_put_request{{}, std::move(*p), create_only}};
+      }
+      return not_allowed("GET, PUT, DELETE");
+    }
+    if (s.size() == 4 && is(3, "renew-key")) {
+      if (m != "POST")
+        return not_allowed("POST");
+      auto which = decode_renew(req.body);
+      if (!which)
+        return error_response(which.error(), ctx);
+      return routed{operation::policy_renew, admin, {}, policy_renew_request{{}, *name, *which}};
     }
   }
 
@@ -506,6 +705,22 @@ inline http_response no_content() {
   return r;
 }
 
+/// A policy as ARM's SharedAccessAuthorizationRule shows it.
+inline nlohmann::ordered_json policy_json(const auth::shared_access_policy& p) {
+  nlohmann::ordered_json j = nlohmann::ordered_json::object();
+  j["keyName"] = p.name;
+  j["primaryKey"] = p.primary_key.empty() ? std::string() : p.primary_key.to_base64();
+  j["secondaryKey"] = p.secondary_key.empty() ? std::string() : p.secondary_key.to_base64();
+  j["rights"] = auth::to_string(p.rights);
+  return j;
+}
+
+constexpr bool is_policy_op(operation op) noexcept {
+  return op == operation::policy_list || op == operation::policy_get ||
+         op == operation::policy_put || op == operation::policy_renew ||
+         op == operation::policy_delete;
+}
+
 }  // namespace detail
 
 /// What the router answers (`reply::what`).
@@ -515,8 +730,12 @@ using reply_value = decltype(reply{}.what);
 inline http_response respond(const routed& r, const reply_value& what,
                              const response_context& ctx) {
   using namespace detail;
-  if (const error* e = std::get_if<error>(&what))
+  if (const error* e = std::get_if<error>(&what)) {
+    // the registry's code for a missing entity is DeviceNotFound; here it is a policy
+    if (is_policy_op(r.op) && e->code == errc::device_not_found)
+      return error_response(404, "PolicyNotFound", e->message, ctx);
     return error_response(*e, ctx);
+  }
   const auto unexpected = [&] {
     return error_response(500, "ServerError", "the hub gave an unexpected reply", ctx);
   };
@@ -580,6 +799,28 @@ inline http_response respond(const routed& r, const reply_value& what,
         return unexpected();
       return json_response(200, codec::encode_devices_json(l->devices));
     }
+    case operation::policy_list: {
+      const auto* l = std::get_if<policies_reply>(&what);
+      if (!l)
+        return unexpected();
+      nlohmann::ordered_json j = nlohmann::ordered_json::object();
+      j["value"] = nlohmann::ordered_json::array();
+      for (const auto& p : l->policies)
+        j["value"].push_back(policy_json(p));
+      return json_response(200, j.dump());
+    }
+    case operation::policy_get:
+    case operation::policy_put:
+    case operation::policy_renew: {
+      const auto* p = std::get_if<policy_reply>(&what);
+      if (!p)
+        return unexpected();
+      return json_response(p->created ? 201 : 200, policy_json(p->policy).dump());
+    }
+    case operation::policy_delete:
+      if (!std::holds_alternative<done_reply>(what))
+        return unexpected();
+      return no_content();
   }
   return unexpected();
 }

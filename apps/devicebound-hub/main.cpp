@@ -50,6 +50,9 @@
 #include "identity_view.hpp"
 #include "mqtt_door.hpp"
 #include "router.hpp"
+#ifdef DEVICEBOUND_WITH_RABBIT_AUTH
+#include "rabbit_auth_listener.hpp"
+#endif
 
 namespace {
 
@@ -404,6 +407,27 @@ int main(int argc, char** argv) {
     return exit_config;
   }
 #endif
+#ifdef DEVICEBOUND_WITH_RABBIT_AUTH
+  // RabbitMQ's HTTP auth backend (docs/scale-out.md): tokens checked against the view.
+  std::unique_ptr<rabbit_auth_listener> rabbit_auth;
+  if (!cfg.rabbit_auth_listen.empty()) {
+    rabbit_auth_listener_config rc;
+    rc.listen = cfg.rabbit_auth_listen;
+    rc.settings.hub_host = cfg.amqp.iothub_hostname;
+    rc.identities = &view;
+    auto started = rabbit_auth_listener::start(std::move(rc));
+    if (!started) {
+      spdlog::critical("{}", started.error().message);
+      return exit_config;
+    }
+    rabbit_auth = std::move(*started);
+  }
+#else
+  if (!cfg.rabbit_auth_listen.empty()) {
+    spdlog::critical("--rabbit-auth-listen: this devicebound-hub was built without it (OpenSSL)");
+    return exit_config;
+  }
+#endif
   engine_loop loop(rt, doors);
 
   spdlog::info(
@@ -466,6 +490,10 @@ int main(int argc, char** argv) {
 #ifdef DEVICEBOUND_WITH_HTTPS_DOOR
   if (https)
     https->stop();
+#endif
+#ifdef DEVICEBOUND_WITH_RABBIT_AUTH
+  if (rabbit_auth)
+    rabbit_auth->stop();
 #endif
   if (end.why != loop_end::cause::door_failed)
     log_stats(h);

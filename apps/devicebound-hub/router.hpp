@@ -204,6 +204,7 @@ class router {
     std::vector<outbound> out = std::exchange(outbox_, {});
     auto view = std::exchange(view_changes_, {});
     const bool full = std::exchange(full_view_, false);
+    auto changed = std::exchange(credentials_, {});
     if (const auto& f = hub_->store_failure())
       return *f;
     if (registry_failed_)
@@ -212,6 +213,8 @@ class router {
       if (auto r = group_.commit(); !r)
         return r.error();
     publish(view, full);
+    if (changed.policies || !changed.devices.empty())
+      out.emplace_back(std::move(changed));  // after the view took the change
     return out;
   }
 
@@ -576,6 +579,7 @@ class router {
     if (options_.identities && options_.identities->contains(r.device)) {
       (void)options_.identities->remove(r.device, std::nullopt);
       commit_identities();
+      credentials_.devices.push_back(r.device);
     }
     forget_device(r.device, true);
     log(log_level::info, "'", r.admin, "' removed device '", r.device, "'");
@@ -607,6 +611,8 @@ class router {
       return fail(from, p.error());
     devices_.try_emplace(p->device.device_id);
     commit_identities();
+    if (!p->created)
+      credentials_.devices.push_back(p->device.device_id);  // its keys may have changed
     log(log_level::info, "'", r.admin, "' ", p->created ? "created" : "updated", " device '",
         p->device.device_id, "' (etag ", etag_of(p->device), ", ", to_string(p->device.status),
         ")");
@@ -647,8 +653,142 @@ class router {
         return fail(from, x.error());
     (void)reg->remove(r.device, r.if_match);
     commit_identities();
+    credentials_.devices.push_back(r.device);
     forget_device(r.device, true);
     log(log_level::info, "'", r.admin, "' deleted device '", r.device, "'");
+    answer(from, done_reply{});
+  }
+
+  // --- shared access policies (devicebound's admin API) ----------------------------------
+
+  /// Whether a policy can administer the hub: it holds all four rights.
+  static bool administers(const auth::shared_access_policy& p) {
+    return auth::includes(p.rights, auth::access_rights::all);
+  }
+
+  /// Refuses a change to the policy `name`, which holds all four rights, that
+  /// leaves no policy with all four: nobody could administer the policies any
+  /// more (`replacement`: the policy as it would be; nullopt: it is deleted).
+  std::optional<error> keeps_an_administrator(
+      std::string_view name, const std::optional<auth::shared_access_policy>& replacement) const {
+    for (const auto& p : options_.identities->policies())
+      if (p.name != name && administers(p))
+        return std::nullopt;
+    if (replacement && administers(*replacement))
+      return std::nullopt;
+    return make_error(errc::invalid_operation,
+                      "policy '" + std::string(name) +
+                          "' is the last policy with all four rights (RegistryWrite, "
+                          "ServiceConnect, DeviceConnect); " +
+                          (replacement ? "reducing its rights" : "deleting it") +
+                          " would leave the hub with no policy that can administer it");
+  }
+
+  void on(const reply_to& from, policy_list_request&, time_point) {
+    registry* reg = options_.identities;
+    if (!reg)
+      return fail(from, no_registry());
+    answer(from, policies_reply{reg->policies()});
+  }
+
+  void on(const reply_to& from, policy_get_request& r, time_point) {
+    registry* reg = options_.identities;
+    if (!reg)
+      return fail(from, no_registry());
+    auto p = reg->get_policy(r.name);
+    if (!p)
+      return fail(from, p.error());
+    answer(from, policy_reply{std::move(*p), false});
+  }
+
+  void on(const reply_to& from, policy_put_request& r, time_point) {
+    registry* reg = options_.identities;
+    if (!reg)
+      return fail(from, no_registry());
+    auto old = reg->get_policy(r.policy.name);
+    if (old && r.create_only)
+      return fail(from, make_error(errc::invalid_operation,
+                                   "policy '" + r.policy.name + "' already exists"));
+    auth::shared_access_policy p = r.policy;
+    // empty keys: kept on a replace, generated on a create
+    for (auto [key, was] : {std::pair{&p.primary_key, old ? &old->primary_key : nullptr},
+                            std::pair{&p.secondary_key, old ? &old->secondary_key : nullptr}}) {
+      if (!key->empty())
+        continue;
+      if (was && !was->empty())
+        *key = *was;
+      else if (options_.new_key)
+        *key = options_.new_key();
+      else
+        return fail(from, make_error(errc::server_error, "the hub has no key source"));
+    }
+    if (p.primary_key == p.secondary_key)
+      return fail(from, make_error(errc::argument_invalid,
+                                   "secondaryKey: the same as primaryKey (the two keys must "
+                                   "differ; one was kept from policy '" +
+                                       p.name + "')"));
+    if (old && administers(*old))
+      if (auto e = keeps_an_administrator(p.name, p))
+        return fail(from, *e);
+    if (auto w = reg->put_policy(p); !w)
+      return fail(from, w.error());
+    commit_identities();
+    credentials_.policies = true;
+    log(log_level::info, "'", r.admin, "' ", old ? "replaced" : "created", " policy '", p.name,
+        "' (", auth::to_string(p.rights), ")");
+    answer(from, policy_reply{std::move(p), !old});
+  }
+
+  void on(const reply_to& from, policy_renew_request& r, time_point) {
+    registry* reg = options_.identities;
+    if (!reg)
+      return fail(from, no_registry());
+    auto p = reg->get_policy(r.name);
+    if (!p)
+      return fail(from, p.error());
+    if (r.which != renew_key::swap && !options_.new_key)
+      return fail(from, make_error(errc::server_error, "the hub has no key source"));
+    switch (r.which) {
+      case renew_key::primary:
+        p->primary_key = options_.new_key();
+        break;
+      case renew_key::secondary:
+        p->secondary_key = options_.new_key();
+        break;
+      case renew_key::swap:
+        if (p->secondary_key.empty())
+          return fail(from, make_error(errc::invalid_operation,
+                                       "policy '" + r.name + "' has no secondary key to swap"));
+        std::swap(p->primary_key, p->secondary_key);
+        break;
+    }
+    if (auto w = reg->put_policy(*p); !w)
+      return fail(from, w.error());
+    commit_identities();
+    credentials_.policies = true;
+    log(log_level::info, "'", r.admin, "' renewed the ",
+        r.which == renew_key::primary     ? "primary key"
+        : r.which == renew_key::secondary ? "secondary key"
+                                          : "keys (swapped)",
+        " of policy '", r.name, "'");
+    answer(from, policy_reply{std::move(*p), false});
+  }
+
+  void on(const reply_to& from, policy_delete_request& r, time_point) {
+    registry* reg = options_.identities;
+    if (!reg)
+      return fail(from, no_registry());
+    auto p = reg->get_policy(r.name);
+    if (!p)
+      return fail(from, p.error());
+    if (administers(*p))
+      if (auto e = keeps_an_administrator(r.name, std::nullopt))
+        return fail(from, *e);
+    if (auto x = reg->remove_policy(r.name); !x)
+      return fail(from, x.error());
+    commit_identities();
+    credentials_.policies = true;
+    log(log_level::info, "'", r.admin, "' deleted policy '", r.name, "'");
     answer(from, done_reply{});
   }
 
@@ -837,6 +977,7 @@ class router {
   std::vector<view_change> view_changes_;
   bool policies_changed_ = false;
   bool full_view_ = false;
+  credentials_changed credentials_;  ///< what the doors re-verify after the commit
   std::optional<error> registry_failed_;
   c2d_throttle throttle_;
 };

@@ -1,4 +1,4 @@
-// `devicebound device|c2d|feedback …`: a CLI like `az iot` over IoT Hub's own
+// `devicebound device|policy|c2d|feedback …`: a CLI like `az iot` over IoT Hub's own
 // protocols (docs/cli.md). The registry, device receive/settle and purge go
 // over HTTPS (SPEC 11, 12); C2D send and feedback over AMQP (SPEC 10). Every
 // command takes a connection string (`--login` or
@@ -23,6 +23,7 @@ void add_client_commands(CLI::App&, int&) {}
 #include <cstdio>
 #include <cstdlib>
 #include <devicebound/auth/connection_string.hpp>
+#include <devicebound/auth/rights.hpp>
 #include <devicebound/auth/signature.hpp>
 #include <devicebound/auth/url.hpp>
 #include <devicebound/codec/iso8601.hpp>
@@ -1061,10 +1062,171 @@ void add_feedback_commands(CLI::App& app, int& code) {
   });
 }
 
+// --- policy … (shared access policies: devicebound's admin routes, HTTPS) -----------------
+
+const std::vector<std::string> policy_head{"KEY NAME", "RIGHTS"};
+
+std::vector<std::string> policy_row(const json& p) {
+  return {str(p, "keyName"), str(p, "rights")};
+}
+
+void print_policy(const common_options& o, const json& p) {
+  if (o.table())
+    print_table(policy_head, {policy_row(p)});
+  else
+    print_json(p);
+}
+
+std::string policy_path(std::string_view name) {
+  return "/devicebound/policies/" + auth::url_encode(name);
+}
+
+struct policy_args {
+  common_options common;
+  std::string name;
+  std::vector<std::string> permissions;
+  std::string primary_key, secondary_key, renew = "primary";
+};
+
+void add_policy_commands(CLI::App& app, int& code) {
+  auto* policy = app.add_subcommand(
+      "policy", "shared access policies (az iot hub policy); needs a policy with all four rights");
+  policy->require_subcommand(1);
+  auto a = std::make_shared<policy_args>();
+
+  auto* list = policy->add_subcommand("list", "the hub's policies, with their keys");
+  add_common(list, a->common);
+  list->callback([a, &code] {
+    run(a->common, code, [&] {
+      const auto cs = service_login(a->common);
+      auto r = call(https_of(a->common, cs), {"GET", with_api("/devicebound/policies"), {}, {}},
+                    token_for(cs, hub_resource(cs)), {200});
+      const json all = parse_json(r.body);
+      const auto value = all.is_object() ? all.find("value") : all.end();
+      if (value == all.end() || !value->is_array())
+        throw failure{"Malformed", static_cast<std::uint32_t>(errc::malformed),
+                      "the hub's policy list has no 'value' array", exit_failure};
+      if (a->common.table()) {
+        std::vector<std::vector<std::string>> rows;
+        for (const auto& p : *value)
+          rows.push_back(policy_row(p));
+        print_table(policy_head, rows);
+      } else {
+        print_json(*value);
+      }
+    });
+  });
+
+  a = std::make_shared<policy_args>();  // each command its own options
+  auto* show = policy->add_subcommand("show", "one policy, with its keys");
+  add_common(show, a->common);
+  show->add_option("--name,-n", a->name, "policy name")->required();
+  show->callback([a, &code] {
+    run(a->common, code, [&] {
+      const auto cs = service_login(a->common);
+      auto r = call(https_of(a->common, cs), {"GET", with_api(policy_path(a->name)), {}, {}},
+                    token_for(cs, hub_resource(cs)), {200});
+      print_policy(a->common, parse_json(r.body));
+    });
+  });
+
+  a = std::make_shared<policy_args>();  // each command its own options
+  auto* create = policy->add_subcommand("create",
+                                        "a new policy (keys generated unless given); 409 if it "
+                                        "exists");
+  add_common(create, a->common);
+  create->add_option("--name,-n", a->name, "policy name")->required();
+  create
+      ->add_option("--permissions", a->permissions,
+                   "RegistryRead RegistryWrite ServiceConnect DeviceConnect (space or comma "
+                   "separated)")
+      ->required()
+      ->expected(1, -1);
+  create->add_option("--primary-key,--pk", a->primary_key, "base64 primary key");
+  create->add_option("--secondary-key,--sk", a->secondary_key, "base64 secondary key");
+  create->callback([a, &code] {
+    run(a->common, code, [&] {
+      const auto cs = service_login(a->common);
+      // "A B", "A,B", "A, B" and separate arguments all name the same rights
+      std::string rights;
+      for (const auto& p : a->permissions) {
+        for (char ch : p) {
+          if (ch == ' ' || ch == ',') {
+            if (!rights.empty() && rights.back() != ',')
+              rights += ',';
+          } else {
+            rights += ch;
+          }
+        }
+        if (!rights.empty() && rights.back() != ',')
+          rights += ',';
+      }
+      while (!rights.empty() && rights.back() == ',')
+        rights.pop_back();
+      if (rights.empty())
+        throw usage(
+            "--permissions: name at least one of RegistryRead, RegistryWrite, "
+            "ServiceConnect, DeviceConnect");
+      if (auto parsed = auth::parse_access_rights(rights); !parsed)
+        throw usage("--permissions: " + parsed.error().message);
+      json body;
+      body["keyName"] = a->name;
+      body["rights"] = rights;
+      if (!a->primary_key.empty())
+        body["primaryKey"] = a->primary_key;
+      if (!a->secondary_key.empty())
+        body["secondaryKey"] = a->secondary_key;
+      http_request req{
+          "PUT",
+          with_api(policy_path(a->name)),
+          {{"Content-Type", "application/json; charset=utf-8"}, {"If-None-Match", "*"}},
+          body.dump()};
+      auto r = call(https_of(a->common, cs), req, token_for(cs, hub_resource(cs)), {200, 201});
+      print_policy(a->common, parse_json(r.body));
+    });
+  });
+
+  a = std::make_shared<policy_args>();  // each command its own options
+  auto* renew = policy->add_subcommand(
+      "renew-key",
+      "regenerate a key, or swap the two; tokens signed with the old key stop working");
+  add_common(renew, a->common);
+  renew->add_option("--name,-n", a->name, "policy name")->required();
+  renew->add_option("--renew-key,--rk", a->renew, "which key")
+      ->required()
+      ->check(CLI::IsMember({"primary", "secondary", "swap"}));
+  renew->callback([a, &code] {
+    run(a->common, code, [&] {
+      const auto cs = service_login(a->common);
+      json body;
+      body["renewKey"] = a->renew;
+      http_request req{"POST",
+                       with_api(policy_path(a->name) + "/renew-key"),
+                       {{"Content-Type", "application/json; charset=utf-8"}},
+                       body.dump()};
+      auto r = call(https_of(a->common, cs), req, token_for(cs, hub_resource(cs)), {200});
+      print_policy(a->common, parse_json(r.body));
+    });
+  });
+
+  a = std::make_shared<policy_args>();  // each command its own options
+  auto* del = policy->add_subcommand("delete", "remove a policy; its tokens stop working");
+  add_common(del, a->common);
+  del->add_option("--name,-n", a->name, "policy name")->required();
+  del->callback([a, &code] {
+    run(a->common, code, [&] {
+      const auto cs = service_login(a->common);
+      (void)call(https_of(a->common, cs), {"DELETE", with_api(policy_path(a->name)), {}, {}},
+                 token_for(cs, hub_resource(cs)), {200, 204});
+    });
+  });
+}
+
 }  // namespace
 
 void add_client_commands(CLI::App& app, int& code) {
   add_device_commands(app, code);
+  add_policy_commands(app, code);
   add_c2d_commands(app, code);
   add_feedback_commands(app, code);
 }

@@ -8,7 +8,7 @@ namespace devicebound::cli {
 
 /// `devicebound up`: a local IoT Hub in one command (up.cpp).
 void add_up_command(CLI::App& app, int& code);
-/// `device`, `c2d`, `feedback`: the client commands over IoT Hub's own
+/// `device`, `policy`, `c2d`, `feedback`: the client commands over IoT Hub's own
 /// protocols, AMQP and HTTPS (client_commands.cpp).
 void add_client_commands(CLI::App& app, int& code);
 

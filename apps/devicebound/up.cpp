@@ -63,6 +63,11 @@ using steady = std::chrono::steady_clock;
 /// refused, never rewritten.
 constexpr int state_version = 1;
 
+/// `--mqtt-max-connections`: its range, as the hub's --amqp-max-connections and
+/// --https-max-connections (docs/security.md, "Limits").
+constexpr int min_mqtt_connections = 1;
+constexpr int max_mqtt_connections = 100000;
+
 /// IoT Hub's default shared access policies (SPEC 12.9.1); the hub gives each
 /// its default rights.
 constexpr const char* default_policies[] = {"iothubowner", "service", "device", "registryRead",
@@ -83,6 +88,8 @@ struct up_options {
   std::vector<std::string> hosts;
   std::string bind = "127.0.0.1";
   std::optional<int> mqtt_port, amqp_port, https_port;
+  /// max_connections of the broker's device listener (the TLS one, or plain with --insecure).
+  int mqtt_max_connections = 1000;
   std::string plugin, hub, mosquitto;
   std::vector<std::string> hub_args;
   bool insecure = false;
@@ -504,8 +511,8 @@ std::optional<registry_keys> read_registry(const fs::path& db_path, std::string&
 /// user, who owns the state directory (as root, mosquitto would otherwise
 /// switch to user `mosquitto`, who could not write it).
 std::string mosquitto_conf(const port_plan& ports, const std::string& bind, bool insecure,
-                           const fs::path& state, const tls_files& tls, const std::string& plugin,
-                           const std::string& hub_host) {
+                           int max_connections, const fs::path& state, const tls_files& tls,
+                           const std::string& plugin, const std::string& hub_host) {
   const passwd* pw = ::getpwuid(::geteuid());
   const std::string user = pw ? pw->pw_name : "root";
   const std::pair<std::string_view, std::string> values[] = {
@@ -528,6 +535,7 @@ std::string mosquitto_conf(const port_plan& ports, const std::string& bind, bool
   bool header = true;  // the template's opening comment explains the @NAME@s: not copied
   bool in_tls_listener = false;
   bool has_user = false;
+  bool capped = false;
   while (std::getline(in, line)) {
     header = header && line.rfind('#', 0) == 0;
     if (header)
@@ -553,8 +561,18 @@ std::string mosquitto_conf(const port_plan& ports, const std::string& bind, bool
          line.rfind("keyfile ", 0) == 0 || line.rfind("require_certificate ", 0) == 0 ||
          line.rfind("tls_version ", 0) == 0))
       continue;
+    // The device listener's cap is --mqtt-max-connections; the hub's loopback
+    // listener keeps the template's (the hub's connection counts there).
+    if (in_tls_listener && line.rfind("max_connections ", 0) == 0) {
+      line = "max_connections " + std::to_string(max_connections);
+      capped = true;
+    }
     out += line + "\n";
   }
+  if (!capped)
+    throw up_failure{exit_failure,
+                     "broker/mosquitto.conf.in has no max_connections line under the device "
+                     "listener for --mqtt-max-connections"};
   if (!has_user)
     out += "\n# devicebound up: the broker runs as the user who ran it\nuser " + user + "\n";
   return out;
@@ -597,6 +615,12 @@ int run_up(const up_options& o) {
     if (try_bind(o.bind, probe) == EINVAL)
       throw up_failure{exit_usage, "--bind " + o.bind + ": not an IP address"};
   }
+  if (o.mqtt_max_connections < min_mqtt_connections ||
+      o.mqtt_max_connections > max_mqtt_connections)
+    throw up_failure{exit_usage, "--mqtt-max-connections " +
+                                     std::to_string(o.mqtt_max_connections) + ": must be " +
+                                     std::to_string(min_mqtt_connections) + ".." +
+                                     std::to_string(max_mqtt_connections)};
   for (const auto& d : o.devices)
     if (d.empty() || d.size() > 128 || d.find_first_of(" \t\n/#+") != std::string::npos)
       throw up_failure{exit_usage, "--device '" + d + "': not a device id"};
@@ -661,7 +685,9 @@ int run_up(const up_options& o) {
   }
 
   write_text(state / "mosquitto.conf",
-             mosquitto_conf(ports, o.bind, o.insecure, state, tls, prog.plugin, hub_host), 0600);
+             mosquitto_conf(ports, o.bind, o.insecure, o.mqtt_max_connections, state, tls,
+                            prog.plugin, hub_host),
+             0600);
   {
     std::string t = "# devicebound up: written on every run\n[broker]\n";
     t += "host = \"127.0.0.1\"\nport = " + std::to_string(ports.broker_plain) + "\n";
@@ -930,6 +956,9 @@ void add_up_command(CLI::App& app, int& code) {
   up->add_option("--amqp-port", opts->amqp_port, "AMQP over TLS (default 5671; 0: any free)");
   up->add_option("--https-port", opts->https_port,
                  "HTTPS (default 443, or 8443 without the privilege; 0: any free)");
+  up->add_option("--mqtt-max-connections", opts->mqtt_max_connections,
+                 "connections the broker's device listener takes at once (default 1000, "
+                 "1..100000); more are closed at once");
   up->add_option("--plugin", opts->plugin, "the broker plugin devicebound_mosquitto_plugin.so");
   up->add_option("--hub", opts->hub, "the devicebound-hub program");
   up->add_option("--mosquitto", opts->mosquitto, "the mosquitto program");

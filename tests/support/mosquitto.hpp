@@ -230,10 +230,14 @@ class child_process {
 };
 
 /// mosquitto listening on 127.0.0.1 only, at a free port, with TCP_NODELAY,
-/// anonymous access, no persistence and a per-client queue far above anything
-/// the hub keeps in flight (so a dropped message is a bug, not a limit).
+/// anonymous access, no persistence, a per-client queue far above anything
+/// the hub keeps in flight (so a dropped message is a bug, not a limit) and the
+/// connection cap of broker/mosquitto.conf.in.
 struct mosquitto_options {
   std::string executable = default_mosquitto;
+  /// `max_connections` of the fixture's listener (-1: none). Every client of the
+  /// fixture's port counts toward it, the hub's own connection included.
+  int max_connections = 1000;
   std::vector<std::string> extra_config;  ///< more lines, e.g. `plugin /path/x.so`
   std::chrono::milliseconds startup_timeout = 10s;
 };
@@ -317,7 +321,10 @@ class mosquitto_broker {
     config_ = dir_.file("mosquitto.conf");
     log_ = dir_.file("mosquitto.log");
     std::ofstream c(config_);
-    c << "listener " << port_ << " 127.0.0.1\n"
+    c << "listener " << port_
+      << " 127.0.0.1\n"
+      // As broker/mosquitto.conf.in: a setting of the listener above.
+      << "max_connections " << options_.max_connections << "\n"
       << "allow_anonymous true\n"
       << "set_tcp_nodelay true\n"
       // Not 0: see broker/mosquitto.conf.in on mosquitto 2.0.11's ACL path.

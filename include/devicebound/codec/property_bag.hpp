@@ -66,12 +66,24 @@ inline void append_escaped(std::string& out, unsigned char c) {
 
 }  // namespace detail
 
+/// How a bag is written.
+struct bag_options {
+  /// Write every `.` as `%2E` (off: `.` is unreserved and stays as it is). For
+  /// RabbitMQ's MQTT plugin, which turns `/` into `.` on the way in and `.` into
+  /// `/` on the way out: a plain `$.mid=1` would reach the device as `$/mid=1`,
+  /// a new topic level, and the SDK would lose every property
+  /// (docs/scale-out.md). Decoders read `%2E` back as `.`, as they read any escape.
+  bool escape_dots = false;
+};
+
 /// Appends `s` percent-encoded: RFC 3986 unreserved bytes as they are, every
 /// other byte as `%XX` (uppercase hex), so space is `%20` and `$` is `%24`
-/// (SPEC 9.2). Bytes that are not well-formed UTF-8 are written as U+FFFD
-/// (`%EF%BF%BD`), one per byte: a Node device decodes with
-/// `decodeURIComponent`, which throws on them (a poison message).
-inline void append_percent_encoded(std::string& out, std::string_view s) {
+/// (SPEC 9.2); with `options.escape_dots`, `.` as `%2E` too. Bytes that are
+/// not well-formed UTF-8 are written as U+FFFD (`%EF%BF%BD`), one per byte: a
+/// Node device decodes with `decodeURIComponent`, which throws on them (a
+/// poison message).
+inline void append_percent_encoded(std::string& out, std::string_view s,
+                                   const bag_options& options) {
   for (std::size_t i = 0; i < s.size();) {
     const std::size_t n = detail::utf8_sequence_length(s, i);
     if (n == 0) {
@@ -81,13 +93,18 @@ inline void append_percent_encoded(std::string& out, std::string_view s) {
     }
     for (std::size_t k = 0; k < n; ++k) {
       const auto c = static_cast<unsigned char>(s[i + k]);
-      if (detail::is_unreserved(c))
+      if (detail::is_unreserved(c) && !(options.escape_dots && c == '.'))
         out += static_cast<char>(c);
       else
         detail::append_escaped(out, c);
     }
     i += n;
   }
+}
+
+/// `append_percent_encoded` with the default options (`.` as it is).
+inline void append_percent_encoded(std::string& out, std::string_view s) {
+  append_percent_encoded(out, s, bag_options{});
 }
 
 /// `s` percent-encoded as by `append_percent_encoded`.
@@ -209,12 +226,14 @@ inline const std::string* find(const property_bag& bag, std::string_view key) {
 class bag_writer {
  public:
   bag_writer() = default;
-  explicit bag_writer(std::string head) : out_(std::move(head)), start_(out_.size()) {}
+  explicit bag_writer(std::string head, bag_options options = {})
+      : out_(std::move(head)), start_(out_.size()), options_(options) {}
+  explicit bag_writer(bag_options options) : options_(options) {}
 
   bag_writer& add(std::string_view key, std::string_view value) {
     add_key(key);
     out_ += '=';
-    append_percent_encoded(out_, value);
+    append_percent_encoded(out_, value, options_);
     return *this;
   }
   bag_writer& add(std::string_view key, std::uint64_t value) {
@@ -224,7 +243,7 @@ class bag_writer {
   bag_writer& add_key(std::string_view key) {
     if (out_.size() != start_)
       out_ += '&';
-    append_percent_encoded(out_, key);
+    append_percent_encoded(out_, key, options_);
     return *this;
   }
 
@@ -234,13 +253,15 @@ class bag_writer {
  private:
   std::string out_;
   std::size_t start_ = 0;
+  bag_options options_;
 };
 
 /// `k1=v1&k2=v2...` with every key and value percent-encoded (SPEC 5.9, 9.2).
 /// A null value is written as the bare key. Keys should be non-empty:
 /// `decode_property_bag` refuses an empty key and drops an empty null entry.
-inline std::string encode_property_bag(const property_bag& bag) {
-  bag_writer w;
+/// `options.escape_dots`: every `.` as `%2E` (RabbitMQ, `bag_options`).
+inline std::string encode_property_bag(const property_bag& bag, const bag_options& options = {}) {
+  bag_writer w(options);
   for (const bag_property& p : bag) {
     if (p.value)
       w.add(p.key, *p.value);

@@ -37,6 +37,10 @@ struct devicebound_topic_options {
   /// app as an application property named `$.ctime`. Turn it on between
   /// devicebound's own ends, whose decoder maps it back to `creation_time_utc`.
   bool include_creation_time = false;
+  /// Write every `.` of the bag as `%2E` (`bag_options::escape_dots`): needed
+  /// when RabbitMQ is the broker, which turns `.` into `/` on the way to the
+  /// device. The Azure device SDKs decode it back (docs/scale-out.md).
+  bool escape_dots = false;
 };
 
 namespace detail {
@@ -126,7 +130,7 @@ inline void write_message_properties(bag_writer& w, const message& m,
 /// `validate_app_property` refuses) is left out, so no key appears twice.
 inline std::string encode_devicebound_topic(std::string_view device_id, const message& m,
                                             const devicebound_topic_options& options = {}) {
-  bag_writer w(devicebound_topic_prefix(device_id) + '/');
+  bag_writer w(devicebound_topic_prefix(device_id) + '/', bag_options{options.escape_dots});
   write_message_properties(w, m, options);
   return std::move(w).take();
 }

@@ -18,6 +18,7 @@ const fs = require('node:fs');
 const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
+const tls = require('node:tls');
 const { freePort, within } = require('../node/harness');
 
 const repo = path.resolve(__dirname, '..', '..', '..');
@@ -27,6 +28,7 @@ const build = (() => {
 })();
 const cli = process.env.DEVICEBOUND_CLI || path.join(build, 'apps', 'devicebound');
 const EXIT_UNAVAILABLE = 5; // apps/devicebound/exit_codes.hpp
+const EXIT_USAGE = 2;
 const START = 60000; // ms: `up` until every door is ready (first run makes a CA)
 
 const haveCli = fs.existsSync(cli);
@@ -153,6 +155,10 @@ describe('devicebound up with the official Node SDKs', { skip }, () => {
     assert.match(conf, /^tls_version tlsv1\.2$/m);
     // the broker's plain listener (the hub's own connection) is on loopback only
     assert.match(conf, /^listener \d+ 127\.0\.0\.1$/m);
+    // connection caps: the device listener's is --mqtt-max-connections (default 1000);
+    // the hub's loopback listener has its own
+    assert.match(conf, new RegExp(`^listener ${info.ports.mqtt} 127\\.0\\.0\\.1\nmax_connections 1000$`, 'm'));
+    assert.equal(conf.match(/^max_connections 1000$/gm).length, 2);
   });
 
   it('azure-iothub sends with ack full; azure-iot-device-mqtt receives and completes; feedback Success', async () => {
@@ -212,7 +218,60 @@ describe('devicebound up restarts from its state directory', { skip }, () => {
   });
 });
 
+describe('devicebound up caps MQTT connections (--mqtt-max-connections)', { skip }, () => {
+  it('the device listener takes N connections; the next is closed before TLS; a freed slot takes one', async () => {
+    const dir = tmp();
+    const { run, info } = await upOnFreePorts(['--state-dir', path.join(dir, 'state'), '--mqtt-max-connections', '2']);
+    const open = [];
+    try {
+      const conf = fs.readFileSync(path.join(info.state_dir, 'mosquitto.conf'), 'utf8');
+      assert.match(conf, new RegExp(`^listener ${info.ports.mqtt} 127\\.0\\.0\\.1\nmax_connections 2$`, 'm'));
+      const ca = fs.readFileSync(info.ca_file);
+      /** A TLS connection to the MQTT port: the socket, or null if the broker closed it first. */
+      const connect = () => within(new Promise((resolve) => {
+        const s = tls.connect({ host: '127.0.0.1', port: info.ports.mqtt, ca, servername: 'localhost' });
+        s.once('secureConnect', () => resolve(s));
+        s.once('error', () => resolve(null));
+        s.once('close', () => resolve(null));
+      }), 10000, 'a TLS connection to the MQTT port');
+      for (let i = 0; i < 2; i += 1) open.push(await connect());
+      assert.ok(open.every((s) => s !== null), 'below the cap');
+      assert.equal(await connect(), null, 'a third connection over --mqtt-max-connections 2');
+      // One leaves: once the broker has closed its side, its slot is free.
+      const leaving = open.pop();
+      const closed = new Promise((resolve) => leaving.once('close', resolve));
+      leaving.end();
+      await within(closed, 10000, 'the broker to close the connection that left');
+      const again = await connect();
+      assert.notEqual(again, null, 'a connection in the freed slot');
+      open.push(again);
+    } finally {
+      for (const s of open) if (s) s.destroy();
+      await stop(run);
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe('devicebound up fails clearly', { skip }, () => {
+  it('--mqtt-max-connections out of 1..100000: exit 2 naming the flag, nothing written', async () => {
+    for (const n of ['0', '100001', '-1']) {
+      const dir = tmp();
+      const state = path.join(dir, 'state');
+      try {
+        const run = up(['--state-dir', state, '--mqtt-max-connections', n, ...(await ports())]);
+        run.ready.catch(() => {});
+        const { code } = await within(run.exited, 30000, 'devicebound up to exit');
+        assert.equal(code, EXIT_USAGE, run.stderr);
+        assert.match(run.stderr, new RegExp(`--mqtt-max-connections ${n}: must be 1\\.\\.100000`));
+        assert.equal(run.stdout, '');
+        assert.equal(fs.existsSync(state), false);
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
+    }
+  });
+
   /** Runs up to its exit; asserts code 5, a message matching `re`, no JSON and no process left. */
   async function refused(args, re, env) {
     const dir = tmp();
