@@ -1,7 +1,7 @@
 // Partition ownership (cluster/ownership.hpp) on real lease rows: two controllers, each on its
 // own PostgreSQL connection through cluster/postgres_leases.hpp, against a PostgreSQL 15 this
 // binary starts (tests/support/postgres.hpp). Leases expire by the database's clock, so the
-// controllers run on real time with short leases (ttl 600 ms, renewed every 150 ms); each loop
+// controllers run on real time with short leases (ttl 1.5 s, renewed every 150 ms); each loop
 // ticks when `next_tick_at()` says, as the daemon does, and is bounded by a deadline. Without
 // the PostgreSQL server binaries the test skips (fails under DEVICEBOUND_REQUIRE_ALL=1).
 #include <gtest/gtest.h>
@@ -45,7 +45,7 @@ controller make(postgres_store& s, std::string owner) {
   cl::ownership_options o;
   o.owner = std::move(owner);
   o.partitions = K;
-  o.ttl = 600ms;
+  o.ttl = 1500ms;
   o.renew_interval = 150ms;
   return controller::create(o, cl::postgres_leases(s), system_clock{}).value();
 }
