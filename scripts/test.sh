@@ -11,6 +11,11 @@
 #   (f) node     npm ci + node --test in node/, npm pack -> install elsewhere
 #   (g) sdk      the official Azure IoT SDKs (npm, PyPI; pinned in tests/sdk/)
 #                against devicebound-hub: scripts/test_sdk.sh
+#   (h) cluster  the scale-out parts on real engines started by the tests
+#                (ctest labels postgres, rabbitmq, cluster: PostgreSQL 15,
+#                RabbitMQ 3.10; docs/scale-out.md), on the Release build of (a).
+#                Skipped only with --quick, and then reported as skipped.
+# Usage: scripts/test.sh [--quick]
 # Build directories default to build/, build-asan/ and build-fuzz/; set
 # DEVICEBOUND_BUILD_PREFIX=<dir> to use <dir>, <dir>-asan and <dir>-fuzz instead.
 # DEVICEBOUND_REQUIRE_ALL=1 (exported here unless set): CI installs every part the
@@ -22,6 +27,21 @@
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$(pwd)
+
+quick=0
+for arg in "$@"; do
+  case "$arg" in
+    --quick) quick=1 ;;
+    -h | --help)
+      sed -n '2,/^set -uo/p' "$0" | sed '$d'
+      exit 0
+      ;;
+    *)
+      echo "test.sh: unknown argument '$arg' (usage: scripts/test.sh [--quick])" >&2
+      exit 2
+      ;;
+  esac
+done
 
 jobs=2
 export DEVICEBOUND_REQUIRE_ALL=${DEVICEBOUND_REQUIRE_ALL:-1}
@@ -61,8 +81,11 @@ run_stage() {
 stage_release() {
   cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release
   cmake --build "$build" -j "$jobs"
-  ctest --test-dir "$build" "${ctest_args[@]}"
+  ctest --test-dir "$build" "${ctest_args[@]}" -LE "$cluster_labels"
 }
+
+# The tests that start PostgreSQL or RabbitMQ: their own stage (h).
+cluster_labels='postgres|rabbitmq|cluster'
 
 stage_asan() {
   # Debug keeps assert() live next to the sanitizers.
@@ -149,6 +172,17 @@ stage_sdk() {
     DEVICEBOUND_SDK_VENV="$build/venv-sdk-tests" ./scripts/test_sdk.sh
 }
 
+stage_cluster() {
+  if ((quick)); then
+    echo "cluster: skipped because --quick was given"
+    return 77
+  fi
+  # The Release build of stage (a); builds it if (a) did not run to the end.
+  cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release
+  cmake --build "$build" -j "$jobs"
+  ctest --test-dir "$build" "${ctest_args[@]}" -L "$cluster_labels"
+}
+
 total_start=$SECONDS
 if ! ./scripts/setup.sh; then
   echo "test.sh: FAILED: setup.sh could not install the build dependencies"
@@ -162,6 +196,7 @@ run_stage python stage_python
 run_stage broker stage_broker
 run_stage node stage_node
 run_stage sdk stage_sdk
+run_stage cluster stage_cluster
 
 join() { local IFS=,; echo "${*:-none}"; }
 echo
