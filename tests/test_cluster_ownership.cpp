@@ -566,6 +566,34 @@ TEST(ClusterOwnership, ABeliefNeverOutlastsTheRowUnderLatency) {
     EXPECT_LE(*a.valid_until(k), t.rows[k].until);
 }
 
+namespace {
+/// A clock a test can set anywhere, backwards included.
+struct settable_clock {
+  std::shared_ptr<time_point> t = std::make_shared<time_point>(manual_clock::default_start);
+  time_point now() const { return *t; }
+};
+}  // namespace
+
+// A clock that steps back is read as standing still: no renewal becomes due early or late by
+// it, and no belief is stretched.
+TEST(ClusterOwnership, AClockThatStepsBackIsReadAsStandingStill) {
+  fake_lease_table t;
+  settable_clock c;
+  auto a = cl::ownership_controller<fake_leases, settable_clock>::create(options("a", 2),
+                                                                         fake_leases{&t}, c)
+               .value();
+  const time_point t0 = *c.t;
+  EXPECT_EQ(a.tick().value().size(), 2u);
+  const auto calls = t.calls;
+  *c.t = t0 - 10s;
+  EXPECT_TRUE(a.tick().value().empty());
+  EXPECT_EQ(t.calls, calls);  // nothing due at the clamped time t0
+  *c.t = t0 + 1s;
+  EXPECT_TRUE(a.tick().value().empty());
+  EXPECT_EQ(t.calls, calls + 2);  // renewed, as due
+  EXPECT_EQ(a.valid_until(0), t0 + 1s + 5s);
+}
+
 TEST(ClusterOwnership, EventKindsHaveNames) {
   EXPECT_EQ(cl::to_string(kind::claimed), "claimed");
   EXPECT_EQ(cl::to_string(kind::lost), "lost");

@@ -235,13 +235,14 @@ class ownership_controller {
 
     // 2. claims: up to the fair share, or every free partition on an overflow round
     const std::uint32_t share = fair_share();
+    std::uint32_t holding = held_count();
     const bool overflow =
-        options_.expected_instances && held_count() >= share && now() >= next_overflow_;
+        options_.expected_instances && holding >= share && now() >= next_overflow_;
     if (overflow)
       next_overflow_ = saturating_add(now(), options_.overflow_after);
     const std::uint32_t K = options_.partitions;
     for (std::uint32_t i = 0; i < K; ++i) {
-      if (!overflow && held_count() >= share)
+      if (!overflow && holding >= share)
         break;
       const std::uint32_t k = (rotation_ + i) % K;
       if (slots_[k].held || lost_now[k])
@@ -255,6 +256,7 @@ class ownership_controller {
       s.epoch = *r;
       s.renewed_at = sent;
       s.valid_until = saturating_add(sent, options_.ttl);
+      ++holding;
       events.push_back({ownership_event_kind::claimed, k, *r, std::nullopt});
     }
     return events;
