@@ -88,7 +88,8 @@ struct up_options {
   std::vector<std::string> hosts;
   std::string bind = "127.0.0.1";
   std::optional<int> mqtt_port, amqp_port, https_port;
-  /// max_connections of the broker's device listener (the TLS one, or plain with --insecure).
+  /// max_connections of the broker's device listener (the TLS one, or plain with
+  /// --insecure), and the plugin's exact cap on connected devices (plugin_opt_max_devices).
   int mqtt_max_connections = 1000;
   std::string plugin, hub, mosquitto;
   std::vector<std::string> hub_args;
@@ -536,6 +537,7 @@ std::string mosquitto_conf(const port_plan& ports, const std::string& bind, bool
   bool in_tls_listener = false;
   bool has_user = false;
   bool capped = false;
+  bool devices_capped = false;
   while (std::getline(in, line)) {
     header = header && line.rfind('#', 0) == 0;
     if (header)
@@ -567,12 +569,22 @@ std::string mosquitto_conf(const port_plan& ports, const std::string& bind, bool
       line = "max_connections " + std::to_string(max_connections);
       capped = true;
     }
+    // The same number for the plugin's count of devices, exact where
+    // mosquitto 2.0.11's max_connections drifts (docs/security.md, "Limits").
+    if (line.rfind("plugin_opt_max_devices ", 0) == 0) {
+      line = "plugin_opt_max_devices " + std::to_string(max_connections);
+      devices_capped = true;
+    }
     out += line + "\n";
   }
   if (!capped)
     throw up_failure{exit_failure,
                      "broker/mosquitto.conf.in has no max_connections line under the device "
                      "listener for --mqtt-max-connections"};
+  if (!devices_capped)
+    throw up_failure{exit_failure,
+                     "broker/mosquitto.conf.in has no plugin_opt_max_devices line for "
+                     "--mqtt-max-connections"};
   if (!has_user)
     out += "\n# devicebound up: the broker runs as the user who ran it\nuser " + user + "\n";
   return out;
@@ -957,8 +969,9 @@ void add_up_command(CLI::App& app, int& code) {
   up->add_option("--https-port", opts->https_port,
                  "HTTPS (default 443, or 8443 without the privilege; 0: any free)");
   up->add_option("--mqtt-max-connections", opts->mqtt_max_connections,
-                 "connections the broker's device listener takes at once (default 1000, "
-                 "1..100000); more are closed at once");
+                 "connections the broker's device listener takes at once, and devices the "
+                 "broker plugin lets in at once (default 1000, 1..100000); more are closed at "
+                 "once");
   up->add_option("--plugin", opts->plugin, "the broker plugin devicebound_mosquitto_plugin.so");
   up->add_option("--hub", opts->hub, "the devicebound-hub program");
   up->add_option("--mosquitto", opts->mosquitto, "the mosquitto program");

@@ -34,6 +34,15 @@
 //                the device-bound subscription, so that a device reconnecting
 //                after a broker restart is announced again (pair it with
 //                mosquitto's `persistence true`).
+//   max_devices  at most this many devices connected at once (0..100000000;
+//                -1 or unset: no cap). A device's CONNECT beyond it is closed
+//                without a CONNACK (the plugin API can only answer "not
+//                authorized" otherwise), as mosquitto's max_connections
+//                closes a connection, so SDKs retry; one line is logged. A
+//                device reconnecting with the id of a connected device takes
+//                its slot over. Back ends are never counted nor refused.
+//                Exact, unlike mosquitto 2.0.11's max_connections
+//                (device_cap.hpp). Given twice, the last one counts.
 //
 // mosquitto runs all plugin callbacks on its one main thread, so the plugin
 // state needs no locking. No exception leaves a callback.
@@ -58,6 +67,7 @@
 
 #include "../../apps/devicebound-hub/auth_file.hpp"
 #include "client_auth.hpp"
+#include "device_cap.hpp"
 #include "registry_db.hpp"
 #include "topic_acl.hpp"
 
@@ -69,6 +79,7 @@ enum {
   MOSQ_ERR_SUCCESS = 0,
   MOSQ_ERR_NOMEM = 1,
   MOSQ_ERR_INVAL = 3,
+  MOSQ_ERR_CONN_REFUSED = 5,
   MOSQ_ERR_NOT_SUPPORTED = 10,
   MOSQ_ERR_AUTH = 11,
   MOSQ_ERR_ACL_DENIED = 12,
@@ -126,12 +137,21 @@ struct plugin_state {
   std::string hostname;       // plugin_opt_iothub_hostname, normalised; empty: not checked
   std::chrono::milliseconds busy_timeout{250};
   std::unordered_map<std::string, client_rec> clients;
+  // Device connections among `clients`' live ones (plugin_opt_max_devices).
+  // Every change of a `conn` goes through it: connect, disconnect (which a
+  // kick and a taken-over connection end in too).
+  broker::device_cap devices;
   std::optional<devicebound::hubd::auth_registry> file_keys;
   broker::registry_db registry;
   std::string registry_problem;  // why the registry is not open (logged when it changes)
   steady::time_point next_registry_open{};
   steady::time_point next_registry_check{};
   bool recheck_pending = false;  // the connected clients are still to be checked
+  // From a reload (SIGHUP) to the next tick: mosquitto asks basic auth again
+  // for every client it holds, connected or an offline session
+  // (mosquitto_security_apply, right after MOSQ_EVT_RELOAD, before it reads
+  // any socket again). Those calls are no CONNECT (see on_basic_auth).
+  bool reapplying = false;
   bool state_dirty = false;
   std::time_t state_written_at = 0;
   // The client being disconnected by kick_revoked_clients: mosquitto checks
@@ -144,6 +164,12 @@ struct plugin_state {
 };
 
 plugin_state* g_state = nullptr;
+
+broker::connection_kind kind_of(const client_rec& rec) {
+  if (rec.conn == nullptr)
+    return broker::connection_kind::none;
+  return rec.device ? broker::connection_kind::device : broker::connection_kind::back_end;
+}
 
 identity_source source() {
   if (g_state->registry.is_open())
@@ -547,6 +573,13 @@ void registry_tick() {
 
 int on_basic_auth(int, void* event_data, void*) {
   auto* ed = static_cast<mosquitto_evt_basic_auth*>(event_data);
+  // mosquitto re-checking a client it already holds after a reload: nothing
+  // connects. The plugin's own check of the connected clients (on_reload,
+  // kick_revoked_clients) decides who leaves; an offline session is checked
+  // when its device connects again. Taken for a CONNECT, it would make an
+  // offline session the device's connection (announced, counted).
+  if (g_state->reapplying)
+    return MOSQ_ERR_SUCCESS;
   const char* raw_id = mosquitto_client_id(ed->client);
   const std::string id = raw_id ? raw_id : "";
   if (id.empty() || broker::has_wildcard_or_slash(id)) {
@@ -576,7 +609,26 @@ int on_basic_auth(int, void* event_data, void*) {
       break;
   }
 
+  const auto incoming =
+      device ? broker::connection_kind::device : broker::connection_kind::back_end;
+  const auto found = g_state->clients.find(id);
+  const auto current =
+      found == g_state->clients.end() ? broker::connection_kind::none : kind_of(found->second);
+  if (!g_state->devices.admits(current, incoming)) {
+    // Not MOSQ_ERR_AUTH (CONNACK "not authorized", which SDKs take as final):
+    // mosquitto closes the connection without a CONNACK, as at its own
+    // max_connections, and the device tries again later.
+    mosquitto_log_printf(MOSQ_LOG_NOTICE,
+                         DB_LOG_PREFIX
+                         "refused device %s: %lu devices connected, "
+                         "plugin_opt_max_devices %lu",
+                         id.c_str(), static_cast<unsigned long>(g_state->devices.connected()),
+                         static_cast<unsigned long>(*g_state->devices.limit()));
+    return MOSQ_ERR_CONN_REFUSED;
+  }
+
   client_rec& rec = g_state->clients[id];
+  g_state->devices.connected(current, incoming);
   // From here this connection is the client's current one. A connection it
   // takes over is disconnected right after this callback and its disconnect
   // event is not published (see on_disconnect): with a persistent session the
@@ -682,6 +734,7 @@ int on_disconnect(int, void* event_data, void*) {
   // which is the one that counts.
   if (it == g_state->clients.end() || it->second.conn != ed->client)
     return MOSQ_ERR_SUCCESS;
+  g_state->devices.left(kind_of(it->second));
   it->second.conn = nullptr;
   emit("disconnected", id, "");
   if (!it->second.persistent)
@@ -690,6 +743,7 @@ int on_disconnect(int, void* event_data, void*) {
 }
 
 int on_tick(int, void*, void*) {
+  g_state->reapplying = false;
   if (g_state->state_dirty && std::time(nullptr) != g_state->state_written_at)
     state_write();
   if (!g_state->registry_path.empty())
@@ -698,6 +752,7 @@ int on_tick(int, void*, void*) {
 }
 
 int on_reload(int, void*, void*) {
+  g_state->reapplying = true;
   // New keys in the auth file count for connected clients too, as a registry
   // change does (while the registry is in force the file is not consulted).
   if (!g_state->auth_file.empty() && auth_file_reload() && source() == identity_source::auth_file)
@@ -749,6 +804,19 @@ int parse_options(const mosquitto_opt* options, int option_count) {
       g_state->registry_path = value;
     } else if (key == "iothub_hostname") {
       g_state->hostname = auth::normalise_host(value);
+    } else if (key == "max_devices") {
+      char* end = nullptr;
+      const long long n = std::strtoll(value.c_str(), &end, 10);
+      if (value.empty() || *end != '\0' || n < -1 || n > 100000000) {
+        mosquitto_log_printf(MOSQ_LOG_ERR,
+                             DB_LOG_PREFIX
+                             "plugin_opt_max_devices must be 0..100000000 (devices), or -1 "
+                             "for no cap, not '%s'",
+                             value.c_str());
+        return MOSQ_ERR_INVAL;
+      }
+      g_state->devices = broker::device_cap(
+          n < 0 ? std::nullopt : std::optional<std::size_t>(static_cast<std::size_t>(n)));
     } else if (key == "registry_busy_timeout_ms") {
       char* end = nullptr;
       const long ms = std::strtol(value.c_str(), &end, 10);
@@ -821,7 +889,10 @@ int plugin_init(mosquitto_plugin_id_t* identifier, void** userdata, mosquitto_op
     case identity_source::none:
       break;
   }
-  mosquitto_log_printf(MOSQ_LOG_NOTICE, DB_LOG_PREFIX "plugin ready (%s)", mode);
+  std::string cap = "no cap on devices";
+  if (const auto limit = g_state->devices.limit())
+    cap = "at most " + std::to_string(*limit) + " devices connected";
+  mosquitto_log_printf(MOSQ_LOG_NOTICE, DB_LOG_PREFIX "plugin ready (%s; %s)", mode, cap.c_str());
   return MOSQ_ERR_SUCCESS;
 }
 

@@ -640,3 +640,113 @@ def test_auth_file_policy_rights(start_broker, clients, tmp_path):
                        sas_token(resource, ops, policy="ops")) == 5
     wait_until(lambda: "refused client b3: policy reader grants RegistryRead" in broker.log_text(),
                WAIT, "the reason in the log")
+
+
+# --------------------------------------------------------------------------- #
+# The device cap (plugin_opt_max_devices)
+
+
+def test_max_devices_is_exact_and_never_locks_back_ends_out(start_broker, clients, tmp_path):
+    """plugin_opt_max_devices 3: three devices in, a fourth closed without a
+    CONNACK (paho: -1); back ends still get in. Whatever way a device leaves
+    (DISCONNECT, a lost connection, kicked after a key change) frees exactly
+    one slot, five times over (no drift, unlike mosquitto 2.0.11's
+    max_connections); a device taking its own connection over needs none."""
+    ids = [f"dev{i}" for i in range(12)]
+    keys = {device_id: new_key() for device_id in ids}
+    hub_key = new_key()
+    auth = write_auth_file(tmp_path / "keys", keys, {"hub": hub_key})
+    broker = start_broker(auth_file=auth, options=["plugin_opt_max_devices 3"])
+    assert "at most 3 devices connected" in broker.log_text()
+    events = clients.add(EventListener(broker, username="hub",
+                                       password=sas_token(HUB_HOSTNAME, hub_key, policy="hub")))
+    refusals = [0]
+
+    def connect(device_id, clean_session=False):
+        client = clients.add(MqttClient(
+            broker.plain_port, device_id, clean_session=clean_session,
+            username=device_username(device_id),
+            password=sas_token(f"{HUB_HOSTNAME}/devices/{device_id}", keys[device_id])))
+        return client, client.connect()
+
+    def admitted(device_id, clean_session=False):
+        client, rc = connect(device_id, clean_session)
+        assert rc == 0, f"{device_id} refused (CONNACK {rc}) with a slot free"
+        return client
+
+    def refused(device_id):
+        client, rc = connect(device_id)
+        assert rc == -1, f"{device_id} over the cap: CONNACK {rc}, not a closed connection"
+        refusals[0] += 1
+        assert client.is_disconnected
+
+    def back_end(client_id):
+        client = clients.add(MqttClient(broker.plain_port, client_id, username="hub",
+                                        password=sas_token(HUB_HOSTNAME, hub_key, policy="hub")))
+        assert client.connect() == 0, f"back end {client_id} refused at the device cap"
+
+    connected = {device_id: admitted(device_id) for device_id in ids[:3]}
+    refused(ids[3])
+    for i in range(3):
+        back_end(f"svc{i}")
+    # The refusal's line names the cap; nothing was counted for it.
+    wait_until(lambda: f"refused device {ids[3]}: 3 devices connected, plugin_opt_max_devices 3"
+               in broker.log_text(), WAIT, "the refusal in the log")
+
+    # Five rounds: one leaves (the broker's "disconnected" event comes after
+    # the plugin counted it out), exactly one new device takes its slot.
+    waiting = ids[3:]
+    for round_ in range(5):
+        leaving = sorted(connected)[0]
+        client = connected.pop(leaving)
+        if round_ % 2 == 0:
+            client.disconnect()
+        else:
+            client.drop()
+        events.expect("disconnected", leaving)
+        newcomer, over = waiting.pop(0), waiting[0]
+        connected[newcomer] = admitted(newcomer)
+        refused(over)
+        waiting.append(leaving)
+        back_end(f"again{round_}")
+
+    # Takeovers by the same id, with a persistent session and with a clean
+    # one: the old connection is closed, the count stays at three.
+    persistent_id, clean_id = sorted(connected)[:2]
+    old = connected[persistent_id]
+    connected[persistent_id] = admitted(persistent_id)
+    old.wait_disconnected()
+    old = connected[clean_id]
+    connected[clean_id] = admitted(clean_id, clean_session=True)
+    events.expect("disconnected", clean_id)  # a clean session ends the old one
+    old.wait_disconnected()
+    refused(waiting[0])
+
+    # A device kicked after its key changed frees its slot too. The SIGHUP
+    # makes mosquitto ask basic auth again for every session it holds, the
+    # offline ones of the devices that left included: none of them may be
+    # taken for a connection (and counted).
+    kicked = sorted(connected)[-1]
+    keys[kicked] = new_key()
+    write_auth_file(auth, keys, {"hub": hub_key})
+    os.kill(broker.proc.pid, signal.SIGHUP)
+    connected.pop(kicked).wait_disconnected()
+    events.expect("disconnected", kicked)
+    connected[waiting[0]] = admitted(waiting[0])
+    refused(waiting[1])
+
+    # Every device in is still connected; the log has one line per refusal.
+    for device_id, client in connected.items():
+        assert client.subscribe(filter_of(device_id)) == 1, device_id
+        assert not client.is_disconnected, device_id
+    assert broker.log_text().count("refused device ") == refusals[0] == 8
+
+
+def test_bad_max_devices_stops_the_broker(start_broker):
+    for bad in ("lots", "-2", "100000001", "3x"):
+        try:
+            start_broker(options=[f"plugin_opt_max_devices {bad}"])
+        except RuntimeError as error:
+            assert "plugin_opt_max_devices must be 0..100000000" in str(error), bad
+        else:
+            raise AssertionError(f"mosquitto started with plugin_opt_max_devices {bad}")

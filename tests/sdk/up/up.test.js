@@ -159,6 +159,8 @@ describe('devicebound up with the official Node SDKs', { skip }, () => {
     // the hub's loopback listener has its own
     assert.match(conf, new RegExp(`^listener ${info.ports.mqtt} 127\\.0\\.0\\.1\nmax_connections 1000$`, 'm'));
     assert.equal(conf.match(/^max_connections 1000$/gm).length, 2);
+    // and the plugin's exact count of devices, the same number (once)
+    assert.equal(conf.match(/^plugin_opt_max_devices .*$/gm).join(), 'plugin_opt_max_devices 1000');
   });
 
   it('azure-iothub sends with ack full; azure-iot-device-mqtt receives and completes; feedback Success', async () => {
@@ -226,6 +228,7 @@ describe('devicebound up caps MQTT connections (--mqtt-max-connections)', { skip
     try {
       const conf = fs.readFileSync(path.join(info.state_dir, 'mosquitto.conf'), 'utf8');
       assert.match(conf, new RegExp(`^listener ${info.ports.mqtt} 127\\.0\\.0\\.1\nmax_connections 2$`, 'm'));
+      assert.equal(conf.match(/^plugin_opt_max_devices .*$/gm).join(), 'plugin_opt_max_devices 2');
       const ca = fs.readFileSync(info.ca_file);
       /** A TLS connection to the MQTT port: the socket, or null if the broker closed it first. */
       const connect = () => within(new Promise((resolve) => {
