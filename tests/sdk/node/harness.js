@@ -555,4 +555,6 @@ class Inbox {
 module.exports = {
   HOSTNAME, WAIT, Inbox, freePort, hubHasHttps, missingParts, newKey, programs, rejection, skipUnlessHttps,
   skipUnlessReady, startHttpsStack, startStack, within,
+  // for rabbit.test.js's own stack
+  authFileText, findCerts, stopProcess,
 };
