@@ -3,7 +3,8 @@
 // Tells the devicebound hub daemon what plain MQTT does not: that a device
 // subscribed to its device-bound topic, that the broker handed a device-bound
 // message to the device's connection, and that the device left. Enforces the
-// topic ACL of docs/stock-devices.md and authenticates clients with IoT Hub SAS
+// topic ACL of docs/stock-devices.md (a back end's topics by the rights its
+// token grants, topic_acl.hpp) and authenticates clients with IoT Hub SAS
 // tokens, verified by the same code as the hub's other doors (auth/).
 //
 // Events, all QoS 1, retain 0, published by the broker itself:
