@@ -57,6 +57,9 @@ fi
 echo "setup: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update
-"${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive \
+# RUNLEVEL=1: invoke-rc.d starts no system service (postgresql, rabbitmq-server,
+# mosquitto) from the packages' install scripts; the tests start their own
+# servers on free loopback ports and stop them by PID.
+"${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 \
   apt-get install -y --no-install-recommends "${missing[@]}"
 echo "setup: done"
