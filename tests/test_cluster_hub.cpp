@@ -233,22 +233,37 @@ class cluster_hub : public ::testing::Test {
     return false;
   }
 
-  /// Receives every message of `devices` through `via` (a device link each,
-  /// accepting what arrives) until nothing more arrives for 2 s: id -> count.
-  std::map<std::string, int> drain(instance& via, const std::vector<std::string>& devices) {
+  /// Receives the messages of `devices` through `via` (a device link each,
+  /// accepting what arrives) until every id of `expect` arrived (bounded), then
+  /// whatever else arrives within 500 ms (duplicates, unacknowledged sends): id -> count.
+  std::map<std::string, int> drain(instance& via, const std::vector<std::string>& devices,
+                                   const std::set<std::string>& expect) {
     std::map<std::string, int> got;
     client dev(via.port, sasl_mode::none);
     EXPECT_TRUE(dev.opened());
+    std::vector<pn_link_t*> links;
     for (const auto& d : devices) {
-      pn_link_t* r = dev.attach(false, "/devices/" + d + "/messages/devicebound", 1000);
-      EXPECT_TRUE(dev.attached(r)) << d << ": " << dev.link_error(r);
-      while (auto m = dev.next(r, 2s)) {
-        ++got[text_id(m->msg)];
-        pn_delivery_update(m->delivery, PN_ACCEPTED);
-        pn_delivery_settle(m->delivery);
-        dev.flush();
-      }
+      links.push_back(dev.attach(false, "/devices/" + d + "/messages/devicebound", 1000));
+      EXPECT_TRUE(dev.attached(links.back())) << d << ": " << dev.link_error(links.back());
     }
+    const auto take = [&](std::chrono::milliseconds wait) {
+      for (auto* l : links)
+        while (auto m = dev.next(l, wait)) {
+          ++got[text_id(m->msg)];
+          pn_delivery_update(m->delivery, PN_ACCEPTED);
+          pn_delivery_settle(m->delivery);
+          dev.flush();
+        }
+    };
+    const auto covered = [&] {
+      return std::all_of(expect.begin(), expect.end(),
+                         [&](const std::string& id) { return got.count(id) > 0; });
+    };
+    const auto deadline = steady::now() + 30s;
+    while (!covered() && steady::now() < deadline)
+      take(20ms);
+    (void)dev.wait([] { return false; }, 500ms);  // what else comes, bounded
+    take(1ms);
     return got;
   }
 
@@ -301,7 +316,7 @@ TEST_F(cluster_hub, InstancesSplitThePartitionsAndRefuseOthersRetryably) {
   EXPECT_NE(hubs_[0].log().find("' serves "), std::string::npos);
   auto [state2, cond2] = hubs_[1].service->outcome(hubs_[1].service->send(hubs_[1].sender, m));
   EXPECT_EQ(state2, PN_ACCEPTED) << cond2;
-  auto got = drain(hubs_[1], {device});
+  auto got = drain(hubs_[1], {device}, {"refused-1"});
   EXPECT_EQ(got["refused-1"], 1);
 }
 
@@ -314,21 +329,25 @@ TEST_F(cluster_hub, KillNineTheOtherInstanceTakesOverAndNothingAcknowledgedIsLos
   std::optional<std::chrono::milliseconds> takeover;
   instance& victim = hubs_[0];
   instance& survivor = hubs_[1];
+  steady::time_point killed_at{};
   for (int n = 0; n < messages; ++n) {
-    if (n == messages / 2) {
-      const auto killed_at = steady::now();
+    if (n == messages / 2) {  // under load: the sends go on, retrying, during the takeover
+      killed_at = steady::now();
       victim.kill9();
       ++kills;
-      takeover = wait_all(survivor, killed_at, lease_ttl + 2s);
     }
     const std::string id = "m-" + std::to_string(n);
     if (send(devs[static_cast<std::size_t>(n) % devs.size()], id, unanswered))
       acked.insert(id);
+    if (kills > 0 && !takeover && survivor.partitions_served().size() == partitions)
+      takeover = std::chrono::duration_cast<std::chrono::milliseconds>(steady::now() - killed_at);
   }
+  if (!takeover)
+    takeover = wait_all(survivor, killed_at, lease_ttl + 2s);
   ASSERT_TRUE(takeover.has_value()) << "the survivor did not serve every partition within "
                                     << (lease_ttl + 2s).count() << " ms of the kill\n"
                                     << logs();
-  auto got = drain(survivor, devs);
+  auto got = drain(survivor, devs, acked);
   int lost = 0, duplicates = 0, unacked_present = 0;
   for (const auto& id : acked)
     if (got.count(id) == 0)
@@ -341,7 +360,8 @@ TEST_F(cluster_hub, KillNineTheOtherInstanceTakesOverAndNothingAcknowledgedIsLos
   std::cout << "ledger: kills " << kills << ", messages " << messages << ", acknowledged "
             << acked.size() << ", lost " << lost << ", duplicates " << duplicates
             << ", unanswered sends " << unanswered << " (of which stored " << unacked_present
-            << "), takeover " << takeover->count() << " ms (ttl " << lease_ttl.count()
+            << "), takeover " << takeover->count() << " ms (ttl "
+            << std::chrono::duration_cast<std::chrono::milliseconds>(lease_ttl).count()
             << " ms)\n";
   EXPECT_EQ(lost, 0);
   EXPECT_EQ(acked.size(), static_cast<std::size_t>(messages));
@@ -388,7 +408,7 @@ TEST_F(cluster_hub, AZombieOwnerIsRefusedAndStepsDown) {
   believed_.clear();
   believed_[devicebound::cluster::partition_of(device, partitions).value()] = 1;
   ASSERT_TRUE(send(device, "to-the-zombie", unanswered));
-  auto got = drain(other, {device});
+  auto got = drain(other, {device}, {"before", "to-the-zombie"});
   std::cout << "ledger (zombie): stops 1, takeover " << takeover->count()
             << " ms, zombie's answer '" << cond << "', delivered before " << got["before"]
             << ", after " << got["to-the-zombie"] << "\n";
