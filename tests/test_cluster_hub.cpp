@@ -7,8 +7,6 @@
 // must serve every partition within the lease ttl + 2 s, and every acknowledged
 // send must be delivered by it. Each scenario prints a ledger.
 #include <gtest/gtest.h>
-#include <proton/message.hpp>
-#include <proton/message_id.hpp>
 #include <signal.h>
 #include <sys/types.h>
 
@@ -21,6 +19,8 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <proton/message.hpp>
+#include <proton/message_id.hpp>
 #include <set>
 #include <sstream>
 #include <string>
@@ -295,8 +295,8 @@ class cluster_hub : public ::testing::Test {
 TEST_F(cluster_hub, InstancesSplitThePartitionsAndRefuseOthersRetryably) {
   const auto a = hubs_[0].partitions_served();
   const auto b = hubs_[1].partitions_served();
-  std::cout << "instance a serves " << a.size() << ", b serves " << b.size() << " of "
-            << partitions << " partitions\n";
+  std::cout << "instance a serves " << a.size() << ", b serves " << b.size() << " of " << partitions
+            << " partitions\n";
   // a device of a partition a does not serve: a refuses it with the retryable
   // condition, naming the partition and its owner; b accepts it
   std::string device;
@@ -361,8 +361,7 @@ TEST_F(cluster_hub, KillNineTheOtherInstanceTakesOverAndNothingAcknowledgedIsLos
             << acked.size() << ", lost " << lost << ", duplicates " << duplicates
             << ", unanswered sends " << unanswered << " (of which stored " << unacked_present
             << "), takeover " << takeover->count() << " ms (ttl "
-            << std::chrono::duration_cast<std::chrono::milliseconds>(lease_ttl).count()
-            << " ms)\n";
+            << std::chrono::duration_cast<std::chrono::milliseconds>(lease_ttl).count() << " ms)\n";
   EXPECT_EQ(lost, 0);
   EXPECT_EQ(acked.size(), static_cast<std::size_t>(messages));
   EXPECT_LE(*takeover, lease_ttl + 2s);
@@ -414,6 +413,64 @@ TEST_F(cluster_hub, AZombieOwnerIsRefusedAndStepsDown) {
             << ", after " << got["to-the-zombie"] << "\n";
   EXPECT_EQ(got["before"], 1);
   EXPECT_EQ(got["to-the-zombie"], 1);
+}
+
+TEST_F(cluster_hub, SigtermReleasesTheLeasesAndTheOtherTakesOverWithoutWaitingForTheTtl) {
+  instance& leaving = hubs_[0];
+  instance& other = hubs_[1];
+  const auto held = leaving.partitions_served();
+  std::string device;
+  for (std::size_t d = 0; device.empty(); ++d) {
+    const std::string id = "t-" + std::to_string(d);
+    const auto k = devicebound::cluster::partition_of(id, partitions).value();
+    if (std::find(held.begin(), held.end(), k) != held.end())
+      device = id;
+  }
+  std::uint32_t unanswered = 0;
+  ASSERT_TRUE(send(device, "before-sigterm", unanswered));
+  const auto at = steady::now();
+  leaving.service.reset();
+  EXPECT_EQ(leaving.process->stop(SIGTERM, 10s), 0) << leaving.log();
+  const std::string log = leaving.log();
+  leaving.process.reset();
+  leaving.dead = true;
+  EXPECT_NE(log.find("serves 0 of 8 partitions"), std::string::npos) << log;
+  // released, not expired: claimed at the other's next overflow round (1 s), before the ttl
+  auto t = wait_all(other, at, std::chrono::duration_cast<std::chrono::milliseconds>(lease_ttl));
+  ASSERT_TRUE(t.has_value()) << logs();
+  auto got = drain(other, {device}, {"before-sigterm"});
+  std::cout << "SIGTERM: the other instance serves every partition after " << t->count()
+            << " ms (ttl "
+            << std::chrono::duration_cast<std::chrono::milliseconds>(lease_ttl).count() << " ms)\n";
+  EXPECT_EQ(got["before-sigterm"], 1);
+}
+
+/// The flags: --cluster needs its settings; a PostgreSQL it cannot reach is exit code 3.
+TEST(cluster_hub_flags, AreCheckedAtStart) {
+  if (!support::hub_daemon::available())
+    DEVICEBOUND_MISSING_PART("devicebound-hub not found at " << support::default_hub);
+  support::temp_dir dir{"devicebound-cluster-flags-"};
+  const auto exit_of = [&](std::vector<std::string> args) {
+    args.insert(args.begin(), support::default_hub);
+    support::child_process p(args, dir.file("hub.log"));
+    return p.wait_exit(20s);
+  };
+  EXPECT_EQ(exit_of({"--cluster", "--partitions", "4", "--instance", "x"}), 2);  // no --store
+  EXPECT_EQ(exit_of({"--cluster", "--store", "host=127.0.0.1", "--instance", "x"}), 2);
+  EXPECT_EQ(exit_of({"--cluster", "--store", "host=127.0.0.1", "--partitions", "4"}), 2);
+  EXPECT_EQ(exit_of({"--partitions", "4"}), 2);  // without --cluster
+  EXPECT_EQ(exit_of({"--cluster", "--store", "host=127.0.0.1", "--partitions", "4", "--instance",
+                     "x", "--lease-ttl", "1s"}),
+            2);  // ttl not above 2 x renew: refused before connecting
+  EXPECT_EQ(exit_of({"--cluster", "--store", "host=127.0.0.1 port=1 connect_timeout=2",
+                     "--partitions", "4", "--instance", "x", "--in-memory"}),
+            2);
+  EXPECT_EQ(exit_of({"--cluster", "--store", "host=127.0.0.1 port=1 connect_timeout=2",
+                     "--partitions", "4", "--instance", "x"}),
+            3);  // PostgreSQL unreachable
+  const std::string log = support::read_file(dir.file("hub.log"));
+  EXPECT_NE(log.find("--cluster"), std::string::npos) << log;
+  EXPECT_NE(log.find("cannot join the cluster"), std::string::npos) << log;
 }
 
 }  // namespace

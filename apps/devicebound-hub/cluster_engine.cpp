@@ -71,6 +71,15 @@ result<std::unique_ptr<cluster_engine>> cluster_engine::create(const daemon_conf
   if (auto r = cluster::validate_partition_count(cfg.cluster.partitions); !r)
     return r.error();
   std::unique_ptr<cluster_engine> e(new cluster_engine(cfg, std::move(base), std::move(seed)));
+  cluster::ownership_options oo;
+  oo.owner = e->owner_;
+  oo.partitions = cfg.cluster.partitions;
+  oo.ttl = cfg.cluster.lease_ttl;
+  oo.renew_interval = cfg.cluster.lease_renew;
+  oo.expected_instances = cfg.cluster.expected_instances;
+  oo.overflow_after = cfg.cluster.overflow_after;
+  if (auto r = cluster::validate(oo); !r)  // before connecting: a bad flag is a bad flag
+    return r.error();
   postgres_options o;
   o.conninfo = cfg.store.path;
   o.schema = cfg.cluster.schema;
@@ -80,15 +89,8 @@ result<std::unique_ptr<cluster_engine>> cluster_engine::create(const daemon_conf
   if (!s)
     return s.error();
   e->lease_store_ = std::make_unique<postgres_store>(std::move(*s));
-  cluster::ownership_options oo;
-  oo.owner = e->owner_;
-  oo.partitions = cfg.cluster.partitions;
-  oo.ttl = cfg.cluster.lease_ttl;
-  oo.renew_interval = cfg.cluster.lease_renew;
-  oo.expected_instances = cfg.cluster.expected_instances;
-  oo.overflow_after = cfg.cluster.overflow_after;
-  auto c = controller::create(std::move(oo), cluster::postgres_leases(*e->lease_store_),
-                              engine_clock{});
+  auto c =
+      controller::create(std::move(oo), cluster::postgres_leases(*e->lease_store_), engine_clock{});
   if (!c)
     return c.error();
   e->control_.emplace(std::move(*c));
@@ -134,9 +136,8 @@ void cluster_engine::reload_registry() {
     return;
   auto snap = lease_store_->load_identities();
   if (!snap) {
-    say(base_, log_level::error, [&] {
-      return "cluster: cannot reload the identity registry: " + snap.error().message;
-    });
+    say(base_, log_level::error,
+        [&] { return "cluster: cannot reload the identity registry: " + snap.error().message; });
     return;
   }
   if (auto r = reg->restore(snap->identities, snap->policies); !r) {
@@ -411,9 +412,9 @@ void cluster_engine::handle(inbound in, time_point now) {
     return;
   }
   if (auto* d = std::get_if<feedback_detach_request>(&in.what)) {
-    if (auto it = attached_.find(d->service);
-        it != attached_.end() && it->second.first == in.from.door &&
-        it->second.second.connection == d->connection)
+    if (auto it = attached_.find(d->service); it != attached_.end() &&
+                                              it->second.first == in.from.door &&
+                                              it->second.second.connection == d->connection)
       attached_.erase(it);
     for (auto& [k, p] : parts_)
       if (p->in_batch)
@@ -462,11 +463,11 @@ void cluster_engine::fail_partition(std::uint32_t k, const error& e,
            (lost ? "; stepping down" : "; reopening it from the store");
   });
   for (const auto& to : asked)
-    out.emplace_back(reply{
-        to, make_error(errc::server_busy,
-                       "partition " + std::to_string(k) + " could not commit (" +
-                           std::string(lost ? "its lease was lost" : "store failure") +
-                           "); nothing was done, retry")});
+    out.emplace_back(
+        reply{to, make_error(errc::server_busy,
+                             "partition " + std::to_string(k) + " could not commit (" +
+                                 std::string(lost ? "its lease was lost" : "store failure") +
+                                 "); nothing was done, retry")});
   reload_registry_ = true;  // the shared registry may be ahead of the store
   close_partition(k, lost ? "lease lost at commit" : "commit failed");
   if (lost) {

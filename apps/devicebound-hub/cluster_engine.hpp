@@ -108,7 +108,7 @@ class cluster_engine final : public batch_target {
   std::vector<outbound> ready_;   ///< committed output of partitions opened meanwhile
   std::map<door_id, bool> doors_up_;
   std::map<std::string, std::pair<door_id, feedback_attach_request>> attached_;  ///< by service
-  std::unordered_map<std::string, std::uint32_t> feedback_tokens_;  ///< lock token -> partition
+  std::unordered_map<std::string, std::uint32_t> feedback_tokens_;      ///< lock token -> partition
   std::map<std::uint32_t, std::pair<std::string, time_point>> owners_;  ///< k -> owner, read at
   std::vector<std::uint32_t> last_logged_;
   bool reload_registry_ = false;

@@ -635,8 +635,9 @@ std::variant<daemon_config, int> load_config(int argc, char** argv) {
         c.schema = *cluster_schema;
     } else if (partitions || instance || lease_ttl || lease_renew || expected_instances ||
                overflow_after || cluster_schema) {
-      throw CLI::ValidationError("--partitions", "--partitions, --instance, --lease-* and "
-                                                 "--expected-instances need --cluster");
+      throw CLI::ValidationError("--partitions",
+                                 "--partitions, --instance, --lease-* and "
+                                 "--expected-instances need --cluster");
     }
     if (cfg.broker_sas_key) {
       if (cfg.broker.password)

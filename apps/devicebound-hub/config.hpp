@@ -88,11 +88,11 @@ struct cluster_config {
   bool enabled = false;
   std::uint32_t partitions = 0;  ///< `--partitions K` (1..1024), the same on every instance
   std::string instance;          ///< `--instance NAME`; the lease owner adds PID and start time
-  duration lease_ttl = std::chrono::seconds(5);    ///< `--lease-ttl`
-  duration lease_renew = std::chrono::seconds(1);  ///< `--lease-renew`
-  std::optional<std::uint32_t> expected_instances;  ///< `--expected-instances N`
+  duration lease_ttl = std::chrono::seconds(5);       ///< `--lease-ttl`
+  duration lease_renew = std::chrono::seconds(1);     ///< `--lease-renew`
+  std::optional<std::uint32_t> expected_instances;    ///< `--expected-instances N`
   duration overflow_after = std::chrono::seconds(5);  ///< `--overflow-after`
-  std::string schema = "devicebound";               ///< `--cluster-schema`
+  std::string schema = "devicebound";                 ///< `--cluster-schema`
 };
 
 struct daemon_config {

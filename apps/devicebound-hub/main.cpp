@@ -355,7 +355,7 @@ int main(int argc, char** argv) {
     auto c = cluster_engine::create(cfg, ro, seed);
     if (!c) {
       spdlog::critical("cannot join the cluster: {} [{}]", c.error().message, c.error().numeric());
-      return exit_store_open;
+      return c.error().code == errc::argument_invalid ? exit_config : exit_store_open;
     }
     cluster = std::move(*c);
   }
