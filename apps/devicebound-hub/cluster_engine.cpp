@@ -432,9 +432,12 @@ void cluster_engine::handle(inbound in, time_point now) {
     return answer(in.from, feedback_reply{});
   }
   if (auto* f = std::get_if<feedback_settle_request>(&in.what)) {
-    if (auto it = feedback_tokens_.find(f->token.to_string()); it != feedback_tokens_.end())
-      if (partition* s = serving_partition(it->second, now))
+    if (auto it = feedback_tokens_.find(f->token.to_string()); it != feedback_tokens_.end()) {
+      const std::uint32_t k = it->second;
+      feedback_tokens_.erase(it);  // settled or refused: the partition answers either way
+      if (partition* s = serving_partition(k, now))
         return route(*s, std::move(in), now);
+    }
   }
   // feedback settles of unknown tokens, the registry list and the policies:
   // any partition (the registry is hub-wide; a change is written under its lease)
