@@ -415,6 +415,50 @@ TEST_F(cluster_hub, AZombieOwnerIsRefusedAndStepsDown) {
   EXPECT_EQ(got["to-the-zombie"], 1);
 }
 
+TEST_F(cluster_hub, ALeaseTakenFromUnderAnOwnerFencesItsCommitAndItStepsDown) {
+  // Another epoch written straight into the lease row (as a takeover does) while
+  // the owner still believes its lease valid: its next commit is refused by the
+  // epoch check and nothing is acknowledged (or, if its renewal comes first, the
+  // renewal is refused); it steps down either way.
+  instance& owner = hubs_[0];
+  const auto held = owner.partitions_served();
+  ASSERT_FALSE(held.empty());
+  const std::uint32_t k = held.front();
+  std::string device;
+  for (std::size_t d = 0; device.empty(); ++d) {
+    const std::string id = "f-" + std::to_string(d);
+    if (devicebound::cluster::partition_of(id, partitions).value() == k)
+      device = id;
+  }
+  std::uint32_t unanswered = 0;
+  ASSERT_TRUE(send(device, "before-theft", unanswered));
+  pg_->exec(
+      "UPDATE devicebound.partition_lease SET owner = 'thief', epoch = epoch + 1, "
+      "lease_until = now() + interval '1500 milliseconds' WHERE partition = " +
+      std::to_string(k));
+  proton::message m;
+  m.to("/devices/" + device + "/messages/devicebound");
+  m.id("after-theft");
+  m.body(std::string("x"));
+  auto [state, cond] = owner.service->outcome(owner.service->send(owner.sender, m));
+  EXPECT_EQ(state, PN_REJECTED) << "acknowledged under a stolen lease";
+  EXPECT_EQ(cond, "com.microsoft:timeout");
+  const std::string log = owner.log();
+  const bool fenced = log.find("the store refused the commit") != std::string::npos;
+  EXPECT_NE(log.find("stopped serving partition " + std::to_string(k)), std::string::npos) << log;
+  // the thief's lease runs out; an instance claims k again and the retry goes through, once
+  ASSERT_TRUE(send(device, "after-theft", unanswered, 15s)) << logs();
+  const auto again = owner.partitions_served();
+  instance& now_owner = std::find(again.begin(), again.end(), k) != again.end() ? owner : hubs_[1];
+  auto got = drain(now_owner, {device}, {"before-theft", "after-theft"});
+  std::cout << "stolen lease: "
+            << (fenced ? "the commit was refused (epoch fence)" : "the renewal was refused first")
+            << "; delivered before " << got["before-theft"] << ", after " << got["after-theft"]
+            << "\n";
+  EXPECT_EQ(got["before-theft"], 1);
+  EXPECT_EQ(got["after-theft"], 1);
+}
+
 TEST_F(cluster_hub, SigtermReleasesTheLeasesAndTheOtherTakesOverWithoutWaitingForTheTtl) {
   instance& leaving = hubs_[0];
   instance& other = hubs_[1];
