@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <deque>
 #include <devicebound/cluster/partition.hpp>
+#include <devicebound/codec/feedback_json.hpp>
 #include <iostream>
 #include <map>
 #include <memory>
@@ -174,6 +175,8 @@ class cluster_hub : public ::testing::Test {
             "--hub-name",
             "testhub",
             "--auto-register",
+            "--feedback-batch-interval",
+            "0s",
             "--amqp-listen",
             "127.0.0.1:" + std::to_string(i.port)};
   }
@@ -318,6 +321,49 @@ TEST_F(cluster_hub, InstancesSplitThePartitionsAndRefuseOthersRetryably) {
   EXPECT_EQ(state2, PN_ACCEPTED) << cond2;
   auto got = drain(hubs_[1], {device}, {"refused-1"});
   EXPECT_EQ(got["refused-1"], 1);
+}
+
+TEST_F(cluster_hub, EachInstanceDeliversTheFeedbackOfThePartitionsItServes) {
+  // a device in a partition of each instance, a send with full acknowledgement to each
+  std::vector<std::string> device(hubs_.size());
+  std::vector<pn_link_t*> feedback(hubs_.size());
+  for (std::size_t n = 0; n < hubs_.size(); ++n) {
+    const auto served = hubs_[n].partitions_served();
+    for (std::size_t d = 0; device[n].empty(); ++d) {
+      const std::string id = "fb-" + std::to_string(d);
+      const auto k = devicebound::cluster::partition_of(id, partitions).value();
+      if (std::find(served.begin(), served.end(), k) != served.end())
+        device[n] = id;
+    }
+    feedback[n] = hubs_[n].service->attach(false, "/messages/servicebound/feedback", 10);
+    ASSERT_TRUE(hubs_[n].service->attached(feedback[n]));
+    proton::message m;
+    m.to("/devices/" + device[n] + "/messages/devicebound");
+    m.id("ack-" + hubs_[n].name);
+    m.properties().put("iothub-ack", "full");
+    m.body(std::string("x"));
+    auto [state, cond] = hubs_[n].service->outcome(hubs_[n].service->send(hubs_[n].sender, m));
+    ASSERT_EQ(state, PN_ACCEPTED) << cond;
+  }
+  for (std::size_t n = 0; n < hubs_.size(); ++n) {
+    auto got = drain(hubs_[n], {device[n]}, {"ack-" + hubs_[n].name});  // completes it
+    EXPECT_EQ(got["ack-" + hubs_[n].name], 1);
+  }
+  // each instance's feedback link carries the record of its own partition's message only
+  for (std::size_t n = 0; n < hubs_.size(); ++n) {
+    auto batch = hubs_[n].service->next(feedback[n], 10s);
+    ASSERT_TRUE(batch) << hubs_[n].name << " delivered no feedback\n" << logs();
+    auto records = devicebound::codec::decode_feedback_json(
+        std::string(proton::get<proton::binary>(batch->msg.body())));
+    ASSERT_TRUE(records);
+    ASSERT_EQ(records->size(), 1u);
+    EXPECT_EQ((*records)[0].original_message_id, "ack-" + hubs_[n].name);
+    EXPECT_EQ((*records)[0].device_id, device[n]);
+    pn_delivery_update(batch->delivery, PN_ACCEPTED);
+    pn_delivery_settle(batch->delivery);
+    hubs_[n].service->flush();
+    EXPECT_FALSE(hubs_[n].service->next(feedback[n], 300ms)) << "a second batch";
+  }
 }
 
 TEST_F(cluster_hub, KillNineTheOtherInstanceTakesOverAndNothingAcknowledgedIsLost) {
