@@ -2,9 +2,14 @@
 // docs/stock-devices.md "Access control"). The input is up to three lines:
 // the client id, the MQTT username, the topic or subscription filter (a
 // missing line gets a default; bytes after a NUL are dropped, as mosquitto
-// hands the plugin C strings). Besides memory safety it checks:
+// hands the plugin C strings). Every input is checked for each of the 16 sets
+// of rights (RegistryRead, RegistryWrite, ServiceConnect, DeviceConnect) and
+// as a device and as a back end. Besides memory safety it checks:
 //   - filter_matches agrees with a level-by-level reference matcher;
-//   - a device never has a right a back end lacks;
+//   - `allowed` (read and write) agrees with a reference of the rule written
+//     independently over the topic's levels (`reference_allowed`);
+//   - a device never has a right a back end with every right lacks, and more
+//     rights never take a topic away from a back end;
 //   - what a device may read or write is confined to its own topics
 //     (devices/{id}, devicebound/device/{id}, devicebound/hub/device/{id},
 //     devicebound/status), never its own device-bound area for writing, and a
@@ -94,6 +99,82 @@ std::string instance_of(std::string_view filter, const std::string& fill) {
   std::abort();
 }
 
+/// The rights of one set, by IoT Hub's bits: 1 RegistryRead, 2 (with 1)
+/// RegistryWrite, 4 ServiceConnect, 8 DeviceConnect.
+struct rights_bits {
+  unsigned bits = 0;
+  bool registry_write() const { return (bits & 3u) == 3u; }
+  bool service() const { return (bits & 4u) != 0; }
+  bool device() const { return (bits & 8u) != 0; }
+};
+
+/// docs/stock-devices.md "Access control", level by level: `level(i)` is the
+/// i-th level or nothing. A device reads its own devices/{id}/..., its own
+/// devicebound/device/{id}/... and devicebound/status/...; it writes its own
+/// devices/{id}/... except under messages/devicebound, and its own requests
+/// devicebound/hub/device/{id}/.... A back end: devices/{id}/... read with
+/// DeviceConnect; devices/{any}/messages/devicebound[/...] written with
+/// ServiceConnect, other devices/{id}/... with DeviceConnect; its own pushes
+/// devicebound/{party}/{id}/... read with the party's right (device:
+/// DeviceConnect, service: ServiceConnect, admin: RegistryWrite); requests
+/// devicebound/hub/{party}/{id}/... written in its own name with the party's
+/// right (any other party: no right), read (anyone's) with ServiceConnect, as
+/// devicebound/broker/...; devicebound/status/... and the pushes written with
+/// ServiceConnect; devicebound/broker/... never written; anything else read
+/// and written by every back end.
+bool reference_allowed(bool write, std::string_view topic, const std::string& id, bool device,
+                       rights_bits r) {
+  const auto levels = split_levels(topic);
+  const auto level = [&](std::size_t i) -> const std::string* {
+    return i < levels.size() ? &levels[i] : nullptr;
+  };
+  const auto is = [&](std::size_t i, std::string_view v) {
+    return level(i) != nullptr && *level(i) == v;
+  };
+  const bool own_device_topic = is(0, "devices") && is(1, id);
+  if (is(0, "devices")) {
+    const bool devicebound = is(2, "messages") && is(3, "devicebound");
+    if (device)
+      return own_device_topic && (!write || !devicebound);
+    if (write && devicebound)
+      return r.service();
+    return own_device_topic && r.device();
+  }
+  if (!is(0, "devicebound") || level(1) == nullptr)
+    return !device;
+  const std::string& second = *level(1);
+  const auto party_right = [&](const std::string* party) {
+    if (party == nullptr)
+      return true;
+    if (*party == "device")
+      return r.device();
+    if (*party == "service")
+      return r.service();
+    if (*party == "admin")
+      return r.registry_write();
+    return true;
+  };
+  if (second == "broker")
+    return !write && !device && r.service();
+  if (second == "status")
+    return write ? !device && r.service() : true;
+  if (second == "device" || second == "service" || second == "admin") {
+    if (write)
+      return !device && r.service();
+    if (!is(2, id))
+      return false;
+    return device ? second == "device" : party_right(&second);
+  }
+  if (second == "hub") {
+    if (!write)
+      return !device && r.service();
+    if (!is(3, id))
+      return false;
+    return device ? is(2, "device") : party_right(level(2));
+  }
+  return !device;
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
@@ -135,27 +216,49 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   // the rules below hold for the ids it lets in.
   const bool valid_id = !id.empty() && !acl::has_wildcard_or_slash(id);
 
+  using acl::access;
+  using acl::access_rights;
+  constexpr access_rights all = access_rights::all;
   for (std::string_view t : {std::string_view(topic), stripped}) {
     const acl::place pl = acl::classify(t, id);
-    for (bool as_device : {false, true})
-      if (pl.area == acl::area::broker && acl::may_write(pl, as_device))
+    for (unsigned bits = 0; bits < 16; ++bits) {
+      const auto rights = static_cast<access_rights>(bits);
+      for (bool as_device : {false, true}) {
+        if (pl.area == acl::area::broker && acl::may_write(pl, as_device, rights))
+          fail();
+        // The decision against the rule written independently. `t` as it is:
+        // a read strips "$share/{group}/" itself, a write never does.
+        for (bool write : {false, true}) {
+          const bool got =
+              acl::allowed(write ? access::write : access::read, t, id, as_device, rights);
+          const std::string_view as_asked = write ? t : acl::strip_share(t);
+          if (got != reference_allowed(write, as_asked, id, as_device, rights_bits{bits}))
+            fail();
+        }
+      }
+      // More rights never take a topic away from a back end.
+      if (acl::may_read(pl, false, rights) && !acl::may_read(pl, false, all))
         fail();
-    // A device never has a right a back end lacks.
-    if (acl::may_read(pl, true) && !acl::may_read(pl, false))
-      fail();
-    if (acl::may_write(pl, true) && !acl::may_write(pl, false))
-      fail();
+      if (acl::may_write(pl, false, rights) && !acl::may_write(pl, false, all))
+        fail();
+      // A device never has a right a back end with every right lacks.
+      if (acl::may_read(pl, true, rights) && !acl::may_read(pl, false, all))
+        fail();
+      if (acl::may_write(pl, true, rights) && !acl::may_write(pl, false, all))
+        fail();
+    }
     if (!valid_id)
       continue;
-    if (acl::may_read(pl, true) && !device_may_read_by_rule(t, id))
+    const auto device_rights = access_rights::device_connect;
+    if (acl::may_read(pl, true, device_rights) && !device_may_read_by_rule(t, id))
       fail();
-    if (acl::may_write(pl, true) && !device_may_write_by_rule(t, id))
+    if (acl::may_write(pl, true, device_rights) && !device_may_write_by_rule(t, id))
       fail();
     // A filter a device may subscribe to only matches what it may read.
-    if (acl::may_read(pl, true)) {
+    if (acl::may_read(pl, true, device_rights)) {
       for (const std::string fill : {"x", "other", "messages"}) {
         const std::string instance = instance_of(t, fill);
-        if (!acl::may_read(acl::classify(instance, id), true))
+        if (!acl::may_read(acl::classify(instance, id), true, device_rights))
           fail();
       }
     }

@@ -368,6 +368,12 @@ TEST_F(rabbit_auth, topic_matrix_for_a_back_end) {
       {"read", "devicebound.service.other.#", false},
       {"write", "devicebound.service.other.reply", true},
       {"write", "devicebound.status.hub", true},
+      // ServiceConnect is all a back end is known to hold (no token here):
+      // no admin requests, nothing as a device (docs/security.md, findings 2-3)
+      {"write", "devicebound.hub.admin.hub.add.dev9", false},
+      {"read", "devicebound.admin.hub.#", false},
+      {"write", "devicebound.hub.device.hub.attach", false},
+      {"read", "devicebound.device.hub.#", false},
   };
   for (const auto& r : rows)
     EXPECT_EQ(topic("service", r.permission, r.routing_key, "hub").allow, r.allowed)

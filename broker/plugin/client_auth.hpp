@@ -19,7 +19,8 @@ namespace devicebound::broker {
 
 /// A back end needs a policy that may connect: ServiceConnect (a back end that
 /// sends and settles) or DeviceConnect (devices through devicebound's own
-/// transport). A registry-only policy opens no MQTT connection (SPEC 12.9.3).
+/// transport). A registry-only policy opens no MQTT connection (SPEC 12.9.3),
+/// even for the admin topics: those need RegistryWrite besides (topic_acl.hpp).
 inline bool may_connect_as_back_end(auth::access_rights rights) noexcept {
   return auth::includes(rights, auth::access_rights::service_connect) ||
          auth::includes(rights, auth::access_rights::device_connect);
@@ -96,6 +97,9 @@ struct admitted_client {
   bool device = false;            ///< the username had the device form
   time_point accepted_at{};       ///< when: a recheck verifies at this instant
   credential_rows verified_with;  ///< the rows it was last verified against
+  /// What its token grants (the principal's rights, as last verified): the
+  /// topic ACL's rights dimension (topic_acl.hpp, `allowed`).
+  auth::access_rights rights = auth::access_rights::none;
 };
 
 /// What to do with a connected client after its identity source changed.
@@ -110,6 +114,11 @@ struct recheck_result {
   recheck_verdict verdict = recheck_verdict::stays;
   std::string reason;     ///< for anything but `stays`: why (for the log)
   bool verified = false;  ///< the token was verified again (HMACs computed)
+  /// `stays` after a verification: what the token grants now (fewer rights
+  /// than before when its policy lost some but still may connect). The caller
+  /// keeps it as the connection's `rights`; the topic ACL, asked at every
+  /// PUBLISH, SUBSCRIBE and delivery, then applies it at once.
+  auth::access_rights rights = auth::access_rights::none;
 };
 
 /// Would `client`, connected as `id`, be admitted by `rows` (the identity
@@ -119,10 +128,12 @@ struct recheck_result {
 /// the answer is `stays` without computing one (the hub commits for messages
 /// too). A device connection whose device is gone or disabled is `deleted` or
 /// `disabled` whatever its token, as the plugin's session bookkeeping needs.
-/// The caller records `rows` as `verified_with` when the answer is `stays`.
+/// The caller records `rows` as `verified_with`, and `rights`, when the answer
+/// is `stays` (`rights` is the client's own when nothing was verified).
 inline recheck_result recheck(const admitted_client& client, std::string_view id,
                               const credential_rows& rows) {
   recheck_result out;
+  out.rights = client.rights;
   if (client.device) {
     if (!rows.device) {
       out.verdict = recheck_verdict::deleted;
@@ -152,6 +163,8 @@ inline recheck_result recheck(const admitted_client& client, std::string_view id
   if (!who) {
     out.verdict = recheck_verdict::revoked;
     out.reason = std::move(who.error().message);
+  } else {
+    out.rights = who->rights;
   }
   return out;
 }

@@ -3,7 +3,8 @@
 // Tells the devicebound hub daemon what plain MQTT does not: that a device
 // subscribed to its device-bound topic, that the broker handed a device-bound
 // message to the device's connection, and that the device left. Enforces the
-// topic ACL of docs/stock-devices.md and authenticates clients with IoT Hub SAS
+// topic ACL of docs/stock-devices.md (a back end's topics by the rights its
+// token grants, topic_acl.hpp) and authenticates clients with IoT Hub SAS
 // tokens, verified by the same code as the hub's other doors (auth/).
 //
 // Events, all QoS 1, retain 0, published by the broker itself:
@@ -161,6 +162,14 @@ struct plugin_state {
     bool deleted = false;
   };
   std::optional<revoked> kicking;
+  // What each live connection's token grants, by connection: the topic ACL's
+  // rights (broker::allowed). Set at CONNECT (all rights in test mode),
+  // updated when a recheck finds the policy changed, dropped at disconnect.
+  std::unordered_map<const mosquitto*, auth::access_rights> rights;
+  // The connection on_disconnect just dropped: mosquitto checks its will
+  // (MOSQ_ACL_WRITE) right after the disconnect event (context__disconnect),
+  // for a connection taken over too. Until the next tick.
+  std::optional<std::pair<const mosquitto*, auth::access_rights>> leaving;
 };
 
 plugin_state* g_state = nullptr;
@@ -177,6 +186,27 @@ identity_source source() {
   if (g_state->file_keys)
     return identity_source::auth_file;
   return g_state->registry_path.empty() ? identity_source::none : identity_source::unavailable;
+}
+
+// The rights `client` (client id `id`) holds: its live connection's; for an
+// offline persistent session (mosquitto routes messages to it, asking
+// MOSQ_ACL_READ), those of the connection it last had, as mosquitto asks again
+// with the new connection's before it hands them over (connection_check_acl);
+// none for a connection the plugin did not let in (or a delayed will that
+// comes after its connection left).
+auth::access_rights rights_of(const mosquitto* client, std::string_view id) {
+  if (auto it = g_state->rights.find(client); it != g_state->rights.end())
+    return it->second;
+  if (g_state->leaving && g_state->leaving->first == client)
+    return g_state->leaving->second;
+  if (auto it = g_state->clients.find(std::string(id));
+      it != g_state->clients.end() && it->second.conn == nullptr) {
+    if (it->second.admitted)
+      return it->second.admitted->rights;
+    if (source() == identity_source::none)
+      return auth::access_rights::all;  // test mode
+  }
+  return auth::access_rights::none;
 }
 
 // -------------------------------------------------------------------------- //
@@ -311,7 +341,7 @@ std::optional<broker::admitted_client> authenticate_client(
     return std::nullopt;
   }
   return broker::admitted_client{std::move(*token), std::move(host), device.has_value(), now,
-                                 std::move(rows)};
+                                 std::move(rows),   who->rights};
 }
 
 // -------------------------------------------------------------------------- //
@@ -470,9 +500,20 @@ bool kick_revoked_clients() {
       rows.policy = it->second;
     }
     auto checked = broker::recheck(*rec.admitted, id, rows);
-    if (checked.verdict == broker::recheck_verdict::stays)
+    if (checked.verdict == broker::recheck_verdict::stays) {
       rec.admitted->verified_with = std::move(rows);
-    else
+      if (checked.rights != rec.admitted->rights) {
+        // Still let in, with other rights: the topic ACL applies them from the
+        // next PUBLISH, SUBSCRIBE or delivery on (a subscription it holds
+        // stays, but no message it may no longer read is handed to it).
+        mosquitto_log_printf(MOSQ_LOG_NOTICE, DB_LOG_PREFIX "%s %s now holds %s (was %s)",
+                             rec.admitted->device ? "device" : "back end", id.c_str(),
+                             auth::to_string(checked.rights).c_str(),
+                             auth::to_string(rec.admitted->rights).c_str());
+        rec.admitted->rights = checked.rights;
+        g_state->rights[rec.conn] = checked.rights;
+      }
+    } else
       kicks.push_back({id, checked.verdict, std::move(checked.reason), rec.admitted->device});
   }
   for (const auto& k : kicks) {
@@ -629,6 +670,10 @@ int on_basic_auth(int, void* event_data, void*) {
 
   client_rec& rec = g_state->clients[id];
   g_state->devices.connected(current, incoming);
+  // Test mode (no identities): every right, only the topic rules apply.
+  g_state->rights[ed->client] = admitted ? admitted->rights : auth::access_rights::all;
+  if (g_state->leaving && g_state->leaving->first == ed->client)
+    g_state->leaving.reset();
   // From here this connection is the client's current one. A connection it
   // takes over is disconnected right after this callback and its disconnect
   // event is not published (see on_disconnect): with a persistent session the
@@ -664,6 +709,10 @@ int on_acl_check(int, void* event_data, void*) {
   const std::string_view id = raw_id;
   const std::string_view topic = ed->topic;
   const bool device = broker::is_device_client(mosquitto_client_username(ed->client), id);
+  // What the connection's token grants (broker::allowed: each back-end topic
+  // needs its right). Asked at every check: mosquitto caches no answer, so a
+  // right a recheck took away counts from the next check on.
+  const auth::access_rights rights = rights_of(ed->client, id);
 
   switch (ed->access) {
     case MOSQ_ACL_SUBSCRIBE: {
@@ -675,14 +724,18 @@ int on_acl_check(int, void* event_data, void*) {
       }
       const std::string_view filter = broker::strip_share(topic);
       const broker::place pl = broker::classify(filter, id);
-      if (!broker::may_read(pl, device))
+      if (!broker::may_read(pl, device, rights))
         return MOSQ_ERR_ACL_DENIED;
       if (pl.area == broker::area::devices && pl.owner == broker::owner::self &&
           pl.rest == "/messages/devicebound/#") {
         set_subscribed(g_state->clients[std::string(id)], true);
         emit_subscribed(id);
       }
-      if (!device && (pl.area == broker::area::broker || pl.area == broker::area::other))
+      // Only for a back end that may read the events (the hub).
+      broker::place events;
+      events.area = broker::area::broker;
+      if ((pl.area == broker::area::broker || pl.area == broker::area::other) &&
+          broker::may_read(events, device, rights))
         announce_online(std::string(filter));
       return MOSQ_ERR_SUCCESS;
     }
@@ -697,7 +750,7 @@ int on_acl_check(int, void* event_data, void*) {
     }
     case MOSQ_ACL_READ: {
       const broker::place pl = broker::classify(topic, id);
-      if (!broker::may_read(pl, device))
+      if (!broker::may_read(pl, device, rights))
         return MOSQ_ERR_ACL_DENIED;
       if (pl.area == broker::area::devices && pl.owner == broker::owner::self &&
           broker::is_devicebound_rest(pl.rest)) {
@@ -712,7 +765,7 @@ int on_acl_check(int, void* event_data, void*) {
     }
     case MOSQ_ACL_WRITE: {
       const broker::place pl = broker::classify(topic, id);
-      if (!broker::may_write(pl, device))
+      if (!broker::may_write(pl, device, rights))
         return MOSQ_ERR_ACL_DENIED;
       if (ed->retain && broker::is_devicebound_topic_of_anyone(topic))
         return MOSQ_ERR_ACL_DENIED;  // device-bound messages are never retained
@@ -725,6 +778,11 @@ int on_acl_check(int, void* event_data, void*) {
 
 int on_disconnect(int, void* event_data, void*) {
   auto* ed = static_cast<mosquitto_evt_disconnect*>(event_data);
+  // Its rights, kept for the will check that follows (plugin_state::leaving).
+  if (auto it = g_state->rights.find(ed->client); it != g_state->rights.end()) {
+    g_state->leaving.emplace(it->first, it->second);
+    g_state->rights.erase(it);
+  }
   const char* raw_id = mosquitto_client_id(ed->client);
   if (raw_id == nullptr)
     return MOSQ_ERR_SUCCESS;  // never authenticated
@@ -744,6 +802,7 @@ int on_disconnect(int, void* event_data, void*) {
 
 int on_tick(int, void*, void*) {
   g_state->reapplying = false;
+  g_state->leaving.reset();
   if (g_state->state_dirty && std::time(nullptr) != g_state->state_written_at)
     state_write();
   if (!g_state->registry_path.empty())

@@ -1,13 +1,16 @@
 // The plugin's topic access rules (docs/stock-devices.md, "Access control"):
 // where a topic or subscription filter lies and whose it is, and who may read
-// or write it. Pure functions over text, no mosquitto.
+// or write it with which rights. Pure functions over text, no mosquitto.
 #pragma once
 
 #include <cstring>
+#include <devicebound/auth/rights.hpp>
 #include <optional>
 #include <string_view>
 
 namespace devicebound::broker {
+
+using auth::access_rights;
 
 inline constexpr std::string_view devices_prefix = "devices/";
 inline constexpr std::string_view devicebound_suffix = "/messages/devicebound/";
@@ -70,11 +73,21 @@ enum class area {
   broker,   ///< devicebound/broker/...: this plugin's events
 };
 
+/// The party level of an extension topic: devicebound/{party}/... (push) or
+/// devicebound/hub/{party}/... (request).
+enum class party {
+  none,  ///< not an extension topic, or a request whose party is none of these
+  device,
+  service,
+  admin,
+};
+
 /// Where a topic or filter lies, and whose it is.
 struct place {
   enum area area = area::other;
   enum owner owner = owner::none;  ///< for devices, push, request
-  bool device_party = false;       ///< push / request: the party level is "device"
+  enum party party = party::none;  ///< push / request: the party level
+  bool devicebound = false;        ///< devices: devices/{anyone}/messages/devicebound[/...]
   std::string_view rest;           ///< devices, owner self: what follows devices/{id}
 };
 
@@ -102,6 +115,16 @@ inline enum owner owner_of(std::optional<std::string_view> level, std::string_vi
   return level && *level == id ? owner::self : owner::other;
 }
 
+inline enum party party_of(std::optional<std::string_view> level) {
+  if (level == "device")
+    return party::device;
+  if (level == "service")
+    return party::service;
+  if (level == "admin")
+    return party::admin;
+  return party::none;
+}
+
 }  // namespace detail
 
 inline place classify(std::string_view topic, std::string_view id) {
@@ -111,6 +134,7 @@ inline place classify(std::string_view topic, std::string_view id) {
   if (first == "devices") {
     pl.area = area::devices;
     pl.owner = topic_owner(topic, id, &pl.rest);
+    pl.devicebound = is_devicebound_topic_of_anyone(topic);
     return pl;
   }
   if (first != "devicebound")
@@ -124,12 +148,12 @@ inline place classify(std::string_view topic, std::string_view id) {
     pl.area = area::status;
   } else if (*second == "device" || *second == "service" || *second == "admin") {
     pl.area = area::push;
-    pl.device_party = *second == "device";
+    pl.party = detail::party_of(second);
     pl.owner = detail::owner_of(lv.next(), id);
   } else if (*second == "hub") {
     pl.area = area::request;
     if (const auto party = lv.next()) {
-      pl.device_party = *party == "device";
+      pl.party = detail::party_of(party);
       pl.owner = detail::owner_of(lv.next(), id);
     } else {
       pl.owner = owner::other;
@@ -198,18 +222,48 @@ inline bool is_device_client(const char* username, std::string_view id) {
   return d && d->device == id;
 }
 
-/// Read access (SUBSCRIBE and READ). Device topics and pushes are readable only
-/// by the client they name; devices read nothing else but the hub's status.
-inline bool may_read(const place& pl, bool device) {
+/// The right a back end needs for a party's extension topics (what it reads
+/// as that party, and its requests as that party): the right the same
+/// operations need on the hub's other doors (docs/security.md, "What each
+/// front door enforces"). Service sends, purges and settles feedback:
+/// ServiceConnect. Device receives and settles: DeviceConnect. Admin
+/// registers and removes devices: RegistryWrite. `none`: no right.
+inline access_rights right_of(party p) noexcept {
+  switch (p) {
+    case party::device:
+      return access_rights::device_connect;
+    case party::service:
+      return access_rights::service_connect;
+    case party::admin:
+      return access_rights::registry_write;
+    case party::none:
+      break;
+  }
+  return access_rights::none;
+}
+
+/// Read access (SUBSCRIBE and READ, i.e. each message the broker hands over)
+/// for a client with `rights` (a device connection: `device`). Device topics
+/// and pushes are readable only by the client they name; devices read nothing
+/// else but the hub's status. A back end reads `devices/{id}/...` (it acts as
+/// device `id`) only with DeviceConnect, its pushes only with its party's
+/// right, and the requests and the plugin's events (what the hub reads) only
+/// with ServiceConnect. A device's own rights are not looked at: its
+/// connection was let in for that device alone (DeviceConnect for it).
+inline bool may_read(const place& pl, bool device, access_rights rights) {
   switch (pl.area) {
     case area::devices:
-      return pl.owner == owner::self;
+      return pl.owner == owner::self &&
+             (device || auth::includes(rights, access_rights::device_connect));
     case area::push:
-      return pl.owner == owner::self && (!device || pl.device_party);
+      if (pl.owner != owner::self)
+        return false;
+      return device ? pl.party == party::device : auth::includes(rights, right_of(pl.party));
     case area::status:
       return true;
     case area::request:
     case area::broker:
+      return !device && auth::includes(rights, access_rights::service_connect);
     case area::other:
       return !device;
   }
@@ -218,23 +272,47 @@ inline bool may_read(const place& pl, bool device) {
 
 /// Write access (PUBLISH, and wills). Nobody writes the plugin's events or a
 /// request in another client's name; devices write only their own telemetry
-/// and their own requests.
-inline bool may_write(const place& pl, bool device) {
+/// and their own requests. A back end's request needs its party's right; what
+/// the hub writes (messages on `devices/{X}/messages/devicebound/...`, its
+/// pushes, its status) needs ServiceConnect (the hub delivering, as a send
+/// does); any other `devices/{id}/...` topic (telemetry, as device `id`)
+/// DeviceConnect and the client's own id.
+inline bool may_write(const place& pl, bool device, access_rights rights) {
   switch (pl.area) {
     case area::broker:
       return false;
     case area::request:
-      return pl.owner == owner::self && (!device || pl.device_party);
+      if (pl.owner != owner::self)
+        return false;
+      return device ? pl.party == party::device : auth::includes(rights, right_of(pl.party));
     case area::devices:
       if (device)
         return pl.owner == owner::self && !is_devicebound_area(pl.rest);
-      return true;
+      if (pl.devicebound)
+        return auth::includes(rights, access_rights::service_connect);
+      return pl.owner == owner::self && auth::includes(rights, access_rights::device_connect);
     case area::push:
     case area::status:
+      return !device && auth::includes(rights, access_rights::service_connect);
     case area::other:
       return !device;
   }
   return false;
+}
+
+/// What a client asks for: to read (SUBSCRIBE a filter, or receive a message)
+/// or to write (PUBLISH, or its will).
+enum class access { read, write };
+
+/// The whole decision for client `id` (a device connection: `device`) holding
+/// `rights` (what its token's policy grants; a device's key grants
+/// DeviceConnect) on `topic` (for a read, a topic or a subscription filter,
+/// with any `$share/{group}/` prefix).
+inline bool allowed(access what, std::string_view topic, std::string_view id, bool device,
+                    access_rights rights) {
+  if (what == access::read)
+    return may_read(classify(strip_share(topic), id), device, rights);
+  return may_write(classify(topic, id), device, rights);
 }
 
 }  // namespace devicebound::broker

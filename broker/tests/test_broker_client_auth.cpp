@@ -54,7 +54,8 @@ admitted_client connected(std::string_view id, auth::sas_token token, bool devic
   };
   auto who = admit(id, token, host, device, policies, lookup, t0);
   EXPECT_TRUE(who.has_value()) << (who ? "" : who.error().message);
-  return {std::move(token), std::string(host), device, t0, std::move(rows)};
+  const rights granted = who ? who->rights : rights::none;
+  return {std::move(token), std::string(host), device, t0, std::move(rows), granted};
 }
 
 TEST(broker_client_auth, admit_matches_the_connect_rules) {
@@ -180,6 +181,42 @@ TEST(broker_client_auth, back_end_loses_its_connection_with_its_policy) {
                      policy("service", 'a', 'b', rights::service_connect | rights::registry_write)})
                 .verdict,
             recheck_verdict::stays);
+}
+
+// The rights a connection keeps follow its policy: the topic ACL reads them at
+// every PUBLISH, SUBSCRIBE and delivery, so a right lost while connected is
+// enforced at once (docs/security.md, "Revocation on the broker").
+TEST(broker_client_auth, recheck_reports_the_rights_the_policy_grants_now) {
+  const auto owner =
+      policy("iothubowner", 'a', 'b',
+             rights::service_connect | rights::device_connect | rights::registry_write);
+  const auto client = connected("be", policy_token(host, "iothubowner", 'a'), false, {{}, owner});
+  EXPECT_EQ(client.rights, rights::all);
+
+  // Unchanged rows: nothing verified, the rights it has.
+  const auto same = recheck(client, "be", client.verified_with);
+  EXPECT_FALSE(same.verified);
+  EXPECT_EQ(same.rights, rights::all);
+
+  // DeviceConnect and RegistryWrite removed, ServiceConnect kept: it stays
+  // connected with ServiceConnect alone.
+  const auto narrowed = recheck(
+      client, "be", {std::nullopt, policy("iothubowner", 'a', 'b', rights::service_connect)});
+  EXPECT_EQ(narrowed.verdict, recheck_verdict::stays);
+  EXPECT_TRUE(narrowed.verified);
+  EXPECT_EQ(narrowed.rights, rights::service_connect);
+
+  // Widened again: the new rights count too.
+  const auto widened =
+      recheck(client, "be",
+              {std::nullopt,
+               policy("iothubowner", 'a', 'b', rights::device_connect | rights::registry_write)});
+  EXPECT_EQ(widened.verdict, recheck_verdict::stays);
+  EXPECT_EQ(widened.rights, rights::device_connect | rights::registry_write);
+
+  // A device's own key grants DeviceConnect.
+  const auto dev = connected("dev1", device_token("dev1", '1'), true, {device_row('1', '2'), {}});
+  EXPECT_EQ(dev.rights, rights::device_connect);
 }
 
 TEST(broker_client_auth, policy_token_device_needs_device_connect_still) {

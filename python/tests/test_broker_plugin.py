@@ -642,6 +642,74 @@ def test_auth_file_policy_rights(start_broker, clients, tmp_path):
                WAIT, "the reason in the log")
 
 
+def test_back_end_topics_follow_its_policy_rights(start_broker, clients, tmp_path):
+    """docs/security.md, "The permission matrix", findings 1-3 (fixed): a back
+    end's extension topics need the right the operation needs on the other
+    doors. Service requests and pushes: ServiceConnect; admin: RegistryWrite;
+    acting as device {id} (devices/{id}/..., devicebound/device/{id}/...,
+    devicebound/hub/device/{id}/...): DeviceConnect. What the hub reads and
+    writes needs ServiceConnect. A refused PUBLISH is dropped (MQTT 3.1.1
+    has no refusal), proven with a marker the hub must get after it."""
+    keys = {name: new_key() for name in ("hub", "iothubowner", "service", "device")}
+    dev_key = new_key()
+    auth = write_auth_file(tmp_path / "keys", {"dev1": dev_key}, keys)
+    broker = start_broker(auth_file=auth)
+
+    def back_end(client_id: str, policy: str) -> MqttClient:
+        c = clients.add(MqttClient(broker.plain_port, client_id, username=policy,
+                                   password=sas_token(HUB_HOSTNAME, keys[policy], policy=policy)))
+        assert c.connect() == 0, client_id
+        return c
+
+    hub = back_end("devicebound-hub", "hub")  # ServiceConnect only, as in python/tests
+    assert hub.subscribe("devicebound/hub/#") == 1
+    owner, svc, devpol = back_end("own", "iothubowner"), back_end("svc", "service"), back_end("dp", "device")
+    svc_as_dev1 = back_end("dev1", "service")  # a device's id, a service token
+
+    # Subscriptions: each party's pushes with its right.
+    for client, refused in ((svc, "devicebound/admin/svc/#"), (svc, "devicebound/device/svc/#"),
+                            (devpol, "devicebound/service/dp/#"), (devpol, "devicebound/admin/dp/#"),
+                            (devpol, "devicebound/hub/#"), (devpol, "devicebound/broker/#"),
+                            (svc_as_dev1, filter_of("dev1")), (svc_as_dev1, "devicebound/device/dev1/#")):
+        assert client.subscribe(refused) == 0x80, (client.client_id, refused)
+    for client, granted in ((svc, "devicebound/service/svc/#"), (devpol, "devicebound/device/dp/#"),
+                            (owner, "devicebound/admin/own/#"), (owner, "devicebound/device/own/#"),
+                            (owner, "devicebound/service/own/#"), (devpol, "devicebound/status/hub")):
+        assert client.subscribe(granted) == 1, (client.client_id, granted)
+
+    refused = [
+        (devpol, "devicebound/hub/service/dp/send/dev1/%24.rid=1"),    # finding 1
+        (devpol, "devicebound/hub/service/dp/purge/dev1/%24.rid=2"),
+        (svc, "devicebound/hub/admin/svc/add/dev9/%24.rid=3"),          # finding 2
+        (devpol, "devicebound/hub/admin/dp/remove/dev1/%24.rid=4"),
+        (svc_as_dev1, "devicebound/hub/device/dev1/attach/%24.conn=c&%24.max=1&%24.rid=5"),  # finding 3
+    ]
+    allowed = [
+        (svc, "devicebound/hub/service/svc/send/dev1/%24.rid=6"),
+        (owner, "devicebound/hub/admin/own/add/dev9/%24.rid=7"),
+        (devpol, "devicebound/hub/device/dp/attach/%24.conn=c&%24.max=1&%24.rid=8"),
+    ]
+    for client, topic in refused + allowed:
+        client.publish(topic, b"")
+    svc.publish("devicebound/hub/service/svc/marker/", b"")
+    seen = []
+    while not seen or seen[-1] != "devicebound/hub/service/svc/marker/":
+        seen.append(hub.expect().topic)
+    assert seen[:-1] == [topic for _, topic in allowed]
+
+    # The hub's writes need ServiceConnect: a DeviceConnect back end forges no
+    # push, no device-bound message, no status.
+    dev1 = clients.add(MqttClient(broker.plain_port, "dev1", username=device_username("dev1"),
+                                  password=sas_token(f"{HUB_HOSTNAME}/devices/dev1", dev_key)))
+    assert dev1.connect() == 0  # takes the id over from svc_as_dev1
+    assert dev1.subscribe(filter_of("dev1")) == 1
+    assert dev1.subscribe("devicebound/device/dev1/#") == 1
+    devpol.publish(topic_of("dev1", "%24.mid=forged"), b"forged")
+    devpol.publish("devicebound/device/dev1/message/%24.lock=x", b"forged")
+    hub.publish(topic_of("dev1", "%24.mid=real"), b"real")
+    assert dev1.expect().payload == b"real"
+
+
 # --------------------------------------------------------------------------- #
 # The device cap (plugin_opt_max_devices)
 

@@ -500,6 +500,50 @@ def test_back_end_is_disconnected_when_its_policy_changes(start_broker, clients,
                        sas_token(HUB_HOSTNAME, renewed_secondary, policy="renewed")) == 0
 
 
+def test_a_right_the_policy_loses_is_enforced_on_the_open_connection(start_broker, clients, hub_store):
+    """A policy that keeps a connect right but loses another keeps its
+    connections, which lose that right's topics at once: the plugin asks its
+    topic ACL at every PUBLISH, SUBSCRIBE and delivery (mosquitto caches no
+    answer), with the rights the last recheck found."""
+    store = hub_store()
+    hub, ops = new_key(), new_key()
+    store.put_policy("hub", hub, SERVICE_CONNECT)
+    store.put_policy("ops", ops, SERVICE_CONNECT | DEVICE_CONNECT | REGISTRY_WRITE)
+    broker = start_broker(registry_db=store.path)
+    listener = clients.add(MqttClient(broker.plain_port, "devicebound-hub", username="hub",
+                                      password=sas_token(HUB_HOSTNAME, hub, policy="hub")))
+    assert listener.connect() == 0
+    assert listener.subscribe("devicebound/hub/#") == 1
+    back_end = clients.add(MqttClient(broker.plain_port, "ops", username="ops",
+                                      password=sas_token(HUB_HOSTNAME, ops, policy="ops")))
+    assert back_end.connect() == 0
+    assert back_end.subscribe("devicebound/admin/ops/#") == 1
+    assert back_end.subscribe("devicebound/service/ops/#") == 1
+
+    back_end.publish("devicebound/hub/admin/ops/ping/%24.rid=1", b"")
+    assert listener.expect().topic == "devicebound/hub/admin/ops/ping/%24.rid=1"
+    listener.publish("devicebound/admin/ops/reply/%24.rid=1", b"pong")
+    assert back_end.expect().payload == b"pong"
+
+    with store.transaction():
+        store.put_policy("ops", ops, SERVICE_CONNECT)  # RegistryWrite, DeviceConnect removed
+    wait_for_log(broker, "back end ops now holds ServiceConnect (was RegistryWrite, "
+                         "ServiceConnect, DeviceConnect)")
+    assert_still_connected(back_end, listener)
+    assert broker.log_text().count("disconnecting ") == 0
+
+    # Its admin request is dropped; the admin push on the subscription it
+    # holds is not handed to it; new admin and device subscriptions refused.
+    back_end.publish("devicebound/hub/admin/ops/ping/%24.rid=2", b"")
+    back_end.publish("devicebound/hub/service/ops/depth/dev1/%24.rid=3", b"")
+    assert listener.expect().topic == "devicebound/hub/service/ops/depth/dev1/%24.rid=3"
+    listener.publish("devicebound/admin/ops/reply/%24.rid=2", b"dropped")
+    listener.publish("devicebound/service/ops/reply/%24.rid=3", b"sentinel")
+    assert back_end.expect().payload == b"sentinel"
+    assert back_end.subscribe("devicebound/admin/ops/#") == 0x80
+    assert back_end.subscribe("devicebound/device/ops/#") == 0x80
+
+
 def test_policy_token_device_is_disconnected_when_the_policy_loses_device_connect(
         start_broker, clients, hub_store):
     store = hub_store()
