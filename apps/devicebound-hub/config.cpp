@@ -460,6 +460,24 @@ std::variant<daemon_config, int> load_config(int argc, char** argv) {
                  "device keys and shared access policies for SAS verification over AMQP "
                  "(docs/amqp-door.md); without it: test mode, tokens are not verified")
       ->check(CLI::ExistingFile);
+  // --cluster (docs/scale-out.md, "The hub in a cluster")
+  bool cluster = false;
+  std::optional<std::uint32_t> partitions, expected_instances;
+  std::optional<std::string> instance, lease_ttl, lease_renew, overflow_after, cluster_schema;
+  app.add_flag("--cluster", cluster,
+               "run as one instance of a partitioned hub on PostgreSQL (--store CONNINFO, "
+               "--partitions, --instance; docs/scale-out.md)");
+  app.add_option("--partitions", partitions, "--cluster: the hub's partition count K (1..1024)");
+  app.add_option("--instance", instance, "--cluster: this instance's name (in the lease rows)");
+  app.add_option("--lease-ttl", lease_ttl, "--cluster: lease time to live (default 5s)");
+  app.add_option("--lease-renew", lease_renew, "--cluster: lease renewal interval (default 1s)");
+  app.add_option("--expected-instances", expected_instances,
+                 "--cluster: how many instances share the partitions (default: unset, claim all)");
+  app.add_option("--overflow-after", overflow_after,
+                 "--cluster with --expected-instances: how often partitions beyond this "
+                 "instance's share are claimed (default 5s)");
+  app.add_option("--cluster-schema", cluster_schema,
+                 "--cluster: the PostgreSQL schema of the hub (default devicebound)");
   app.add_option("-l,--log-level", log_level,
                  "trace, debug, info, warn, error, critical or off (default info)");
   try {
@@ -606,6 +624,32 @@ std::variant<daemon_config, int> load_config(int argc, char** argv) {
     }
     if (in_memory && store_path)
       throw CLI::ValidationError("--in-memory", "excludes --store");
+    if (cluster) {
+      auto& c = cfg.cluster;
+      c.enabled = true;
+      if (!store_path)
+        throw CLI::ValidationError("--cluster", "needs --store CONNINFO (PostgreSQL)");
+      if (!partitions)
+        throw CLI::ValidationError("--cluster", "needs --partitions K");
+      if (!instance || instance->empty())
+        throw CLI::ValidationError("--cluster", "needs --instance NAME");
+      c.partitions = *partitions;
+      c.instance = *instance;
+      if (lease_ttl)
+        c.lease_ttl = duration_arg(*lease_ttl, "--lease-ttl");
+      if (lease_renew)
+        c.lease_renew = duration_arg(*lease_renew, "--lease-renew");
+      c.expected_instances = expected_instances;
+      if (overflow_after)
+        c.overflow_after = duration_arg(*overflow_after, "--overflow-after");
+      if (cluster_schema)
+        c.schema = *cluster_schema;
+    } else if (partitions || instance || lease_ttl || lease_renew || expected_instances ||
+               overflow_after || cluster_schema) {
+      throw CLI::ValidationError("--partitions",
+                                 "--partitions, --instance, --lease-* and "
+                                 "--expected-instances need --cluster");
+    }
     if (cfg.broker_sas_key) {
       if (cfg.broker.password)
         throw CLI::ValidationError("--broker-sas-key", "excludes --password (broker.password)");

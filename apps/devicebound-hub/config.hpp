@@ -81,6 +81,20 @@ struct limits_config {
   std::optional<std::string> problem() const;
 };
 
+/// `--cluster` (docs/scale-out.md, "The hub in a cluster"): this process is one
+/// instance of a partitioned hub whose state is in PostgreSQL (`--store` is then
+/// a libpq connection string or `postgresql://` URI).
+struct cluster_config {
+  bool enabled = false;
+  std::uint32_t partitions = 0;  ///< `--partitions K` (1..1024), the same on every instance
+  std::string instance;          ///< `--instance NAME`; the lease owner adds PID and start time
+  duration lease_ttl = std::chrono::seconds(5);       ///< `--lease-ttl`
+  duration lease_renew = std::chrono::seconds(1);     ///< `--lease-renew`
+  std::optional<std::uint32_t> expected_instances;    ///< `--expected-instances N`
+  duration overflow_after = std::chrono::seconds(5);  ///< `--overflow-after`
+  std::string schema = "devicebound";                 ///< `--cluster-schema`
+};
+
 struct daemon_config {
   mqtt::connection_options broker = [] {
     mqtt::connection_options o;
@@ -109,6 +123,7 @@ struct daemon_config {
   /// `rabbit_amqp_url` (`--rabbit-amqp-url amqp://USER:PASSWORD@HOST:PORT/`).
   std::string broker_kind = "mosquitto";
   std::string rabbit_amqp_url;
+  cluster_config cluster;
   std::string log_level = "info";
 };
 

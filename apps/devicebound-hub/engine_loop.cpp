@@ -39,7 +39,10 @@ void request_queue::wait(time_point deadline, std::vector<inbound>& out) {
 }
 
 engine_loop::engine_loop(router& r, std::vector<front_door*> doors)
-    : router_(&r), doors_(std::move(doors)) {}
+    : own_(std::in_place, r), router_(&*own_), doors_(std::move(doors)) {}
+
+engine_loop::engine_loop(batch_target& t, std::vector<front_door*> doors)
+    : router_(&t), doors_(std::move(doors)) {}
 
 void engine_loop::stop() {
   stopping_.request_stop();

@@ -42,6 +42,9 @@
 #include "amqp_door.hpp"
 #include "auth_file.hpp"
 #endif
+#ifdef DEVICEBOUND_WITH_CLUSTER
+#include "cluster_engine.hpp"
+#endif
 #include "config.hpp"
 #include "engine_loop.hpp"
 #ifdef DEVICEBOUND_WITH_HTTPS_DOOR
@@ -341,8 +344,16 @@ int main(int argc, char** argv) {
 
   std::unique_ptr<sqlite_store> store;  // before the hub: the hub commits to it
   hub h;
-  if (const int code = open_hub(cfg, store, h); code != exit_ok)
-    return code;
+#ifndef DEVICEBOUND_WITH_CLUSTER
+  if (cfg.cluster.enabled) {
+    spdlog::critical("--cluster: this devicebound-hub was built without PostgreSQL (libpq)");
+    return exit_config;
+  }
+#endif
+  // --cluster: no hub here; each owned partition opens its own (cluster_engine.hpp)
+  if (!cfg.cluster.enabled)
+    if (const int code = open_hub(cfg, store, h); code != exit_ok)
+      return code;
 
   // The identity registry (docs/registry.md): loaded from the store; what it
   // lacks is seeded from --auth-file (or IoT Hub's default policies) below.
@@ -395,9 +406,21 @@ int main(int argc, char** argv) {
       return s->commit_group();
     };
   }
+#ifdef DEVICEBOUND_WITH_CLUSTER
+  std::unique_ptr<cluster_engine> cluster;
+  if (cfg.cluster.enabled) {
+    auto c = cluster_engine::create(cfg, ro, seed);
+    if (!c) {
+      spdlog::critical("cannot join the cluster: {} [{}]", c.error().message, c.error().numeric());
+      return c.error().code == errc::argument_invalid ? exit_config : exit_store_open;
+    }
+    cluster = std::move(*c);
+  }
+#endif
   router rt(h, std::move(ro), std::move(group));
-  if (const int code = seed_registry(rt, seed, cfg.devices); code != exit_ok)
-    return code;
+  if (!cfg.cluster.enabled)
+    if (const int code = seed_registry(rt, seed, cfg.devices); code != exit_ok)
+      return code;
   std::optional<wal_keeper> keeper;
   if (store && cfg.store.sync != sqlite_sync::off)
     keeper.emplace(store->path(), cfg.store.sync, std::chrono::milliseconds(100));
@@ -485,7 +508,13 @@ int main(int argc, char** argv) {
     return exit_config;
   }
 #endif
-  engine_loop loop(rt, doors);
+  router_target single(rt);
+  batch_target* target = &single;
+#ifdef DEVICEBOUND_WITH_CLUSTER
+  if (cluster)
+    target = cluster.get();
+#endif
+  engine_loop loop(*target, doors);
 
   spdlog::info(
       "devicebound-hub {} '{}': broker {} {}://{}:{}, client id '{}', lock {} ms, default TTL {} "
@@ -502,7 +531,12 @@ int main(int argc, char** argv) {
                  to_string(cfg.limits.throttle.tier), units, r.sends_per_minute * units,
                  r.receives_per_minute * units);
   }
-  if (store)
+  if (cfg.cluster.enabled)
+    spdlog::info(
+        "cluster: {} partitions on PostgreSQL (schema '{}'), lease ttl {} ms, renewed every {} ms",
+        cfg.cluster.partitions, cfg.cluster.schema, cfg.cluster.lease_ttl.count(),
+        cfg.cluster.lease_renew.count());
+  else if (store)
     spdlog::info(
         "store '{}' (SQLite, synchronous {}): {} device(s), {} feedback batch(es) queued, {} "
         "message(s) accepted so far",
@@ -552,7 +586,11 @@ int main(int argc, char** argv) {
   if (rabbit_auth)
     rabbit_auth->stop();
 #endif
-  if (end.why != loop_end::cause::door_failed)
+#ifdef DEVICEBOUND_WITH_CLUSTER
+  if (cluster)
+    cluster->shutdown();  // every batch is committed and released: give the leases up
+#endif
+  if (end.why != loop_end::cause::door_failed && !cfg.cluster.enabled)
     log_stats(h);
   // Wake the signal thread if run() ended for another reason.
   loop.stop();

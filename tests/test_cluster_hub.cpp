@@ -1,0 +1,566 @@
+// devicebound-hub --cluster end to end (docs/scale-out.md, "The hub in a cluster"):
+// two daemons on one PostgreSQL (started by the test in a temporary directory on a
+// free loopback port) and one mosquitto, each daemon with an AMQP door on a free
+// loopback port, in test mode (no --auth-file). They split K = 8 partitions; a back
+// end sends C2D messages through the instance that serves the device's partition;
+// one instance is killed (kill -9) or stopped (SIGSTOP past its lease); the other
+// must serve every partition within the lease ttl + 2 s, and every acknowledged
+// send must be delivered by it. Each scenario prints a ledger.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/types.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <devicebound/cluster/partition.hpp>
+#include <devicebound/codec/feedback_json.hpp>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <optional>
+#include <proton/message.hpp>
+#include <proton/message_id.hpp>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+// tests/support/postgres.hpp and mosquitto.hpp each define test_support::temp_dir:
+// the PostgreSQL fixture's is renamed here so both fit in one test.
+#define temp_dir pg_temp_dir
+#include "support/postgres.hpp"
+#undef temp_dir
+#include "support/amqp_client.hpp"
+#include "support/mosquitto.hpp"
+#include "support/required.hpp"
+
+namespace {
+
+using namespace std::chrono_literals;
+namespace support = devicebound::test_support;
+using support::amqp_client::client;
+using support::amqp_client::sasl_mode;
+using steady = std::chrono::steady_clock;
+
+constexpr std::uint32_t partitions = 8;
+constexpr auto lease_ttl = 3s;
+constexpr const char* lease_ttl_flag = "3s";
+
+/// What `cluster: instance '...' serves N of K partitions: ...` said last, or nothing.
+std::optional<std::vector<std::uint32_t>> serving(const std::string& log) {
+  const std::string marker = " partitions: ";
+  const auto line_start = log.rfind("' serves ");
+  if (line_start == std::string::npos)
+    return std::nullopt;
+  const auto at = log.find(marker, line_start);
+  const auto end = log.find('\n', at);
+  std::istringstream in(log.substr(at + marker.size(), end - at - marker.size()));
+  std::vector<std::uint32_t> out;
+  std::string word;
+  while (in >> word)
+    if (word != "none")
+      out.push_back(static_cast<std::uint32_t>(std::stoul(word)));
+  return out;
+}
+
+std::string text_id(const proton::message& m) {
+  return proton::get<std::string>(m.id());
+}
+
+/// One daemon (started by fork + exec on the test's main thread, stopped by
+/// PID) and a back end's AMQP connection to it.
+struct instance {
+  std::string name;
+  std::uint16_t port = 0;
+  support::temp_dir dir{"devicebound-cluster-"};
+  std::unique_ptr<support::child_process> process;
+  std::unique_ptr<client> service;
+  pn_link_t* sender = nullptr;
+  bool dead = false;
+
+  std::string log() const { return support::read_file(dir.file("hub.log")); }
+  pid_t pid() const { return process ? process->pid() : -1; }
+  std::vector<std::uint32_t> partitions_served() const {
+    return serving(log()).value_or(std::vector<std::uint32_t>{});
+  }
+  void start(const std::vector<std::string>& argv) {
+    process = std::make_unique<support::child_process>(argv, dir.file("hub.log"));
+  }
+  /// kill -9 by PID, and reaped.
+  void kill9() {
+    (void)process->stop(SIGKILL, 5s);
+    process.reset();
+  }
+  bool listening() const { return log().find("amqp: listening on") != std::string::npos; }
+  void connect() {
+    service = std::make_unique<client>(port, sasl_mode::none);
+    ASSERT_TRUE(service->opened()) << name << ": " << service->close_condition();
+    sender = service->attach(true, "/messages/devicebound");
+    ASSERT_TRUE(service->attached(sender)) << name;
+  }
+};
+
+class cluster_hub : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (auto m = support::postgres_server::missing(); !m.empty())
+      DEVICEBOUND_MISSING_PART(m);
+    if (!support::mosquitto_broker::available())
+      DEVICEBOUND_MISSING_PART("mosquitto not found at " << support::default_mosquitto);
+    if (!support::hub_daemon::available())
+      DEVICEBOUND_MISSING_PART("devicebound-hub not found at " << support::default_hub);
+    pg_ = std::make_unique<support::postgres_server>();
+    broker_ = std::make_unique<support::mosquitto_broker>();
+    for (const char* n : {"a", "b"}) {
+      auto& i = hubs_.emplace_back();
+      i.name = n;
+      i.port = support::free_port();
+    }
+    // Started together (no waiting between), so that each gets its share
+    // (--expected-instances 2).
+    for (auto& i : hubs_)
+      i.start(argv(i));
+    // bounded: both serve their share, together all K
+    const auto deadline = steady::now() + 15s;
+    while (steady::now() < deadline &&
+           !(split() && std::all_of(hubs_.begin(), hubs_.end(),
+                                    [](const instance& i) { return i.listening(); })))
+      std::this_thread::sleep_for(20ms);  // polls the daemons' logs, bounded
+    ASSERT_TRUE(split()) << logs();
+    for (auto& i : hubs_)
+      i.connect();
+    for (std::size_t n = 0; n < hubs_.size(); ++n)
+      for (auto k : hubs_[n].partitions_served())
+        believed_[k] = n;
+  }
+
+  void TearDown() override {
+    for (auto& i : hubs_) {
+      i.service.reset();
+      if (i.pid() > 0)
+        ::kill(i.pid(), SIGCONT);  // a stopped daemon must be able to die
+    }
+    if (HasFailure())
+      std::cerr << logs();
+  }
+
+  std::vector<std::string> argv(const instance& i) const {
+    return {support::default_hub,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            std::to_string(broker_->port()),
+            "--log-level",
+            "info",
+            "--cluster",
+            "--store",
+            pg_->conninfo(),
+            "--partitions",
+            std::to_string(partitions),
+            "--instance",
+            i.name,
+            "--client-id",
+            "hub-" + i.name,
+            "--lease-ttl",
+            lease_ttl_flag,
+            "--lease-renew",
+            "500ms",
+            "--expected-instances",
+            "2",
+            "--overflow-after",
+            "1s",
+            "--hub-name",
+            "testhub",
+            "--auto-register",
+            "--feedback-batch-interval",
+            "0s",
+            "--amqp-listen",
+            "127.0.0.1:" + std::to_string(i.port)};
+  }
+
+  bool split() const {
+    std::set<std::uint32_t> all;
+    for (const auto& i : hubs_) {
+      auto s = i.partitions_served();
+      if (s.empty())
+        return false;
+      all.insert(s.begin(), s.end());
+    }
+    return all.size() == partitions;
+  }
+
+  std::string logs() const {
+    std::string out;
+    for (const auto& i : hubs_)
+      out += "--- devicebound-hub " + i.name + " ---\n" + i.log();
+    return out;
+  }
+
+  /// Sends one message, trying the instance believed to serve its partition
+  /// first, then the other, until one accepts it or `timeout`. Retries a refusal
+  /// (com.microsoft:timeout: not served here) every 50 ms. Returns whether it was
+  /// acknowledged; `attempts` counts the sends that might have been stored
+  /// without an acknowledgement (no outcome: the connection died).
+  bool send(const std::string& device, const std::string& id, std::uint32_t& unanswered,
+            std::chrono::milliseconds timeout = 12s) {
+    const auto k = devicebound::cluster::partition_of(device, partitions).value();
+    const auto deadline = steady::now() + timeout;
+    std::size_t n = believed_[k];
+    while (steady::now() < deadline) {
+      instance& i = hubs_[n % hubs_.size()];
+      if (!i.dead) {
+        proton::message m;
+        m.to("/devices/" + device + "/messages/devicebound");
+        m.id(id);
+        m.body(std::string("payload of ") + id);
+        auto [state, cond] = i.service->outcome(i.service->send(i.sender, m));
+        if (state == PN_ACCEPTED) {
+          believed_[k] = n % hubs_.size();
+          return true;
+        }
+        if (i.service->closed() || state == 0) {
+          ++unanswered;
+          i.dead = true;
+        } else {
+          EXPECT_EQ(cond, "com.microsoft:timeout") << "a refusal other than 'not served here'";
+          // the other one may serve it; when both refused, wait a little (bounded)
+          if (n % hubs_.size() == hubs_.size() - 1 || hubs_[(n + 1) % hubs_.size()].dead)
+            (void)i.service->wait([] { return false; }, 50ms);
+        }
+      }
+      ++n;
+    }
+    return false;
+  }
+
+  /// Receives the messages of `devices` through `via` (a device link each,
+  /// accepting what arrives) until every id of `expect` arrived (bounded), then
+  /// whatever else arrives within 500 ms (duplicates, unacknowledged sends): id -> count.
+  std::map<std::string, int> drain(instance& via, const std::vector<std::string>& devices,
+                                   const std::set<std::string>& expect) {
+    std::map<std::string, int> got;
+    client dev(via.port, sasl_mode::none);
+    EXPECT_TRUE(dev.opened());
+    std::vector<pn_link_t*> links;
+    for (const auto& d : devices) {
+      links.push_back(dev.attach(false, "/devices/" + d + "/messages/devicebound", 1000));
+      EXPECT_TRUE(dev.attached(links.back())) << d << ": " << dev.link_error(links.back());
+    }
+    const auto take = [&](std::chrono::milliseconds wait) {
+      for (auto* l : links)
+        while (auto m = dev.next(l, wait)) {
+          ++got[text_id(m->msg)];
+          pn_delivery_update(m->delivery, PN_ACCEPTED);
+          pn_delivery_settle(m->delivery);
+          dev.flush();
+        }
+    };
+    const auto covered = [&] {
+      return std::all_of(expect.begin(), expect.end(),
+                         [&](const std::string& id) { return got.count(id) > 0; });
+    };
+    const auto deadline = steady::now() + 30s;
+    while (!covered() && steady::now() < deadline)
+      take(20ms);
+    (void)dev.wait([] { return false; }, 500ms);  // what else comes, bounded
+    take(1ms);
+    return got;
+  }
+
+  /// Waits until `i` serves every partition; the time it took from `since`.
+  std::optional<std::chrono::milliseconds> wait_all(const instance& i, steady::time_point since,
+                                                    std::chrono::milliseconds timeout) {
+    const auto deadline = since + timeout;
+    while (steady::now() < deadline) {
+      if (i.partitions_served().size() == partitions)
+        return std::chrono::duration_cast<std::chrono::milliseconds>(steady::now() - since);
+      std::this_thread::sleep_for(10ms);  // polls the daemon's log, bounded
+    }
+    return std::nullopt;
+  }
+
+  std::vector<std::string> devices(std::size_t n) const {
+    std::vector<std::string> out;
+    for (std::size_t d = 0; d < n; ++d)
+      out.push_back("dev-" + std::to_string(d));
+    return out;
+  }
+
+  std::unique_ptr<support::postgres_server> pg_;
+  std::unique_ptr<support::mosquitto_broker> broker_;
+  std::deque<instance> hubs_;
+  std::map<std::uint32_t, std::size_t> believed_;  ///< partition -> instance that accepted last
+};
+
+TEST_F(cluster_hub, InstancesSplitThePartitionsAndRefuseOthersRetryably) {
+  const auto a = hubs_[0].partitions_served();
+  const auto b = hubs_[1].partitions_served();
+  std::cout << "instance a serves " << a.size() << ", b serves " << b.size() << " of " << partitions
+            << " partitions\n";
+  // a device of a partition a does not serve: a refuses it with the retryable
+  // condition, naming the partition and its owner; b accepts it
+  std::string device;
+  for (std::size_t d = 0; device.empty(); ++d) {
+    const std::string id = "dev-" + std::to_string(d);
+    const auto k = devicebound::cluster::partition_of(id, partitions).value();
+    if (std::find(b.begin(), b.end(), k) != b.end())
+      device = id;
+  }
+  proton::message m;
+  m.to("/devices/" + device + "/messages/devicebound");
+  m.id("refused-1");
+  m.body(std::string("x"));
+  auto [state, cond] = hubs_[0].service->outcome(hubs_[0].service->send(hubs_[0].sender, m));
+  EXPECT_EQ(state, PN_REJECTED);
+  EXPECT_EQ(cond, "com.microsoft:timeout");
+  EXPECT_NE(hubs_[0].log().find("' serves "), std::string::npos);
+  auto [state2, cond2] = hubs_[1].service->outcome(hubs_[1].service->send(hubs_[1].sender, m));
+  EXPECT_EQ(state2, PN_ACCEPTED) << cond2;
+  auto got = drain(hubs_[1], {device}, {"refused-1"});
+  EXPECT_EQ(got["refused-1"], 1);
+}
+
+TEST_F(cluster_hub, EachInstanceDeliversTheFeedbackOfThePartitionsItServes) {
+  // a device in a partition of each instance, a send with full acknowledgement to each
+  std::vector<std::string> device(hubs_.size());
+  std::vector<pn_link_t*> feedback(hubs_.size());
+  for (std::size_t n = 0; n < hubs_.size(); ++n) {
+    const auto served = hubs_[n].partitions_served();
+    for (std::size_t d = 0; device[n].empty(); ++d) {
+      const std::string id = "fb-" + std::to_string(d);
+      const auto k = devicebound::cluster::partition_of(id, partitions).value();
+      if (std::find(served.begin(), served.end(), k) != served.end())
+        device[n] = id;
+    }
+    feedback[n] = hubs_[n].service->attach(false, "/messages/servicebound/feedback", 10);
+    ASSERT_TRUE(hubs_[n].service->attached(feedback[n]));
+    proton::message m;
+    m.to("/devices/" + device[n] + "/messages/devicebound");
+    m.id("ack-" + hubs_[n].name);
+    m.properties().put("iothub-ack", "full");
+    m.body(std::string("x"));
+    auto [state, cond] = hubs_[n].service->outcome(hubs_[n].service->send(hubs_[n].sender, m));
+    ASSERT_EQ(state, PN_ACCEPTED) << cond;
+  }
+  for (std::size_t n = 0; n < hubs_.size(); ++n) {
+    auto got = drain(hubs_[n], {device[n]}, {"ack-" + hubs_[n].name});  // completes it
+    EXPECT_EQ(got["ack-" + hubs_[n].name], 1);
+  }
+  // each instance's feedback link carries the record of its own partition's message only
+  for (std::size_t n = 0; n < hubs_.size(); ++n) {
+    auto batch = hubs_[n].service->next(feedback[n], 10s);
+    ASSERT_TRUE(batch) << hubs_[n].name << " delivered no feedback\n" << logs();
+    auto records = devicebound::codec::decode_feedback_json(
+        std::string(proton::get<proton::binary>(batch->msg.body())));
+    ASSERT_TRUE(records);
+    ASSERT_EQ(records->size(), 1u);
+    EXPECT_EQ((*records)[0].original_message_id, "ack-" + hubs_[n].name);
+    EXPECT_EQ((*records)[0].device_id, device[n]);
+    pn_delivery_update(batch->delivery, PN_ACCEPTED);
+    pn_delivery_settle(batch->delivery);
+    hubs_[n].service->flush();
+    EXPECT_FALSE(hubs_[n].service->next(feedback[n], 300ms)) << "a second batch";
+  }
+}
+
+TEST_F(cluster_hub, KillNineTheOtherInstanceTakesOverAndNothingAcknowledgedIsLost) {
+  const auto devs = devices(16);
+  constexpr int messages = 400;
+  std::set<std::string> acked;
+  std::uint32_t unanswered = 0;
+  int kills = 0;
+  std::optional<std::chrono::milliseconds> takeover;
+  instance& victim = hubs_[0];
+  instance& survivor = hubs_[1];
+  steady::time_point killed_at{};
+  for (int n = 0; n < messages; ++n) {
+    if (n == messages / 2) {  // under load: the sends go on, retrying, during the takeover
+      killed_at = steady::now();
+      victim.kill9();
+      ++kills;
+    }
+    const std::string id = "m-" + std::to_string(n);
+    if (send(devs[static_cast<std::size_t>(n) % devs.size()], id, unanswered))
+      acked.insert(id);
+    if (kills > 0 && !takeover && survivor.partitions_served().size() == partitions)
+      takeover = std::chrono::duration_cast<std::chrono::milliseconds>(steady::now() - killed_at);
+  }
+  if (!takeover)
+    takeover = wait_all(survivor, killed_at, lease_ttl + 2s);
+  ASSERT_TRUE(takeover.has_value()) << "the survivor did not serve every partition within "
+                                    << (lease_ttl + 2s).count() << " ms of the kill\n"
+                                    << logs();
+  auto got = drain(survivor, devs, acked);
+  int lost = 0, duplicates = 0, unacked_present = 0;
+  for (const auto& id : acked)
+    if (got.count(id) == 0)
+      ++lost;
+  for (const auto& [id, count] : got) {
+    duplicates += count - 1;
+    if (acked.count(id) == 0)
+      ++unacked_present;
+  }
+  std::cout << "ledger: kills " << kills << ", messages " << messages << ", acknowledged "
+            << acked.size() << ", lost " << lost << ", duplicates " << duplicates
+            << ", unanswered sends " << unanswered << " (of which stored " << unacked_present
+            << "), takeover " << takeover->count() << " ms (ttl "
+            << std::chrono::duration_cast<std::chrono::milliseconds>(lease_ttl).count() << " ms)\n";
+  EXPECT_EQ(lost, 0);
+  EXPECT_EQ(acked.size(), static_cast<std::size_t>(messages));
+  EXPECT_LE(*takeover, lease_ttl + 2s);
+}
+
+TEST_F(cluster_hub, AZombieOwnerIsRefusedAndStepsDown) {
+  instance& zombie = hubs_[0];
+  instance& other = hubs_[1];
+  const auto held = zombie.partitions_served();
+  ASSERT_FALSE(held.empty());
+  std::string device;
+  for (std::size_t d = 0; device.empty(); ++d) {
+    const std::string id = "z-" + std::to_string(d);
+    const auto k = devicebound::cluster::partition_of(id, partitions).value();
+    if (std::find(held.begin(), held.end(), k) != held.end())
+      device = id;
+  }
+  std::uint32_t unanswered = 0;
+  ASSERT_TRUE(send(device, "before", unanswered));  // through the zombie-to-be
+
+  const auto stopped_at = steady::now();
+  ASSERT_EQ(::kill(zombie.pid(), SIGSTOP), 0);
+  auto takeover = wait_all(other, stopped_at, lease_ttl + 2s);
+  ASSERT_TRUE(takeover.has_value()) << logs();
+  // A send the stopped zombie's socket takes in; it reads it when it resumes.
+  proton::message m;
+  m.to("/devices/" + device + "/messages/devicebound");
+  m.id("to-the-zombie");
+  m.body(std::string("x"));
+  pn_delivery_t* d = zombie.service->send(zombie.sender, m);
+  ASSERT_EQ(::kill(zombie.pid(), SIGCONT), 0);
+  auto [state, cond] = zombie.service->outcome(d);
+  EXPECT_NE(state, PN_ACCEPTED) << "the zombie acknowledged a send after the takeover";
+  EXPECT_EQ(cond, "com.microsoft:timeout");
+  // it steps down, and does not claim back what the other holds
+  const auto deadline = steady::now() + 5s;
+  while (steady::now() < deadline && !zombie.partitions_served().empty())
+    std::this_thread::sleep_for(10ms);  // polls the log, bounded
+  EXPECT_TRUE(zombie.partitions_served().empty()) << zombie.log();
+  EXPECT_NE(zombie.log().find("lease lost"), std::string::npos);
+  EXPECT_EQ(other.partitions_served().size(), partitions);
+  // the message goes through the new owner, once; the one before the pause is there too
+  believed_.clear();
+  believed_[devicebound::cluster::partition_of(device, partitions).value()] = 1;
+  ASSERT_TRUE(send(device, "to-the-zombie", unanswered));
+  auto got = drain(other, {device}, {"before", "to-the-zombie"});
+  std::cout << "ledger (zombie): stops 1, takeover " << takeover->count()
+            << " ms, zombie's answer '" << cond << "', delivered before " << got["before"]
+            << ", after " << got["to-the-zombie"] << "\n";
+  EXPECT_EQ(got["before"], 1);
+  EXPECT_EQ(got["to-the-zombie"], 1);
+}
+
+TEST_F(cluster_hub, ALeaseTakenFromUnderAnOwnerFencesItsCommitAndItStepsDown) {
+  // Another epoch written straight into the lease row (as a takeover does) while
+  // the owner still believes its lease valid: its next commit is refused by the
+  // epoch check and nothing is acknowledged (or, if its renewal comes first, the
+  // renewal is refused); it steps down either way.
+  instance& owner = hubs_[0];
+  const auto held = owner.partitions_served();
+  ASSERT_FALSE(held.empty());
+  const std::uint32_t k = held.front();
+  std::string device;
+  for (std::size_t d = 0; device.empty(); ++d) {
+    const std::string id = "f-" + std::to_string(d);
+    if (devicebound::cluster::partition_of(id, partitions).value() == k)
+      device = id;
+  }
+  std::uint32_t unanswered = 0;
+  ASSERT_TRUE(send(device, "before-theft", unanswered));
+  pg_->exec(
+      "UPDATE devicebound.partition_lease SET owner = 'thief', epoch = epoch + 1, "
+      "lease_until = now() + interval '1500 milliseconds' WHERE partition = " +
+      std::to_string(k));
+  proton::message m;
+  m.to("/devices/" + device + "/messages/devicebound");
+  m.id("after-theft");
+  m.body(std::string("x"));
+  auto [state, cond] = owner.service->outcome(owner.service->send(owner.sender, m));
+  EXPECT_EQ(state, PN_REJECTED) << "acknowledged under a stolen lease";
+  EXPECT_EQ(cond, "com.microsoft:timeout");
+  const std::string log = owner.log();
+  const bool fenced = log.find("the store refused the commit") != std::string::npos;
+  EXPECT_NE(log.find("stopped serving partition " + std::to_string(k)), std::string::npos) << log;
+  // the thief's lease runs out; an instance claims k again and the retry goes through, once
+  ASSERT_TRUE(send(device, "after-theft", unanswered, 15s)) << logs();
+  const auto again = owner.partitions_served();
+  instance& now_owner = std::find(again.begin(), again.end(), k) != again.end() ? owner : hubs_[1];
+  auto got = drain(now_owner, {device}, {"before-theft", "after-theft"});
+  std::cout << "stolen lease: "
+            << (fenced ? "the commit was refused (epoch fence)" : "the renewal was refused first")
+            << "; delivered before " << got["before-theft"] << ", after " << got["after-theft"]
+            << "\n";
+  EXPECT_EQ(got["before-theft"], 1);
+  EXPECT_EQ(got["after-theft"], 1);
+}
+
+TEST_F(cluster_hub, SigtermReleasesTheLeasesAndTheOtherTakesOverWithoutWaitingForTheTtl) {
+  instance& leaving = hubs_[0];
+  instance& other = hubs_[1];
+  const auto held = leaving.partitions_served();
+  std::string device;
+  for (std::size_t d = 0; device.empty(); ++d) {
+    const std::string id = "t-" + std::to_string(d);
+    const auto k = devicebound::cluster::partition_of(id, partitions).value();
+    if (std::find(held.begin(), held.end(), k) != held.end())
+      device = id;
+  }
+  std::uint32_t unanswered = 0;
+  ASSERT_TRUE(send(device, "before-sigterm", unanswered));
+  const auto at = steady::now();
+  leaving.service.reset();
+  EXPECT_EQ(leaving.process->stop(SIGTERM, 10s), 0) << leaving.log();
+  const std::string log = leaving.log();
+  leaving.process.reset();
+  leaving.dead = true;
+  EXPECT_NE(log.find("serves 0 of 8 partitions"), std::string::npos) << log;
+  // released, not expired: claimed at the other's next overflow round (1 s), before the ttl
+  auto t = wait_all(other, at, std::chrono::duration_cast<std::chrono::milliseconds>(lease_ttl));
+  ASSERT_TRUE(t.has_value()) << logs();
+  auto got = drain(other, {device}, {"before-sigterm"});
+  std::cout << "SIGTERM: the other instance serves every partition after " << t->count()
+            << " ms (ttl "
+            << std::chrono::duration_cast<std::chrono::milliseconds>(lease_ttl).count() << " ms)\n";
+  EXPECT_EQ(got["before-sigterm"], 1);
+}
+
+/// The flags: --cluster needs its settings; a PostgreSQL it cannot reach is exit code 3.
+TEST(cluster_hub_flags, AreCheckedAtStart) {
+  if (!support::hub_daemon::available())
+    DEVICEBOUND_MISSING_PART("devicebound-hub not found at " << support::default_hub);
+  support::temp_dir dir{"devicebound-cluster-flags-"};
+  const auto exit_of = [&](std::vector<std::string> args) {
+    args.insert(args.begin(), support::default_hub);
+    support::child_process p(args, dir.file("hub.log"));
+    return p.wait_exit(20s);
+  };
+  EXPECT_EQ(exit_of({"--cluster", "--partitions", "4", "--instance", "x"}), 2);  // no --store
+  EXPECT_EQ(exit_of({"--cluster", "--store", "host=127.0.0.1", "--instance", "x"}), 2);
+  EXPECT_EQ(exit_of({"--cluster", "--store", "host=127.0.0.1", "--partitions", "4"}), 2);
+  EXPECT_EQ(exit_of({"--partitions", "4"}), 2);  // without --cluster
+  EXPECT_EQ(exit_of({"--cluster", "--store", "host=127.0.0.1", "--partitions", "4", "--instance",
+                     "x", "--lease-ttl", "1s"}),
+            2);  // ttl not above 2 x renew: refused before connecting
+  EXPECT_EQ(exit_of({"--cluster", "--store", "host=127.0.0.1 port=1 connect_timeout=2",
+                     "--partitions", "4", "--instance", "x", "--in-memory"}),
+            2);
+  EXPECT_EQ(exit_of({"--cluster", "--store", "host=127.0.0.1 port=1 connect_timeout=2",
+                     "--partitions", "4", "--instance", "x"}),
+            3);  // PostgreSQL unreachable
+  const std::string log = support::read_file(dir.file("hub.log"));
+  EXPECT_NE(log.find("--cluster"), std::string::npos) << log;
+  EXPECT_NE(log.find("cannot join the cluster"), std::string::npos) << log;
+}
+
+}  // namespace
