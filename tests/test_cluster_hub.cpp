@@ -148,6 +148,9 @@ class cluster_hub : public ::testing::Test {
   }
 
   std::vector<std::string> argv(const instance& i) const {
+    // --startup-grace: each gets its share if both start within it (3 s, not
+    // 1 s: a loaded machine). No longer than the lease TTL, so it never delays a
+    // takeover: a dead peer's leases expire after it has ended.
     return {support::default_hub,
             "--host",
             "127.0.0.1",
@@ -172,6 +175,8 @@ class cluster_hub : public ::testing::Test {
             "2",
             "--overflow-after",
             "1s",
+            "--startup-grace",
+            lease_ttl_flag,
             "--hub-name",
             "testhub",
             "--auto-register",

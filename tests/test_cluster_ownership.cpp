@@ -205,6 +205,12 @@ TEST(ClusterOwnership, OptionsAreRangeChecked) {
   o.ttl = 2001ms;
   o.overflow_after = 1s;
   EXPECT_TRUE(controller::create(o, fake_leases{&t}, t.clock));
+  o.startup_grace = 999ms;  // less than renew_interval
+  refused(o, "startup_grace 999 ms");
+  o.startup_grace = 11min;
+  refused(o, "startup_grace 660000 ms");
+  o.startup_grace = 2s;
+  EXPECT_TRUE(controller::create(o, fake_leases{&t}, t.clock));
 
   auto c = make(t, options("a", 4, 2));
   auto r = c.set_expected_instances(0);
@@ -293,6 +299,23 @@ TEST(ClusterOwnership, AnExpectedPeerThatNeverStartsIsCoveredAfterOverflowAfter)
   EXPECT_TRUE(out[0].empty());
   EXPECT_EQ(a.held().size(), 4u);
   tick_until(t, {&a}, t0 + 5s, &out);  // overflow_after (5 s) after the first tick
+  EXPECT_EQ(out[0].size(), 4u);
+  EXPECT_EQ(a.held(), all(8));
+}
+
+TEST(ClusterOwnership, TheFirstOverflowRoundComesAfterTheStartupGraceThenEveryOverflowAfter) {
+  fake_lease_table t;
+  auto o = options("a", 8, 2);
+  o.overflow_after = 1s;
+  o.startup_grace = 3s;
+  auto a = make(t, o);
+  const time_point t0 = t.clock.now();
+  EXPECT_EQ(tick(a).size(), 4u);
+  std::vector<std::vector<cl::ownership_event>> out(1);
+  tick_until(t, {&a}, t0 + 2900ms, &out);  // past overflow_after, within the grace
+  EXPECT_TRUE(out[0].empty());
+  EXPECT_EQ(a.held().size(), 4u);
+  tick_until(t, {&a}, t0 + 3s, &out);  // the grace is over
   EXPECT_EQ(out[0].size(), 4u);
   EXPECT_EQ(a.held(), all(8));
 }

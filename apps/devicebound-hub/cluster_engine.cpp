@@ -78,6 +78,9 @@ result<std::unique_ptr<cluster_engine>> cluster_engine::create(const daemon_conf
   oo.renew_interval = cfg.cluster.lease_renew;
   oo.expected_instances = cfg.cluster.expected_instances;
   oo.overflow_after = cfg.cluster.overflow_after;
+  if (cfg.cluster.startup_grace)
+    oo.startup_grace =
+        std::chrono::duration_cast<std::chrono::milliseconds>(*cfg.cluster.startup_grace);
   if (auto r = cluster::validate(oo); !r)  // before connecting: a bad flag is a bad flag
     return r.error();
   postgres_options o;

@@ -463,7 +463,8 @@ std::variant<daemon_config, int> load_config(int argc, char** argv) {
   // --cluster (docs/scale-out.md, "The hub in a cluster")
   bool cluster = false;
   std::optional<std::uint32_t> partitions, expected_instances;
-  std::optional<std::string> instance, lease_ttl, lease_renew, overflow_after, cluster_schema;
+  std::optional<std::string> instance, lease_ttl, lease_renew, overflow_after, startup_grace,
+      cluster_schema;
   app.add_flag("--cluster", cluster,
                "run as one instance of a partitioned hub on PostgreSQL (--store CONNINFO, "
                "--partitions, --instance; docs/scale-out.md)");
@@ -476,6 +477,10 @@ std::variant<daemon_config, int> load_config(int argc, char** argv) {
   app.add_option("--overflow-after", overflow_after,
                  "--cluster with --expected-instances: how often partitions beyond this "
                  "instance's share are claimed (default 5s)");
+  app.add_option("--startup-grace", startup_grace,
+                 "--cluster with --expected-instances: how long after its start an instance "
+                 "leaves the partitions beyond its share to peers starting with it (default: "
+                 "--overflow-after)");
   app.add_option("--cluster-schema", cluster_schema,
                  "--cluster: the PostgreSQL schema of the hub (default devicebound)");
   app.add_option("-l,--log-level", log_level,
@@ -642,10 +647,12 @@ std::variant<daemon_config, int> load_config(int argc, char** argv) {
       c.expected_instances = expected_instances;
       if (overflow_after)
         c.overflow_after = duration_arg(*overflow_after, "--overflow-after");
+      if (startup_grace)
+        c.startup_grace = duration_arg(*startup_grace, "--startup-grace");
       if (cluster_schema)
         c.schema = *cluster_schema;
     } else if (partitions || instance || lease_ttl || lease_renew || expected_instances ||
-               overflow_after || cluster_schema) {
+               overflow_after || startup_grace || cluster_schema) {
       throw CLI::ValidationError("--partitions",
                                  "--partitions, --instance, --lease-* and "
                                  "--expected-instances need --cluster");

@@ -92,6 +92,7 @@ struct cluster_config {
   duration lease_renew = std::chrono::seconds(1);     ///< `--lease-renew`
   std::optional<std::uint32_t> expected_instances;    ///< `--expected-instances N`
   duration overflow_after = std::chrono::seconds(5);  ///< `--overflow-after`
+  std::optional<duration> startup_grace;              ///< `--startup-grace` (unset: overflow_after)
   std::string schema = "devicebound";                 ///< `--cluster-schema`
 };
 

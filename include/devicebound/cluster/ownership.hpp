@@ -103,9 +103,14 @@ struct ownership_options {
   std::optional<std::uint32_t> expected_instances;
   /// With `expected_instances`: how often an instance that has its fair share
   /// takes the free partitions left over (peers that never started, or died):
-  /// `renew_interval`..10 min. The first overflow round is this long after the
-  /// first tick, so peers starting together get their share first.
+  /// `renew_interval`..10 min. The first overflow round is `startup_grace`
+  /// after the first tick.
   std::chrono::milliseconds overflow_after{5'000};
+  /// With `expected_instances`: how long after its first tick an instance waits
+  /// before its first overflow round, so that peers starting together each get
+  /// their share first (a slow peer's start must fit in it). Unset: `overflow_after`.
+  /// `renew_interval`..10 min.
+  std::optional<std::chrono::milliseconds> startup_grace;
 };
 
 /// Checks `o`; 400004 naming the first setting out of range.
@@ -134,6 +139,9 @@ inline result<void> validate(const ownership_options& o) {
   if (o.overflow_after < o.renew_interval || o.overflow_after > max_lease_ttl)
     return bad("ownership: overflow_after " + ms(o.overflow_after) +
                " is outside renew_interval (" + ms(o.renew_interval) + ").." + ms(max_lease_ttl));
+  if (o.startup_grace && (*o.startup_grace < o.renew_interval || *o.startup_grace > max_lease_ttl))
+    return bad("ownership: startup_grace " + ms(*o.startup_grace) + " is outside renew_interval (" +
+               ms(o.renew_interval) + ").." + ms(max_lease_ttl));
   return {};
 }
 
@@ -202,7 +210,8 @@ class ownership_controller {
     const time_point start = now();
     if (!first_tick_) {
       first_tick_ = start;
-      next_overflow_ = saturating_add(start, options_.overflow_after);
+      next_overflow_ =
+          saturating_add(start, options_.startup_grace.value_or(options_.overflow_after));
     }
     last_tick_ = start;
     std::vector<bool> lost_now(slots_.size(), false);
