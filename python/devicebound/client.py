@@ -314,8 +314,11 @@ class _Client:
             if late and outcome.get("result") is not None:
                 orphan(outcome["result"])
 
-        threading.Thread(target=wait, name="devicebound-wait", daemon=True).start()
+        helper = threading.Thread(target=wait, name="devicebound-wait", daemon=True)
         try:
+            # An interruption inside start() (it waits for the thread to run) must
+            # still mark the wait abandoned, or what it receives is never handed back.
+            helper.start()
             finished.wait()
         except BaseException:
             with guard:
