@@ -221,6 +221,9 @@ def test_ctrl_c_interrupts_a_receive_on_the_main_thread():
         hub.add_device("d")
         service = db.ServiceClient(hub)
         device = db.DeviceClient(hub, "d")
+        # What an interactive Python has; a parent that ignores SIGINT (a job started
+        # with `&` by a non-interactive shell) would leave it ignored here.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
         try:
             device.receive(timeout=None)      # waits in the library; Ctrl-C still gets through
