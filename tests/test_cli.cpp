@@ -4,6 +4,8 @@
 // subcommand: a success case and its documented error, with its exit code.
 #include <gtest/gtest.h>
 
+#include "support/required.hpp"
+
 #if defined(DEVICEBOUND_CLI_EXECUTABLE) && defined(DEVICEBOUND_TEST_CERTS_SCRIPT)
 
 #include <fcntl.h>
@@ -134,9 +136,9 @@ class cli : public ::testing::Test {
  protected:
   void SetUp() override {
     if (!support::mosquitto_broker::available())
-      GTEST_SKIP() << "mosquitto not found at " << support::default_mosquitto;
+      DEVICEBOUND_MISSING_PART("mosquitto not found at " << support::default_mosquitto);
     if (!support::hub_daemon::available())
-      GTEST_SKIP() << "devicebound-hub not found at " << support::default_hub;
+      DEVICEBOUND_MISSING_PART("devicebound-hub not found at " << support::default_hub);
     const std::string certs = std::string("bash '") + DEVICEBOUND_TEST_CERTS_SCRIPT + "' '" +
                               dir_.path() + "' >/dev/null 2>&1";
     ASSERT_EQ(std::system(certs.c_str()), 0);
@@ -592,6 +594,6 @@ TEST_F(cli, usage_errors_exit_2) {
 
 #else
 TEST(cli, skipped) {
-  GTEST_SKIP() << "built without the CLI's client commands (Qpid Proton, libcrypto)";
+  DEVICEBOUND_MISSING_PART("built without the CLI's client commands (Qpid Proton, libcrypto)");
 }
 #endif

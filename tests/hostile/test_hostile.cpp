@@ -2160,7 +2160,7 @@ TEST_F(hostile, Throttle) {
   // HTTPS receives are throttled by then).
   const char* other = std::getenv("DEVICEBOUND_HOSTILE_HUB");
   if (!hub_has_flag(other && *other ? other : support::default_hub, "--throttle"))
-    GTEST_SKIP() << "this devicebound-hub has no --throttle";
+    DEVICEBOUND_MISSING_PART("this devicebound-hub has no --throttle");
   // The test's MQTT clients (Paho) share one process-wide network thread,
   // which takes up to a second per step to notice a new connection while
   // another client is connected (about 2 s a connect here): the main world's
