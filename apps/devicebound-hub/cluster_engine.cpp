@@ -213,6 +213,11 @@ result<void> cluster_engine::open_partition(std::uint32_t k, std::uint64_t epoch
     p->rt->handle(inbound{reply_to{door, {}}, door_status{up, false}}, now);
   for (const auto& [service, a] : attached_)
     p->rt->handle(inbound{reply_to{a.first, {}}, a.second}, now);
+  // the devices this instance's doors saw present (a stock MQTT device stays
+  // subscribed at the broker while the partition moves between instances)
+  for (const auto& [device, presence] : present_)
+    if (mine(device))
+      p->rt->handle(presence, now);
   auto out = p->rt->end_batch();
   if (!out)
     return out.error();
@@ -363,12 +368,26 @@ void cluster_engine::route(partition& p, inbound in, time_point now) {
   p.rt->handle(std::move(in), now);
 }
 
+void cluster_engine::remember_presence(const inbound& in) {
+  if (auto* p = std::get_if<device_present>(&in.what)) {
+    present_[p->device] = in;
+  } else if (auto* a = std::get_if<device_absent>(&in.what)) {
+    auto it = present_.find(a->device);
+    if (it == present_.end())
+      return;
+    const auto& was = std::get<device_present>(it->second.what);
+    if (it->second.from.door == in.from.door && (!a->connection || *a->connection == was.connection))
+      present_.erase(it);
+  }
+}
+
 void cluster_engine::handle(inbound in, time_point now) {
   // device-scoped: the device's partition
   if (auto dev = device_of(in.what)) {
     auto k = cluster::partition_of(*dev, cfg_.cluster.partitions);
     if (!k)
       return answer(in.from, k.error());
+    remember_presence(in);
     if (partition* p = serving_partition(*k, now))
       return route(*p, std::move(in), now);
     if (!in.from.address.empty())
@@ -393,8 +412,10 @@ void cluster_engine::handle(inbound in, time_point now) {
     return answer(in.from, r->why);
   if (auto* s = std::get_if<door_status>(&in.what)) {
     doors_up_[in.from.door] = s->up;
-    if (s->up && s->peers_forgot)
+    if (s->up && s->peers_forgot) {
       std::erase_if(attached_, [&](const auto& a) { return a.second.first == in.from.door; });
+      std::erase_if(present_, [&](const auto& e) { return e.second.from.door == in.from.door; });
+    }
     for (auto& [k, p] : parts_)
       if (p->in_batch)
         p->rt->handle(in, now);

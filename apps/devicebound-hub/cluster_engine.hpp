@@ -89,6 +89,9 @@ class cluster_engine final : public batch_target {
   void log_serving();
   /// The partition `in` goes to; nullopt: not device-scoped.
   std::optional<result<std::uint32_t>> partition_of_request(const inbound& in) const;
+  /// Keeps the last presence event of each device, to replay it into the
+  /// device's partition when this instance claims it.
+  void remember_presence(const inbound& in);
   partition* serving_partition(std::uint32_t k, time_point now);
   error not_served(std::uint32_t k, std::string_view what);
   void answer(const reply_to& to, decltype(reply::what) what);
@@ -107,6 +110,7 @@ class cluster_engine final : public batch_target {
   std::vector<outbound> direct_;  ///< answers of this batch given without a partition
   std::vector<outbound> ready_;   ///< committed output of partitions opened meanwhile
   std::map<door_id, bool> doors_up_;
+  std::unordered_map<std::string, inbound> present_;  ///< device -> its device_present
   std::map<std::string, std::pair<door_id, feedback_attach_request>> attached_;  ///< by service
   std::unordered_map<std::string, std::uint32_t> feedback_tokens_;      ///< lock token -> partition
   std::map<std::uint32_t, std::pair<std::string, time_point>> owners_;  ///< k -> owner, read at
