@@ -29,6 +29,8 @@ packages=(
   rabbitmq-server
   # devicebound-hub --broker rabbitmq: its event consumer (AMQP 0-9-1, rabbitmq-c 0.11)
   librabbitmq-dev
+  # the cluster stage and scripts/cluster-demo.sh: haproxy in front of the RabbitMQ nodes
+  haproxy
 )
 
 missing=()
@@ -58,7 +60,7 @@ echo "setup: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update
 # RUNLEVEL=1: invoke-rc.d starts no system service (postgresql, rabbitmq-server,
-# mosquitto) from the packages' install scripts; the tests start their own
+# mosquitto, haproxy) from the packages' install scripts; the tests start their own
 # servers on free loopback ports and stop them by PID.
 "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 \
   apt-get install -y --no-install-recommends "${missing[@]}"
