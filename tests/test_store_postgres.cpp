@@ -496,6 +496,53 @@ TEST(postgres_store, stores_identities_and_policies_across_a_reopen) {
   EXPECT_NE(bad.error().message.find("identities"), std::string::npos) << bad.error().message;
 }
 
+TEST(postgres_store, the_registry_version_moves_with_every_registry_write_and_only_then) {
+  NEED_POSTGRES();
+  const auto schema = fresh_schema("regver");
+  auto a = claimed_store(schema);
+  auto b = open_store(schema);  // another connection (an instance) reads the counter
+  const std::uint64_t v0 = b.registry_version().value();
+  // queue work does not move it
+  ASSERT_TRUE(a.apply({journal::device_added{"d0", "g0"}}));
+  EXPECT_EQ(b.registry_version().value(), v0);
+  // an identity or policy write does, once committed
+  registry r = sample_registry();
+  ASSERT_TRUE(a.apply(r.take_changes()));
+  const std::uint64_t v1 = b.registry_version().value();
+  EXPECT_GT(v1, v0);
+  ASSERT_TRUE(a.begin_group());
+  ASSERT_TRUE(a.apply({journal::identity_removed{"dev-x509"}}));
+  EXPECT_EQ(b.registry_version().value(), v1) << "an uncommitted write is not seen";
+  ASSERT_TRUE(a.commit_group());
+  const std::uint64_t v2 = b.registry_version().value();
+  EXPECT_GT(v2, v1);
+  // a refused change set moves nothing
+  EXPECT_FALSE(a.apply({journal::policy_removed{"no-such-policy"}}));
+  EXPECT_EQ(b.registry_version().value(), v2);
+  // a write made outside devicebound (an operator's SQL) moves it too
+  server()->exec("UPDATE \"" + schema + "\".policies SET rights = rights");
+  EXPECT_GT(b.registry_version().value(), v2);
+}
+
+TEST(postgres_store, a_version_1_schema_is_migrated_and_gets_the_registry_counter) {
+  NEED_POSTGRES();
+  const auto schema = fresh_schema("migrate");
+  {
+    auto s = claimed_store(schema);
+    ASSERT_TRUE(s.apply(sample_registry().take_changes()));
+  }
+  // take the schema back to what version 1 created
+  server()->exec("SET client_min_messages = warning; SET search_path TO \"" + schema +
+                 "\"; DROP TABLE registry_version; DROP FUNCTION bump_registry_version() CASCADE; "
+                 "UPDATE devicebound_schema SET version = 1");
+  auto s = open_store(schema);
+  EXPECT_EQ(s.stored_schema_version().value(), postgres_store::schema_version);
+  const std::uint64_t v = s.registry_version().value();
+  EXPECT_EQ(s.load_identities().value().identities.size(), 2u) << "the rows survive the migration";
+  server()->exec("DELETE FROM \"" + schema + "\".identities WHERE device_id = 'dev-sas'");
+  EXPECT_GT(s.registry_version().value(), v);
+}
+
 // --- leases and fencing ------------------------------------------------------------
 
 TEST(postgres_lease, a_free_partition_is_claimed_at_epoch_1_and_a_held_one_is_refused) {

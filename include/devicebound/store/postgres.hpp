@@ -358,6 +358,26 @@ inline constexpr postgres_migration postgres_migrations[] = {
       rights        integer NOT NULL
     );
   )sql"},
+  // the registry's change counter: every statement that writes identities or
+  // policies (devicebound's or anyone's) bumps it in the same transaction, so
+  // an instance learns that its copy of the registry is stale by reading one row
+  {2, R"sql(
+    CREATE TABLE registry_version (
+      id      integer PRIMARY KEY CHECK (id = 1),
+      version bigint NOT NULL
+    );
+    INSERT INTO registry_version(id, version) VALUES (1, 0);
+    CREATE FUNCTION bump_registry_version() RETURNS trigger LANGUAGE plpgsql
+      SET search_path FROM CURRENT AS $$
+    BEGIN
+      UPDATE registry_version SET version = version + 1 WHERE id = 1;
+      RETURN NULL;
+    END $$;
+    CREATE TRIGGER identities_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON identities
+      FOR EACH STATEMENT EXECUTE FUNCTION bump_registry_version();
+    CREATE TRIGGER policies_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON policies
+      FOR EACH STATEMENT EXECUTE FUNCTION bump_registry_version();
+  )sql"},
 };
 // clang-format on
 
@@ -368,7 +388,7 @@ inline constexpr postgres_migration postgres_migrations[] = {
 class postgres_store {
  public:
   /// The schema this build writes; `open` migrates older ones up to it.
-  static constexpr int schema_version = 1;
+  static constexpr int schema_version = 2;
   /// What `devicebound_schema.application` holds in a devicebound schema.
   static constexpr std::string_view application = "devicebound";
 
@@ -626,6 +646,22 @@ class postgres_store {
     if (!r)
       return r.error();
     return s;
+  }
+
+  /// The registry's change counter: it moves with every committed write of an
+  /// identity or a policy, by any instance (a trigger bumps it in the writing
+  /// transaction). Reading it is one row; an instance that keeps the registry
+  /// in memory reloads it (`load_identities`) when the counter moved.
+  result<std::uint64_t> registry_version() {
+    if (!conn_)
+      return make_error(errc::server_error, where() + "is closed");
+    auto res = exec_sql("SELECT version FROM registry_version WHERE id = 1",
+                        "reading the registry version");
+    if (!res)
+      return res.error();
+    if (PQntuples(res->get()) != 1)
+      return make_error(errc::malformed, where() + "registry_version has no row");
+    return static_cast<std::uint64_t>(std::strtoull(PQgetvalue(res->get(), 0, 0), nullptr, 10));
   }
 
   /// The schema version stored in the schema.
