@@ -524,6 +524,36 @@ TEST(postgres_store, the_registry_version_moves_with_every_registry_write_and_on
   EXPECT_GT(b.registry_version().value(), v2);
 }
 
+TEST(postgres_store, partitions_write_the_registry_in_open_transactions_without_waiting) {
+  // One instance's batch keeps a transaction open per partition until it
+  // commits them all: two partitions registering devices in the same batch
+  // must not wait for each other on the registry's change counter.
+  NEED_POSTGRES();
+  const auto schema = fresh_schema("regpar");
+  auto a = claimed_store(schema, "hub-a", 0, 2);
+  auto b = claimed_store(schema, "hub-b", 1, 2);
+  auto reader = open_store(schema, 0, 2);
+  const std::uint64_t v0 = reader.registry_version().value();
+  ASSERT_TRUE(a.begin_group());
+  ASSERT_TRUE(b.begin_group());
+  registry ra, rb;
+  char next = 'a';
+  key_source keys = [&next] {
+    return key_of(next++);
+  };
+  ASSERT_TRUE(ra.add("dev-a", "123456789012345678", t0, keys));
+  ASSERT_TRUE(rb.add("dev-b", "123456789012345679", t0, keys));
+  ASSERT_TRUE(a.apply(ra.take_changes()));
+  const auto before = std::chrono::steady_clock::now();
+  auto r = b.apply(rb.take_changes());  // a's transaction is still open
+  ASSERT_TRUE(r) << r.error().message;
+  EXPECT_LT(std::chrono::steady_clock::now() - before, 1s) << "b waited for a's transaction";
+  ASSERT_TRUE(b.commit_group());
+  ASSERT_TRUE(a.commit_group());
+  EXPECT_GT(reader.registry_version().value(), v0);
+  EXPECT_EQ(reader.load_identities().value().identities.size(), 2u);
+}
+
 TEST(postgres_store, a_version_1_schema_is_migrated_and_gets_the_registry_counter) {
   NEED_POSTGRES();
   const auto schema = fresh_schema("migrate");

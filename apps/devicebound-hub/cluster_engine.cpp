@@ -137,21 +137,81 @@ void cluster_engine::reload_registry() {
   registry* reg = base_.identities;
   if (!reg)
     return;
+  // the counter first: a write that lands between the two reads is seen again
+  // at the next poll, never missed
+  auto version = lease_store_->registry_version();
   auto snap = lease_store_->load_identities();
   if (!snap) {
     say(base_, log_level::error,
         [&] { return "cluster: cannot reload the identity registry: " + snap.error().message; });
     return;
   }
+  std::unordered_map<std::string, device_identity> before;
+  reg->for_each([&](const device_identity& d) { before.emplace(d.device_id, d); });
+  const auto policies_before = reg->policies();
   if (auto r = reg->restore(snap->identities, snap->policies); !r) {
     say(base_, log_level::error,
         [&] { return "cluster: the stored identity registry is unusable: " + r.error().message; });
     return;
   }
-  if (identity_view* v = base_.view) {
-    reg->for_each([&](const device_identity& d) { v->put_device(d); });
-    v->set_policies(reg->policies());
+  if (version)
+    registry_version_ = *version;
+  // What moved since the last load: the doors verify again, as after a local
+  // write (a device deleted, disabled or re-keyed through another instance).
+  credentials_changed changed;
+  std::vector<device_revoked> revoked;
+  identity_view* v = base_.view;
+  reg->for_each([&](const device_identity& d) {
+    auto it = before.find(d.device_id);
+    if (it == before.end() || !(it->second == d)) {
+      if (v)
+        v->put_device(d);
+      if (it != before.end()) {
+        changed.devices.push_back(d.device_id);
+        if (it->second.status == device_status::enabled && d.status != device_status::enabled)
+          revoked.push_back(device_revoked{every_door, d.device_id, false});
+      }
+    }
+    if (it != before.end())
+      before.erase(it);
+  });
+  for (const auto& [id, d] : before) {  // gone from the store
+    if (v)
+      v->erase_device(id);
+    changed.devices.push_back(id);
+    revoked.push_back(device_revoked{every_door, id, true});
   }
+  auto policies_now = reg->policies();
+  if (policies_now != policies_before) {
+    changed.policies = !policies_before.empty();
+    if (v)
+      v->set_policies(std::move(policies_now));
+  }
+  if (!changed.devices.empty() || changed.policies) {
+    say(base_, log_level::info, [&] {
+      return "cluster: the registry changed (version " +
+             (registry_version_ ? std::to_string(*registry_version_) : std::string("unknown")) +
+             "): " + std::to_string(changed.devices.size()) + " device(s) changed or removed" +
+             (changed.policies ? ", policies changed" : "");
+    });
+    for (auto& r : revoked)
+      ready_.emplace_back(std::move(r));
+    ready_.emplace_back(std::move(changed));
+  }
+}
+
+void cluster_engine::poll_registry(time_point now) {
+  if (now - registry_polled_ < cfg_.cluster.lease_renew)
+    return;
+  registry_polled_ = now;
+  auto v = lease_store_->registry_version();
+  if (!v) {
+    say(base_, log_level::warn,
+        [&] { return "cluster: cannot read the registry version: " + v.error().message; });
+    return;
+  }
+  if (registry_version_ != *v)
+    reload_registry();
 }
 
 // --- partitions ------------------------------------------------------------------------------
@@ -291,6 +351,7 @@ void cluster_engine::ownership_tick(time_point now) {
     return;
   }
   on_events(*events, now);
+  poll_registry(now);
   // partitions held but not serving: try again
   for (auto it = broken_.begin(); it != broken_.end();) {
     const auto [k, epoch] = *it;
@@ -376,7 +437,8 @@ void cluster_engine::remember_presence(const inbound& in) {
     if (it == present_.end())
       return;
     const auto& was = std::get<device_present>(it->second.what);
-    if (it->second.from.door == in.from.door && (!a->connection || *a->connection == was.connection))
+    if (it->second.from.door == in.from.door &&
+        (!a->connection || *a->connection == was.connection))
       present_.erase(it);
   }
 }

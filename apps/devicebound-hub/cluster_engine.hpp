@@ -12,9 +12,11 @@
 // 503, both retried by the SDKs) naming the partition and its current owner.
 //
 // The identity registry is hub-wide: one `registry` object shared by every
-// partition's router, reloaded from PostgreSQL whenever a partition is claimed
-// or a commit failed; a change is written by the partition that handles the
-// request (a device's identity by its own partition), under that partition's lease.
+// partition's router, reloaded from PostgreSQL whenever a partition is claimed,
+// a commit failed or the registry's change counter moved (polled every renew
+// interval); a change is written by the partition that handles the request (a
+// device's identity by its own partition), under that partition's lease. A
+// reload tells the doors what it revoked or changed, as a local write does.
 #pragma once
 
 #include <chrono>
@@ -86,6 +88,9 @@ class cluster_engine final : public batch_target {
   void fail_partition(std::uint32_t k, const error& e, const std::vector<reply_to>& asked,
                       std::vector<outbound>& out);
   void reload_registry();
+  /// Every renew interval: reloads the registry when its change counter moved
+  /// (another instance wrote an identity or a policy).
+  void poll_registry(time_point now);
   void log_serving();
   /// The partition `in` goes to; nullopt: not device-scoped.
   std::optional<result<std::uint32_t>> partition_of_request(const inbound& in) const;
@@ -116,6 +121,8 @@ class cluster_engine final : public batch_target {
   std::map<std::uint32_t, std::pair<std::string, time_point>> owners_;  ///< k -> owner, read at
   std::vector<std::uint32_t> last_logged_;
   bool reload_registry_ = false;
+  std::optional<std::uint64_t> registry_version_;  ///< the counter of the last reload
+  time_point registry_polled_{};
   bool in_batch_ = false;
 };
 

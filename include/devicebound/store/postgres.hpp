@@ -360,17 +360,22 @@ inline constexpr postgres_migration postgres_migrations[] = {
   )sql"},
   // the registry's change counter: every statement that writes identities or
   // policies (devicebound's or anyone's) bumps it in the same transaction, so
-  // an instance learns that its copy of the registry is stale by reading one row
+  // an instance learns that its copy of the registry is stale by reading it.
+  // One row per writing partition (the session's `devicebound.partition`, -1
+  // for other writers): partitions whose transactions are open at once (one
+  // instance's batch) never wait for each other on it. The counter is the sum.
   {2, R"sql(
     CREATE TABLE registry_version (
-      id      integer PRIMARY KEY CHECK (id = 1),
-      version bigint NOT NULL
+      partition integer PRIMARY KEY,
+      version   bigint NOT NULL
     );
-    INSERT INTO registry_version(id, version) VALUES (1, 0);
     CREATE FUNCTION bump_registry_version() RETURNS trigger LANGUAGE plpgsql
       SET search_path FROM CURRENT AS $$
+    DECLARE
+      p integer := coalesce(nullif(current_setting('devicebound.partition', true), ''), '-1')::integer;
     BEGIN
-      UPDATE registry_version SET version = version + 1 WHERE id = 1;
+      INSERT INTO registry_version(partition, version) VALUES (p, 1)
+        ON CONFLICT (partition) DO UPDATE SET version = registry_version.version + 1;
       RETURN NULL;
     END $$;
     CREATE TRIGGER identities_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON identities
@@ -655,12 +660,12 @@ class postgres_store {
   result<std::uint64_t> registry_version() {
     if (!conn_)
       return make_error(errc::server_error, where() + "is closed");
-    auto res = exec_sql("SELECT version FROM registry_version WHERE id = 1",
+    auto res = exec_sql("SELECT coalesce(sum(version), 0) FROM registry_version",
                         "reading the registry version");
     if (!res)
       return res.error();
     if (PQntuples(res->get()) != 1)
-      return make_error(errc::malformed, where() + "registry_version has no row");
+      return make_error(errc::malformed, where() + "the registry version has no value");
     return static_cast<std::uint64_t>(std::strtoull(PQgetvalue(res->get(), 0, 0), nullptr, 10));
   }
 
@@ -797,8 +802,9 @@ class postgres_store {
     if (options_.stalled_transaction_timeout.count() < 0 || options_.lock_timeout.count() < 0)
       return make_error(errc::argument_invalid, where() + "a timeout cannot be negative");
     std::string setup = "SET client_min_messages = warning; SET search_path TO " + schema_quoted_ +
-                        "; SET TIME ZONE 'UTC'; SET lock_timeout = " +
-                        std::to_string(options_.lock_timeout.count());
+                        "; SET TIME ZONE 'UTC'; SET devicebound.partition = '" +
+                        std::to_string(options_.partition) +
+                        "'; SET lock_timeout = " + std::to_string(options_.lock_timeout.count());
     if (options_.stalled_transaction_timeout.count() > 0)
       setup += "; SET idle_in_transaction_session_timeout = " +
                std::to_string(options_.stalled_transaction_timeout.count());
