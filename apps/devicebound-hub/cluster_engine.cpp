@@ -337,10 +337,11 @@ error cluster_engine::not_served(std::uint32_t k, std::string_view what) {
     else
       o.first = "'" + *(*l)->owner + "' at epoch " + std::to_string((*l)->epoch);
   }
-  return make_error(errc::server_busy,
-                    "partition " + std::to_string(k) + " (" + std::string(what) +
-                        ") is not served by instance '" + owner_ + "'; its owner is " + o.first +
-                        "; retry (or start the instances with --forward-amqp-url to forward requests)");
+  return make_error(
+      errc::server_busy,
+      "partition " + std::to_string(k) + " (" + std::string(what) +
+          ") is not served by instance '" + owner_ + "'; its owner is " + o.first +
+          "; retry (or start the instances with --forward-amqp-url to forward requests)");
 }
 
 // --- batches ---------------------------------------------------------------------------------
@@ -380,7 +381,8 @@ void cluster_engine::remember_presence(const inbound& in) {
     if (it == present_.end())
       return;
     const auto& was = std::get<device_present>(it->second.what);
-    if (it->second.from.door == in.from.door && (!a->connection || *a->connection == was.connection))
+    if (it->second.from.door == in.from.door &&
+        (!a->connection || *a->connection == was.connection))
       present_.erase(it);
   }
 }

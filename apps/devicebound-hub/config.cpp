@@ -664,8 +664,8 @@ std::variant<daemon_config, int> load_config(int argc, char** argv) {
         c.forward_timeout = duration_arg(*forward_timeout, "--forward-timeout");
         if (c.forward_timeout < std::chrono::milliseconds(100) ||
             c.forward_timeout > std::chrono::minutes(10))
-          throw CLI::ValidationError("--forward-timeout", "'" + *forward_timeout +
-                                                              "' is out of range (100ms..10min)");
+          throw CLI::ValidationError("--forward-timeout",
+                                     "'" + *forward_timeout + "' is out of range (100ms..10min)");
       }
     } else if (partitions || instance || lease_ttl || lease_renew || expected_instances ||
                overflow_after || startup_grace || cluster_schema || forward_amqp_url ||

@@ -230,8 +230,8 @@ struct forward_door::impl {
     if (socket == nullptr)
       return "cannot create a socket";
     timeval connect_timeout{5, 0};
-    if (int rc = amqp_socket_open_noblock(socket, config.host.c_str(), config.port,
-                                          &connect_timeout);
+    if (int rc =
+            amqp_socket_open_noblock(socket, config.host.c_str(), config.port, &connect_timeout);
         rc != AMQP_STATUS_OK)
       return "cannot connect to " + config.host + ":" + std::to_string(config.port) + ": " +
              amqp_error_string2(rc);
@@ -366,10 +366,10 @@ struct forward_door::impl {
           return guard.open = false, std::string("publishing a request: ") + amqp_error_string2(rc);
         }
         pending.emplace(corr,
-                        waiting{std::move(f.caller), std::chrono::steady_clock::now() +
-                                                         std::chrono::duration_cast<
-                                                             std::chrono::steady_clock::duration>(
-                                                             config.timeout)});
+                        waiting{std::move(f.caller),
+                                std::chrono::steady_clock::now() +
+                                    std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                        config.timeout)});
       }
       // 2. timeouts
       auto now = std::chrono::steady_clock::now();

@@ -37,7 +37,7 @@ using forwarded_request =
 using answer_what = decltype(reply::what);
 
 struct request_frame {
-  std::string request_id;   ///< uuid text; the de-duplication key
+  std::string request_id;  ///< uuid text; the de-duplication key
   std::uint32_t partition = 0;
   std::string reply_queue;  ///< the origin's exclusive reply queue
   std::string correlation;  ///< the origin's key for the waiting caller
@@ -338,8 +338,8 @@ result<T> finish(reader& r, T value, std::string_view what) {
   if (!r.failed() && !r.at_end())
     r.fail("trailing bytes after the " + std::string(what));
   if (r.failed())
-    return make_error(errc::malformed, "the forwarded " + std::string(what) +
-                                           " is malformed: " + r.why());
+    return make_error(errc::malformed,
+                      "the forwarded " + std::string(what) + " is malformed: " + r.why());
   return value;
 }
 
