@@ -11,6 +11,8 @@
 //     delivered (ledger printed: sent, acknowledged, lost, duplicates);
 // (4) an owner that does not answer (SIGSTOP) -> 503001 (com.microsoft:timeout) after
 //     --forward-timeout;
+// (5) an MQTT extension request reaches every instance's MQTT door: only the owner
+//     answers it (a non-owner neither refuses nor forwards it), so each is run once;
 // and the latency of a send direct to its owner vs forwarded (median/p90, printed).
 #include <amqp.h>
 #include <amqp_tcp_socket.h>
@@ -24,6 +26,7 @@
 #include <cstdint>
 #include <deque>
 #include <devicebound/cluster/partition.hpp>
+#include <devicebound/transport/mqtt.hpp>
 #include <iostream>
 #include <map>
 #include <memory>
@@ -469,6 +472,48 @@ TEST_F(cluster_forward, AnOwnerThatDoesNotAnswerGivesTheCallerServerBusyAfterThe
   EXPECT_EQ(cond, "com.microsoft:timeout");
   EXPECT_GE(took, forward_timeout);
   EXPECT_LT(took, lease_ttl) << "refused by the timeout, not after a takeover";
+}
+
+TEST_F(cluster_forward, AnMqttRequestIsAnsweredByItsOwnerOnlyAndRunOnce) {
+  // Without the silence, the non-owner would answer 503001 first (a failed send
+  // here) or forward its copy (the message stored twice).
+  namespace mqtt = devicebound::mqtt;
+  mqtt::connection_options o;
+  o.port = broker_->port();
+  o.client_id = "forward-test-service";
+  o.connect_timeout = 3s;
+  o.request_timeout = 5s;
+  mqtt::service_connection svc(o);
+  ASSERT_TRUE(svc.open());
+  std::vector<std::string> devs;
+  std::set<std::string> ids;
+  for (std::size_t n = 0; n < 4; ++n)
+    for (auto* owner : {&hubs_[0], &hubs_[1]})
+      devs.push_back(device_of(*owner, "mq-", n));
+  for (std::size_t n = 0; n < 16; ++n) {
+    devicebound::message m;
+    m.message_id = "mq-" + std::to_string(n);
+    m.body = "over mqtt";
+    auto r = svc.send(devs[n % devs.size()], m);
+    ASSERT_TRUE(r) << *m.message_id << ": " << r.error().numeric() << " " << r.error().message;
+    ids.insert(*m.message_id);
+  }
+  // each instance delivers its own partitions' messages
+  std::map<std::string, int> got;
+  for (std::size_t i = 0; i < hubs_.size(); ++i) {
+    std::vector<std::string> mine;
+    for (std::size_t d = i; d < devs.size(); d += 2)
+      mine.push_back(devs[d]);
+    std::set<std::string> expect;
+    for (std::size_t n = 0; n < 16; ++n)
+      if (n % devs.size() % 2 == i)
+        expect.insert("mq-" + std::to_string(n));
+    for (auto& [id, c] : drain(hubs_[i], mine, expect))
+      got[id] += c;
+  }
+  for (const auto& id : ids)
+    EXPECT_EQ(got[id], 1) << id;
+  EXPECT_EQ(got.size(), ids.size());
 }
 
 TEST_F(cluster_forward, LatencyOfASendDirectToItsOwnerAndForwarded) {
