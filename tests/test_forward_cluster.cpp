@@ -102,6 +102,7 @@ struct instance {
   bool ready() const {
     const std::string l = log();
     return l.find("amqp: listening on") != std::string::npos &&
+           l.find("connected to the broker at") != std::string::npos &&  // MQTT subscribed
            l.find("forward: connected to RabbitMQ") != std::string::npos;
   }
   void connect() {
