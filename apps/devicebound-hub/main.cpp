@@ -56,6 +56,10 @@
 #ifdef DEVICEBOUND_WITH_RABBIT_EVENTS
 #include "rabbit_events.hpp"
 #endif
+#ifdef DEVICEBOUND_WITH_FORWARD
+#include "forward.hpp"
+#include "rabbit_events.hpp"
+#endif
 #ifdef DEVICEBOUND_WITH_RABBIT_AUTH
 #include "rabbit_auth_listener.hpp"
 #endif
@@ -342,6 +346,28 @@ int main(int argc, char** argv) {
 #endif
   }
 
+#ifdef DEVICEBOUND_WITH_FORWARD
+  // checked before anything connects: a bad flag is a bad flag
+  std::optional<rabbit::amqp_url> forward_url;
+  if (cfg.cluster.enabled && !cfg.cluster.forward_amqp_url.empty()) {
+    auto url = rabbit::parse_amqp_url(cfg.cluster.forward_amqp_url);
+    if (!url) {
+      std::string m = url.error().message;
+      if (m.starts_with("--rabbit-amqp-url"))
+        m.replace(0, 17, "--forward-amqp-url");
+      spdlog::critical("bad configuration: {}", m);
+      return exit_config;
+    }
+    forward_url = std::move(*url);
+  }
+#else
+  if (!cfg.cluster.forward_amqp_url.empty()) {
+    spdlog::critical(
+        "--forward-amqp-url: this devicebound-hub was built without request forwarding "
+        "(rabbitmq-c: librabbitmq-dev)");
+    return exit_config;
+  }
+#endif
   std::unique_ptr<sqlite_store> store;  // before the hub: the hub commits to it
   hub h;
 #ifndef DEVICEBOUND_WITH_CLUSTER
@@ -508,6 +534,34 @@ int main(int argc, char** argv) {
     return exit_config;
   }
 #endif
+#ifdef DEVICEBOUND_WITH_FORWARD
+  // --cluster: requests for partitions served elsewhere go to their owner through
+  // RabbitMQ (forward.hpp; docs/scale-out.md, "Forwarding requests")
+  std::unique_ptr<forward_door> forwarder;
+  if (cluster) {
+    if (const rabbit::amqp_url* url = forward_url ? &*forward_url : nullptr) {
+      forward_config fc;
+      fc.host = url->host;
+      fc.port = url->port;
+      fc.user = url->user;
+      fc.password = url->password;
+      fc.timeout = cfg.cluster.forward_timeout;
+      fc.instance = cfg.cluster.instance;
+      forwarder = std::make_unique<forward_door>(std::move(fc));
+      doors.push_back(forwarder.get());
+      cluster->set_forwarding(forwarder.get(), door_id{0});  // the MQTT door is door 0
+      spdlog::info("cluster: forwarding requests through RabbitMQ at {}:{} (timeout {} ms)",
+                   url->host, url->port, cfg.cluster.forward_timeout.count());
+    } else {
+      cluster->set_forwarding(nullptr, door_id{0});
+    }
+  }
+#else
+#ifdef DEVICEBOUND_WITH_CLUSTER
+  if (cluster)
+    cluster->set_forwarding(nullptr, door_id{0});  // the MQTT door is door 0
+#endif
+#endif
   router_target single(rt);
   batch_target* target = &single;
 #ifdef DEVICEBOUND_WITH_CLUSTER
@@ -585,6 +639,10 @@ int main(int argc, char** argv) {
 #ifdef DEVICEBOUND_WITH_RABBIT_AUTH
   if (rabbit_auth)
     rabbit_auth->stop();
+#endif
+#ifdef DEVICEBOUND_WITH_FORWARD
+  if (forwarder)
+    forwarder->stop();  // what it holds unanswered goes back to its queues
 #endif
 #ifdef DEVICEBOUND_WITH_CLUSTER
   if (cluster)
