@@ -550,9 +550,20 @@ struct round_result {
 round_result run_round(cl::cluster_hub& c, std::size_t n, const settings& s) {
   c.options.names = n == 1 ? std::vector<std::string>{"a"} : std::vector<std::string>{"a", "b"};
   c.options.expected_instances = 0;  // the number of names
+  // The flows' devices are configured (--device): each partition registers its
+  // own when it is claimed, one partition at a time. Registered on their first
+  // attach instead (--auto-register), two registrations of different
+  // partitions in one batch of one instance block each other on the registry's
+  // change counter row (store schema 2) until PostgreSQL ends the first
+  // transaction (idle_in_transaction_session_timeout, 5 s).
+  c.options.extra_args.clear();
+  for (std::size_t f = 0; f < s.flows; ++f) {
+    c.options.extra_args.push_back("--device");
+    c.options.extra_args.push_back(device_of_flow(f));
+  }
   c.start_instances();
   round_result r;
-  {
+  try {
     flows_driver drv;
     std::map<std::uint32_t, std::size_t> owner;  // partition -> instance
     std::vector<pn_connection_t*> svc;
@@ -580,6 +591,9 @@ round_result run_round(cl::cluster_hub& c, std::size_t n, const settings& s) {
     r.rate = static_cast<double>(r.lifecycles) / secs;
     r.cpu = {after.postgres - before.postgres, after.hubs - before.hubs,
              after.broker - before.broker, after.bench - before.bench};
+  } catch (const std::exception& e) {
+    throw std::runtime_error(std::string(e.what()) + "\n" + c.logs() + "--- PostgreSQL ---\n" +
+                             c.pg->log_tail());
   }
   for (const auto& h : c.hubs)
     if (!h.process || !h.process->running())

@@ -119,6 +119,8 @@ struct cluster_options {
   std::string log_level = "info";
   /// Open each instance's back-end connection once the partitions are split.
   bool connect = true;
+  /// More flags for every instance (say `--device ID`).
+  std::vector<std::string> extra_args;
 };
 
 /// PostgreSQL + mosquitto + N `devicebound-hub --cluster` instances that split the
@@ -193,39 +195,41 @@ class cluster_hub {
     const std::uint32_t expected = options.expected_instances != 0
                                        ? options.expected_instances
                                        : static_cast<std::uint32_t>(options.names.size());
-    return {default_hub,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            std::to_string(broker->port()),
-            "--log-level",
-            options.log_level,
-            "--cluster",
-            "--store",
-            pg->conninfo(),
-            "--partitions",
-            std::to_string(options.partitions),
-            "--instance",
-            i.name,
-            "--client-id",
-            "hub-" + i.name,
-            "--lease-ttl",
-            options.lease_ttl,
-            "--lease-renew",
-            options.lease_renew,
-            "--expected-instances",
-            std::to_string(expected),
-            "--overflow-after",
-            options.overflow_after,
-            "--startup-grace",
-            options.startup_grace,
-            "--hub-name",
-            "testhub",
-            "--auto-register",
-            "--feedback-batch-interval",
-            "0s",
-            "--amqp-listen",
-            "127.0.0.1:" + std::to_string(i.port)};
+    std::vector<std::string> args{default_hub,
+                                  "--host",
+                                  "127.0.0.1",
+                                  "--port",
+                                  std::to_string(broker->port()),
+                                  "--log-level",
+                                  options.log_level,
+                                  "--cluster",
+                                  "--store",
+                                  pg->conninfo(),
+                                  "--partitions",
+                                  std::to_string(options.partitions),
+                                  "--instance",
+                                  i.name,
+                                  "--client-id",
+                                  "hub-" + i.name,
+                                  "--lease-ttl",
+                                  options.lease_ttl,
+                                  "--lease-renew",
+                                  options.lease_renew,
+                                  "--expected-instances",
+                                  std::to_string(expected),
+                                  "--overflow-after",
+                                  options.overflow_after,
+                                  "--startup-grace",
+                                  options.startup_grace,
+                                  "--hub-name",
+                                  "testhub",
+                                  "--auto-register",
+                                  "--feedback-batch-interval",
+                                  "0s",
+                                  "--amqp-listen",
+                                  "127.0.0.1:" + std::to_string(i.port)};
+    args.insert(args.end(), options.extra_args.begin(), options.extra_args.end());
+    return args;
   }
 
   /// Starts instance `i` again (after kill9), in a fresh log, and waits (bounded)
