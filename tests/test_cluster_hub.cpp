@@ -397,6 +397,15 @@ TEST_F(cluster_hub, SigtermReleasesTheLeasesAndTheOtherTakesOverWithoutWaitingFo
   // measures a release, not the grace. Not a synchronisation: a timer of the
   // protocol, which no log line announces.
   std::this_thread::sleep_until(c_->split_at + startup_grace);
+  const auto claims = [&] {
+    const std::string l = other.log();
+    std::size_t n = 0;
+    for (auto at = l.find("cluster: claimed partition"); at != std::string::npos;
+         at = l.find("cluster: claimed partition", at + 1))
+      ++n;
+    return n;
+  };
+  const std::size_t claims_before = claims();
   const auto at = steady::now();
   leaving.service.reset();
   EXPECT_EQ(leaving.process->stop(SIGTERM, 10s), 0) << leaving.log();
@@ -404,12 +413,25 @@ TEST_F(cluster_hub, SigtermReleasesTheLeasesAndTheOtherTakesOverWithoutWaitingFo
   leaving.process.reset();
   leaving.dead = true;
   EXPECT_NE(log.find("serves 0 of 8 partitions"), std::string::npos) << log;
-  // released, not expired: claimed at the other's next overflow round (at most
-  // --overflow-after + --lease-renew: 1.5 s), well before the ttl
-  auto t = wait_all(other, at, std::chrono::duration_cast<std::chrono::milliseconds>(lease_ttl));
+  // Released, not expired: the other claims the first of them at its next
+  // overflow round (at most --overflow-after + --lease-renew, 1.5 s, after the
+  // release), before an unreleased lease could have expired: ttl after its last
+  // renewal, so no sooner than ttl - renew (2.5 s) after the SIGTERM.
+  const auto first_claim_by = at + lease_ttl - 500ms;
+  while (steady::now() < first_claim_by && claims() == claims_before)
+    std::this_thread::sleep_for(10ms);  // polls the log, bounded
+  const auto first_claim =
+      std::chrono::duration_cast<std::chrono::milliseconds>(steady::now() - at);
+  ASSERT_GT(claims(), claims_before)
+      << "no released partition was claimed within " << (lease_ttl - 500ms).count() << " ms\n"
+      << logs();
+  // ... and serves them all: opening a partition (a connection, its state) takes
+  // 10-600 ms on this shared machine, so bounded as the other takeovers, ttl + 2 s
+  auto t = wait_all(other, at, lease_ttl + 2s);
   ASSERT_TRUE(t.has_value()) << logs();
   auto got = drain(other, {device}, {"before-sigterm"});
-  std::cout << "SIGTERM: the other instance serves every partition after " << t->count()
+  std::cout << "SIGTERM: the other instance claims a released partition after "
+            << first_claim.count() << " ms and serves every partition after " << t->count()
             << " ms (ttl "
             << std::chrono::duration_cast<std::chrono::milliseconds>(lease_ttl).count() << " ms)\n";
   EXPECT_EQ(got["before-sigterm"], 1);
