@@ -13,8 +13,9 @@
 /// completion. Done: the send's settled `accepted` AND the hub's settled answer
 /// to the completion. Then the flow sends its next message. Flow f's device is
 /// in partition f mod K, so the flows spread evenly over the partitions (and
-/// over the instances). One back-end connection per hub; every connection of
-/// this process is on one Proton proactor driven by the main thread.
+/// over the instances); the devices are configured (`--device`), registered by
+/// their partition when it is claimed. One back-end connection per hub; every
+/// connection of this process is on one Proton proactor driven by the main thread.
 ///
 /// Each round starts the instances fresh (1 hub: `--expected-instances 1`; 2
 /// hubs: started together, `--expected-instances 2`, 4 partitions each), warms
