@@ -22,7 +22,23 @@ struct cluster_engine::partition {
   std::unique_ptr<hub> engine;
   std::unique_ptr<router> rt;
   bool in_batch = false;
-  std::vector<reply_to> asked;  ///< who is waiting for a reply of this batch
+  /// Its commit group of this batch is open: begun at the partition's first
+  /// request or due timer of the batch, so a partition with nothing to do makes
+  /// no round trip to PostgreSQL (no BEGIN, lease check, COMMIT).
+  bool begun = false;
+  std::optional<error> begin_failed;  ///< why its group could not begin (this batch)
+  std::vector<reply_to> asked;        ///< who is waiting for a reply of this batch
+
+  /// Opens the commit group of this batch if it is not open yet; whether it is.
+  bool open_group() {
+    if (begun || begin_failed)
+      return begun;
+    if (auto r = rt->begin_batch(); !r)
+      begin_failed = r.error();
+    else
+      begun = true;
+    return begun;
+  }
 };
 
 namespace {
@@ -410,15 +426,11 @@ error cluster_engine::not_served(std::uint32_t k, std::string_view what) {
 result<void> cluster_engine::begin_batch() {
   const time_point now = system_clock{}.now();
   ownership_tick(now);
-  std::vector<std::pair<std::uint32_t, error>> failed;
   for (auto& [k, p] : parts_) {
-    if (auto r = p->rt->begin_batch(); !r)
-      failed.emplace_back(k, r.error());
-    else
-      p->in_batch = true;
+    p->in_batch = true;  // its group opens at its first request or due timer
+    p->begun = false;
+    p->begin_failed.reset();
   }
-  for (auto& [k, e] : failed)
-    fail_partition(k, e, {}, ready_);
   in_batch_ = true;
   return {};
 }
@@ -431,7 +443,8 @@ void cluster_engine::answer(const reply_to& to, decltype(reply::what) what) {
 void cluster_engine::route(partition& p, inbound in, time_point now) {
   if (!in.from.address.empty())
     p.asked.push_back(in.from);
-  p.rt->handle(std::move(in), now);
+  if (p.open_group())  // else the batch fails for this partition: `asked` get 503
+    p.rt->handle(std::move(in), now);
 }
 
 void cluster_engine::remember_presence(const inbound& in) {
@@ -496,7 +509,7 @@ void cluster_engine::handle(inbound in, time_point now) {
       std::erase_if(present_, [&](const auto& e) { return e.second.from.door == in.from.door; });
     }
     for (auto& [k, p] : parts_)
-      if (p->in_batch)
+      if (p->in_batch && p->open_group())
         p->rt->handle(in, now);
     return;
   }
@@ -520,7 +533,7 @@ void cluster_engine::handle(inbound in, time_point now) {
                                               it->second.second.connection == d->connection)
       attached_.erase(it);
     for (auto& [k, p] : parts_)
-      if (p->in_batch)
+      if (p->in_batch && p->open_group())
         p->rt->handle(in, now);
     return;
   }
@@ -550,9 +563,14 @@ void cluster_engine::handle(inbound in, time_point now) {
 }
 
 void cluster_engine::tick(time_point now) {
-  for (auto& [k, p] : parts_)
-    if (p->in_batch)
+  // a partition that had a request in this batch, or whose timers are due
+  for (auto& [k, p] : parts_) {
+    if (!p->in_batch)
+      continue;
+    const auto due = p->rt->next_deadline();
+    if ((p->begun || (due && *due <= now)) && p->open_group())
       p->rt->tick(now);
+  }
 }
 
 void cluster_engine::fail_partition(std::uint32_t k, const error& e,
@@ -599,6 +617,12 @@ result<std::vector<outbound>> cluster_engine::end_batch() {
     if (!std::exchange(p->in_batch, false))
       continue;
     auto asked = std::exchange(p->asked, {});
+    if (auto e = std::exchange(p->begin_failed, std::nullopt)) {
+      failed.push_back({k, std::move(*e), std::move(asked)});
+      continue;
+    }
+    if (!std::exchange(p->begun, false))
+      continue;  // nothing happened in it: no group was opened
     auto r = p->rt->end_batch();
     if (!r) {
       failed.push_back({k, r.error(), std::move(asked)});
