@@ -9,6 +9,7 @@
 #include <mutex>
 #include <stop_token>
 #include <thread>
+#include <utility>
 
 namespace devicebound::hubd {
 
@@ -96,6 +97,9 @@ struct rabbit_events::impl {
   std::jthread thread;
   std::mutex m;
   std::condition_variable_any cv;
+  /// The last session got as far as consuming: the next connection is tried at once
+  /// (the node went away; haproxy or the client's address list may have another).
+  bool consumed = false;
 
   /// One connection: connect, bind, consume until it fails or `st` stops it.
   /// The error that ended it.
@@ -152,6 +156,7 @@ struct rabbit_events::impl {
     spdlog::info("RabbitMQ events: consuming {} and {} at {}:{} (queue {})", rabbit::event_exchange,
                  rabbit::trace_exchange, config.url.host, config.url.port, queue);
     announced = false;
+    consumed = true;
     rabbit::presence_tracker presence(config.binding_grace);
     const auto send = [&](std::vector<broker_event> events) {
       for (auto& e : events)
@@ -193,6 +198,10 @@ struct rabbit_events::impl {
         announced = true;
       } else {
         spdlog::debug("RabbitMQ events: {}", why);
+      }
+      if (std::exchange(consumed, false)) {
+        spdlog::info("RabbitMQ events: reconnecting at once ({})", why);
+        continue;
       }
       std::unique_lock<std::mutex> g(m);
       cv.wait_for(g, st, config.reconnect, [] { return false; });

@@ -50,7 +50,7 @@ async function main() {
   stack = await startClusterStack({ devices: ids, partitions, leaseTtl, log: say });
   const ledgers = { hub: newLedger(), broker: newLedger() };
   let current = ledgers.hub;
-  const proxy = { received: (d, id) => current.received(d, id), fed: (id, s) => current.fed(id, s) };
+  const proxy = new Proxy({}, { get: (_, k) => current[k] }); // the ledger of the scenario running now
   devices = await openDevices(stack, ids, proxy);
   say(`${n} devices (azure-iot-device-mqtt) connected through haproxy (MQTT TLS 127.0.0.1:${stack.ports.mqttTls})`);
   const senders = process.env.DEVICEBOUND_CLUSTER_SENDERS === 'haproxy' ? 'haproxy' : 'each';
