@@ -100,6 +100,8 @@ struct rabbit_events::impl {
   /// The last session got as far as consuming: the next connection is tried at once
   /// (the node went away; haproxy or the client's address list may have another).
   bool consumed = false;
+  /// Until then, a failed connection is retried every 50 ms (after a consuming session).
+  std::chrono::steady_clock::time_point fast_until{};
 
   /// One connection: connect, bind, consume until it fails or `st` stops it.
   /// The error that ended it.
@@ -190,6 +192,17 @@ struct rabbit_events::impl {
       std::string why = session(st, announced);
       if (st.stop_requested())
         return;
+      // The node went away while we consumed: try again at once, then every 50 ms
+      // for one reconnect interval (haproxy or the address may lead to another node).
+      const auto now = std::chrono::steady_clock::now();
+      if (std::exchange(consumed, false)) {
+        spdlog::warn(
+            "RabbitMQ events: {}; reconnecting at once, then every 50 ms for {} ms (presence "
+            "and delivery events sent meanwhile are lost)",
+            why, std::chrono::duration_cast<std::chrono::milliseconds>(config.reconnect).count());
+        fast_until = now + config.reconnect;
+        continue;
+      }
       if (!announced) {
         spdlog::warn(
             "RabbitMQ events: {}; retrying every {} ms (presence and delivery events "
@@ -199,12 +212,10 @@ struct rabbit_events::impl {
       } else {
         spdlog::debug("RabbitMQ events: {}", why);
       }
-      if (std::exchange(consumed, false)) {
-        spdlog::info("RabbitMQ events: reconnecting at once ({})", why);
-        continue;
-      }
+      const auto wait =
+          now < fast_until ? duration(std::chrono::milliseconds(50)) : config.reconnect;
       std::unique_lock<std::mutex> g(m);
-      cv.wait_for(g, st, config.reconnect, [] { return false; });
+      cv.wait_for(g, st, wait, [] { return false; });
     }
   }
 };

@@ -77,7 +77,7 @@ async function main() {
       + `twice ${hub.feedbackDuplicates}), takeover ${hub.takeoverMs} ms`,
     `  broker failover      sent ${broker.messages}, acknowledged ${broker.acknowledged}, received ${broker.received}, `
       + `lost ${broker.lost}, duplicates ${broker.duplicates}, feedback ${broker.feedback} (missing `
-      + `${broker.feedbackMissing}, twice ${broker.feedbackDuplicates}), devices back ${broker.firstBackMs}..${broker.allBackMs} ms`,
+      + `${broker.feedbackMissing}, twice ${broker.feedbackDuplicates}), device sessions back ${broker.sessionsBackMs} ms, first message received ${broker.firstBackMs}..${broker.allBackMs} ms after the kill`,
     `  result               ${ok ? 'nothing acknowledged was lost' : 'ACKNOWLEDGED MESSAGES WERE LOST'}`,
   ].join('\n'));
   return ok ? 0 : 1;

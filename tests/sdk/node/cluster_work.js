@@ -90,6 +90,10 @@ function newLedger() {
         feedbackDuplicates: fbDup.length,
         feedbackMissing: fbMissing.length,
         feedbackNotSuccess: fbNotSuccess.length,
+        sendErrors: [...sent.values()].filter((s) => s.lastError).reduce((m, s) => {
+          const k = s.lastError.slice(0, 60);
+          return { ...m, [k]: (m[k] ?? 0) + 1 };
+        }, {}),
         lostIds: lost.slice(0, 10),
         duplicateIds: dupIds.slice(0, 10),
         feedbackMissingIds: fbMissing.slice(0, 10),
@@ -151,8 +155,9 @@ async function openBackend(stack, ledger, { senders = 'each', doors } = {}) {
         entry.ackedAt = Date.now();
         return true;
       } catch (e) {
-        // 503001 (not served here) is a refusal: nothing stored. Anything else may have been.
-        if (e?.constructor?.name !== 'ServiceUnavailableError') entry.unknown += 1;
+        // 503001 (not served here) is a refusal and a sender whose connection is gone sent
+        // nothing: neither stored anything. Anything else may have been stored.
+        if (!['ServiceUnavailableError', 'NotConnectedError'].includes(e?.constructor?.name)) entry.unknown += 1;
         entry.lastError = `${e?.constructor?.name}: ${e?.message}`;
         i += 1;
         await sleep(sendVia.length > 1 && i % sendVia.length !== 0 ? 0 : 50);
@@ -256,6 +261,15 @@ async function brokerFailover(stack, backend, ledger, deviceIds, { beforeMs = 20
     log(e.message);
   }
   const backMs = Object.fromEntries(Object.entries(backAt).map(([d, at]) => [d, at - killedAt]));
+  // the devices' sessions back: the first consumer.created of each after the kill, as a hub's log says
+  // (its timestamps are UTC, ms)
+  const sessionBackMs = {};
+  for (const h of Object.values(stack.hubs).filter((x) => x.alive())) {
+    for (const m of h.log().matchAll(/^(\S+) debug RabbitMQ event consumer\.created: device '([^']+)'/gm)) {
+      const at = Date.parse(`${m[1]}Z`);
+      if (at > killedAt && deviceIds.includes(m[2]) && !(sessionBackMs[m[2]] <= at - killedAt)) sessionBackMs[m[2]] = at - killedAt;
+    }
+  }
   const firstBack = Math.min(...Object.values(backMs));
   const allBack = Math.max(...Object.values(backMs));
   log(`devices back (first message sent after the kill received) ${firstBack}..${allBack} ms after the kill`);
@@ -263,7 +277,11 @@ async function brokerFailover(stack, backend, ledger, deviceIds, { beforeMs = 20
   await load.stop();
   const summary = await drain(ledger);
   const after = await stack.sessions('mqtt_tls');
-  return { kills: 1, node: victim.node, ...summary, backMs, firstBackMs: firstBack, allBackMs: allBack, sessionsAfter: after };
+  const backs = Object.values(sessionBackMs);
+  return {
+    kills: 1, node: victim.node, ...summary, backMs, firstBackMs: firstBack, allBackMs: allBack, sessionBackMs,
+    sessionsBackMs: backs.length ? `${Math.min(...backs)}..${Math.max(...backs)}` : 'not seen', sessionsAfter: after,
+  };
 }
 
 /** One ledger as text lines. */
