@@ -33,6 +33,16 @@ finish() {
     kill -TERM "$demo" 2>/dev/null || true # it stops what it started, by PID
     wait "$demo" 2>/dev/null || true
   fi
+  # last resort: what it started and did not stop (it died), by PID
+  if [[ -f "$work/pids" ]]; then
+    local pid name
+    while read -r pid name; do
+      if kill -0 "$pid" 2>/dev/null; then
+        echo "cluster-demo: stopping $name (pid $pid), left running"
+        kill -KILL "$pid" 2>/dev/null || true
+      fi
+    done <"$work/pids"
+  fi
   rm -rf "$work"
   exit "$rc"
 }
@@ -46,7 +56,7 @@ if [[ ! -d "$sdk/node_modules/azure-iothub" ]]; then
   (cd "$sdk" && npm ci --no-audit --no-fund >/dev/null)
 fi
 # azure-iothub has no CA option: the CA must be in NODE_EXTRA_CA_CERTS before node starts.
-DEVICEBOUND_SDK_CERTS="$work/certs" NODE_EXTRA_CA_CERTS="$work/certs/ca.crt" \
+DEVICEBOUND_SDK_CERTS="$work/certs" NODE_EXTRA_CA_CERTS="$work/certs/ca.crt" DEVICEBOUND_CLUSTER_PIDFILE="$work/pids" \
   node "$sdk/node/cluster_demo.js" &
 demo=$!
 set +e

@@ -36,6 +36,14 @@ async function cleanup(code) {
   process.exit(code);
 }
 
+process.on('uncaughtException', (e) => {
+  say(`uncaught exception: ${e.stack || e.message}`);
+  cleanup(1);
+});
+process.on('unhandledRejection', (e) => {
+  say(`unhandled rejection: ${e?.stack || e}`);
+  cleanup(1);
+});
 for (const sig of ['SIGINT', 'SIGTERM']) {
   process.on(sig, () => {
     say(`${sig}: stopping`);

@@ -156,8 +156,15 @@ async function startClusterStack({ devices = [], partitions = 8, leaseTtl = 3, l
   const eventsPassword = newKey().replace(/[^A-Za-z0-9]/g, '');
   const authFile = path.join(dir, 'auth');
   fs.writeFileSync(authFile, authFileText(stack.deviceKeys, stack.policyKeys), { mode: 0o644 });
+  // DEVICEBOUND_CLUSTER_PIDFILE: every PID started is appended ("pid name"), so that
+  // scripts/cluster-demo.sh can still stop them by PID if this process dies first.
+  const pidFile = process.env.DEVICEBOUND_CLUSTER_PIDFILE;
+  const notePid = (pid, name) => {
+    if (pidFile && pid > 0) fs.appendFileSync(pidFile, `${pid} ${name}\n`);
+  };
   const track = (name, child) => {
     stack.procs.push({ name, child });
+    notePid(child.pid, name);
     return child;
   };
   const out = (file) => fs.openSync(file, 'a');
@@ -351,6 +358,7 @@ async function startClusterStack({ devices = [], partitions = 8, leaseTtl = 3, l
       await listening(r.mqttTls, 120000, r.alive, `${r.node} MQTT TLS`);
       await listening(r.amqp, 30000, r.alive, `${r.node} AMQP`);
       r.beamPid = Number(readOr(r.pidFile).trim()) || 0;
+      notePid(r.beamPid, `${r.name}-beam`);
     }));
     stack.timings.nodes = Date.now() - t0;
     log(`3 RabbitMQ nodes up (${stack.timings.nodes} ms)`);

@@ -18,7 +18,24 @@ const { Message: ServiceMessage } = require('azure-iothub/dist/common-core/messa
 const { Client: DeviceClient } = require('azure-iot-device');
 const { Mqtt: DeviceMqtt } = require('azure-iot-device-mqtt');
 const { NoRetry } = require('azure-iot-common');
+const amqpErrors = require('azure-iothub/dist/common-amqp/amqp_common_errors');
 const { sleep, until } = require('./cluster_stack');
+
+// azure-iothub 1.16.6's getErrorName, which only builds debug text in its receiver link's
+// state machine, recurses without end on an error whose `amqpError` chain is a cycle: a
+// feedback receiver's link met one when its hub was killed (kill -9), and the RangeError
+// thrown from the event handler ended the process. The link reads the helper from the
+// module's exports at each call, so it is replaced here by one that stops at a cycle;
+// nothing else of the SDK changes.
+amqpErrors.getErrorName = function errorName(err, seen = new Set()) {
+  if (!err) return 'error is falsy';
+  if (err.condition) return `amqp error(${err.condition})`;
+  if (!err.name) return 'unknown error type';
+  seen.add(err);
+  let name = `javacript error(${err})`;
+  if (err.amqpError) name += seen.has(err.amqpError) ? '(from a cycle)' : `(from ${errorName(err.amqpError, seen)})`;
+  return name;
+};
 
 const OPEN_WAIT = 30000;
 
