@@ -35,15 +35,22 @@ finish() {
   fi
   # last resort: what it started and did not stop (it died), by PID
   if [[ -f "$work/pids" ]]; then
-    local pid name
+    local pid name comm want
     while read -r pid name; do
-      if kill -0 "$pid" 2>/dev/null; then
+      case "$name" in
+        hub-*) want=devicebound-hub ;;
+        rabbit*-beam) want=beam.smp ;;
+        rabbit*) want=sh ;;
+        *) want=$name ;;
+      esac
+      comm=$(cat "/proc/$pid/comm" 2>/dev/null) || continue
+      if [[ "$comm" == "$want" ]]; then # still ours (not a PID reused meanwhile)
         echo "cluster-demo: stopping $name (pid $pid), left running"
         kill -KILL "$pid" 2>/dev/null || true
       fi
     done <"$work/pids"
   fi
-  rm -rf "$work"
+  if [[ "${DEVICEBOUND_SDK_KEEP:-}" == 1 ]]; then echo "cluster-demo: kept $work"; else rm -rf "$work"; fi
   exit "$rc"
 }
 trap finish EXIT
@@ -56,7 +63,11 @@ if [[ ! -d "$sdk/node_modules/azure-iothub" ]]; then
   (cd "$sdk" && npm ci --no-audit --no-fund >/dev/null)
 fi
 # azure-iothub has no CA option: the CA must be in NODE_EXTRA_CA_CERTS before node starts.
-DEVICEBOUND_SDK_CERTS="$work/certs" NODE_EXTRA_CA_CERTS="$work/certs/ca.crt" DEVICEBOUND_CLUSTER_PIDFILE="$work/pids" \
+# TMPDIR: the stack's directory (logs, data) inside $work, removed with it; PostgreSQL's
+# user must be able to enter it.
+chmod 755 "$work"
+TMPDIR="$work" DEVICEBOUND_SDK_CERTS="$work/certs" NODE_EXTRA_CA_CERTS="$work/certs/ca.crt" \
+  DEVICEBOUND_CLUSTER_PIDFILE="$work/pids" \
   node "$sdk/node/cluster_demo.js" &
 demo=$!
 set +e
