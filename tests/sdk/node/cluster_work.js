@@ -303,7 +303,7 @@ async function brokerFailover(stack, backend, ledger, deviceIds, { beforeMs = 20
 
 /** One ledger as text lines. */
 function ledgerText(title, l) {
-  const rows = Object.entries(l).filter(([k]) => !/Ids$|partitionsBefore|sessionsAfter/.test(k))
+  const rows = Object.entries(l).filter(([k]) => !/^(lostIds|feedbackMissingIds|feedbackDuplicateIds|partitionsBefore|sessionsAfter)$/.test(k))
     .map(([k, v]) => `  ${k.padEnd(20)} ${typeof v === 'object' ? JSON.stringify(v) : v}`);
   return [`ledger: ${title}`, ...rows].join('\n');
 }
