@@ -102,6 +102,8 @@ struct rabbit_events::impl {
   bool consumed = false;
   /// Until then, a failed connection is retried every 50 ms (after a consuming session).
   std::chrono::steady_clock::time_point fast_until{};
+  /// The session queues seen so far: re-checked after each reconnect.
+  rabbit::known_sessions known;
 
   /// One connection: connect, bind, consume until it fails or `st` stops it.
   /// The error that ended it.
@@ -164,6 +166,50 @@ struct rabbit_events::impl {
       for (auto& e : events)
         emit(std::move(e));
     };
+    // A reconnect: what happened to the known sessions meanwhile (now that the
+    // events are consumed again, nothing after this look is missed).
+    if (!known.devices().empty()) {
+      std::size_t consuming = 0;
+      std::size_t checked = 0;
+      const std::vector<std::string> devices(known.devices().begin(), known.devices().end());
+      amqp_channel_open(conn, 2);
+      if (auto r = amqp_get_rpc_reply(conn); r.reply_type != AMQP_RESPONSE_NORMAL)
+        return describe(r, "channel.open (re-check)");
+      for (const auto& d : devices) {
+        const std::string name =
+            std::string(rabbit::session_queue_prefix) + d + std::string(rabbit::session_queue_qos1);
+        amqp_queue_declare_ok_t* ok =
+            amqp_queue_declare(conn, 2, bytes(name), 1, 0, 0, 0, amqp_empty_table);
+        std::optional<std::uint32_t> consumers;
+        if (ok != nullptr) {
+          consumers = ok->consumer_count;
+        } else {
+          const amqp_rpc_reply_t r = amqp_get_rpc_reply(conn);
+          if (r.reply_type != AMQP_RESPONSE_SERVER_EXCEPTION ||
+              r.reply.id != AMQP_CHANNEL_CLOSE_METHOD)
+            return describe(r, "queue.declare (passive) of " + name);
+          // 404: no such session. The channel is closed: acknowledge, open it again.
+          amqp_channel_close_ok_t close_ok{};
+          (void)amqp_send_method(conn, 2, AMQP_CHANNEL_CLOSE_OK_METHOD, &close_ok);
+          amqp_channel_open(conn, 2);
+          if (auto again = amqp_get_rpc_reply(conn); again.reply_type != AMQP_RESPONSE_NORMAL)
+            return describe(again, "channel.open (re-check)");
+        }
+        auto e = known.recheck(d, consumers);
+        ++checked;
+        if (e.what == broker_event::kind::subscribed)
+          ++consuming;
+        // a session that exists is bound: its next consumer is subscribed at once
+        if (consumers)
+          (void)presence.on({rabbit::note::kind::bound, d, {}}, system_clock{}.now());
+        emit(std::move(e));
+      }
+      (void)amqp_channel_close(conn, 2, AMQP_REPLY_SUCCESS);
+      spdlog::info(
+          "RabbitMQ events: re-checked {} known device session(s) after reconnecting: {} "
+          "consumed (subscribed), {} not (disconnected)",
+          checked, consuming, checked - consuming);
+    }
     while (!st.stop_requested()) {
       send(presence.tick(system_clock{}.now()));
       amqp_maybe_release_buffers(conn);
@@ -180,6 +226,7 @@ struct rabbit_events::impl {
       amqp_destroy_envelope(&env);
       if (auto n = rabbit::note_of(in, config.hub_client_id)) {
         spdlog::debug("RabbitMQ event {}: device '{}'", in.routing_key, n->device);
+        known.on(*n);
         send(presence.on(*n, system_clock{}.now()));
       }
     }
