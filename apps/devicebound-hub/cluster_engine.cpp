@@ -229,6 +229,8 @@ result<void> cluster_engine::open_partition(std::uint32_t k, std::uint64_t epoch
            " device(s), " + std::to_string(p->engine->stats().accepted) + " message(s) accepted)";
   });
   parts_[k] = std::move(p);
+  if (link_)
+    link_->serve(k);  // forwarded requests for k come here now
   return {};
 }
 
@@ -241,6 +243,8 @@ void cluster_engine::close_partition(std::uint32_t k, std::string_view why) {
            std::to_string(it->second->epoch) + " (" + std::string(why) + ")";
   });
   parts_.erase(it);
+  if (link_)
+    link_->unserve(k);
   std::erase_if(feedback_tokens_, [&](const auto& t) { return t.second == k; });
   owners_.erase(k);
 }
@@ -333,10 +337,11 @@ error cluster_engine::not_served(std::uint32_t k, std::string_view what) {
     else
       o.first = "'" + *(*l)->owner + "' at epoch " + std::to_string((*l)->epoch);
   }
-  return make_error(errc::server_busy,
-                    "partition " + std::to_string(k) + " (" + std::string(what) +
-                        ") is not served by instance '" + owner_ + "'; its owner is " + o.first +
-                        "; retry (requests are not forwarded between instances yet)");
+  return make_error(
+      errc::server_busy,
+      "partition " + std::to_string(k) + " (" + std::string(what) +
+          ") is not served by instance '" + owner_ + "'; its owner is " + o.first +
+          "; retry (or start the instances with --forward-amqp-url to forward requests)");
 }
 
 // --- batches ---------------------------------------------------------------------------------
@@ -376,7 +381,8 @@ void cluster_engine::remember_presence(const inbound& in) {
     if (it == present_.end())
       return;
     const auto& was = std::get<device_present>(it->second.what);
-    if (it->second.from.door == in.from.door && (!a->connection || *a->connection == was.connection))
+    if (it->second.from.door == in.from.door &&
+        (!a->connection || *a->connection == was.connection))
       present_.erase(it);
   }
 }
@@ -388,10 +394,22 @@ void cluster_engine::handle(inbound in, time_point now) {
     if (!k)
       return answer(in.from, k.error());
     remember_presence(in);
-    if (partition* p = serving_partition(*k, now))
+    const bool from_peer = forwarded(in.from);
+    if (partition* p = serving_partition(*k, now)) {
+      if (from_peer && !admit_forwarded(*k, in))
+        return;
       return route(*p, std::move(in), now);
-    if (!in.from.address.empty())
-      answer(in.from, not_served(*k, "device '" + std::string(*dev) + "'"));
+    }
+    if (from_peer)  // never forwarded again: back to its queue, for the owner
+      return link_->requeue(in.from.address);
+    if (in.from.address.empty())
+      return;
+    if (mqtt_door_ && in.from.door == *mqtt_door_)
+      return;  // every instance's MQTT door received it: its owner answers
+    if (link_)
+      if (auto f = forward::forwardable(in.what))
+        return link_->forward(*k, std::move(in.from), std::move(*f));
+    answer(in.from, not_served(*k, "device '" + std::string(*dev) + "'"));
     return;
   }
   const auto first = [&]() -> partition* {
@@ -489,12 +507,15 @@ void cluster_engine::fail_partition(std::uint32_t k, const error& e,
            ": the store refused the commit (" + e.message + "); nothing of it is acknowledged" +
            (lost ? "; stepping down" : "; reopening it from the store");
   });
+  const error busy =
+      make_error(errc::server_busy, "partition " + std::to_string(k) + " could not commit (" +
+                                        std::string(lost ? "its lease was lost" : "store failure") +
+                                        "); nothing was done, retry");
   for (const auto& to : asked)
-    out.emplace_back(
-        reply{to, make_error(errc::server_busy,
-                             "partition " + std::to_string(k) + " could not commit (" +
-                                 std::string(lost ? "its lease was lost" : "store failure") +
-                                 "); nothing was done, retry")});
+    if (forwarded(to))
+      give_back(to, lost, busy, out);  // lost: the next owner runs it
+    else
+      out.emplace_back(reply{to, busy});
   reload_registry_ = true;  // the shared registry may be ahead of the store
   close_partition(k, lost ? "lease lost at commit" : "commit failed");
   if (lost) {
@@ -528,14 +549,30 @@ result<std::vector<outbound>> cluster_engine::end_batch() {
           feedback_tokens_[f->batch->lock_token.to_string()] = k;
       if (const auto* push = std::get_if<feedback_push>(&item))
         feedback_tokens_[push->batch.lock_token.to_string()] = k;
+      if (const auto* rep = std::get_if<reply>(&item); rep && forwarded(rep->to))
+        if (auto ref = parse_delivery_address(rep->to.address)) {
+          // committed: remembered, and given to the same request delivered again meanwhile
+          answered_[ref->partition].put(ref->request_id, rep->what);
+          if (auto w = running_.find(ref->request_id); w != running_.end()) {
+            for (auto& to : w->second)
+              out.emplace_back(reply{to, rep->what});
+            running_.erase(w);
+          }
+        }
       out.push_back(std::move(item));
     }
   }
   for (auto& f : failed)
     fail_partition(f.k, f.e, f.asked, out);
+  for (auto& [id, again] : std::exchange(running_, {}))  // their first delivery got no answer
+    for (auto& to : again)
+      link_->requeue(to.address);
   for (auto& d : direct_)
     out.push_back(std::move(d));
   direct_.clear();
+  if (link_)
+    for (auto& r : link_->take_answers())  // forwarded elsewhere, answered there
+      out.emplace_back(std::move(r));
   if (reload_registry_)
     reload_registry();
   log_serving();
@@ -549,6 +586,63 @@ std::optional<time_point> cluster_engine::next_deadline() const {
     if (auto d = p->rt->next_deadline())
       t = std::min(t, *d);
   return t;
+}
+
+// --- forwarding -------------------------------------------------------------------------------
+
+void cluster_engine::set_forwarding(forward_link* link, std::optional<door_id> mqtt) {
+  link_ = link;
+  mqtt_door_ = mqtt;
+  if (link_)
+    for (const auto& [k, p] : parts_)
+      link_->serve(k);
+}
+
+void cluster_engine::answer_cache::put(const std::string& id, const forward::answer_what& w) {
+  if (by_id.insert_or_assign(id, w).second) {
+    order.push_back(id);
+    if (order.size() > capacity) {
+      by_id.erase(order.front());
+      order.pop_front();
+    }
+  }
+}
+
+bool cluster_engine::admit_forwarded(std::uint32_t k, const inbound& in) {
+  auto ref = parse_delivery_address(in.from.address);
+  if (!ref)
+    return true;
+  if (auto c = answered_.find(k); c != answered_.end())
+    if (auto a = c->second.by_id.find(ref->request_id); a != c->second.by_id.end()) {
+      say(base_, log_level::debug, [&] {
+        return "cluster: forwarded request " + ref->request_id + " was answered already";
+      });
+      direct_.emplace_back(reply{in.from, a->second});
+      return false;
+    }
+  if (auto r = running_.find(ref->request_id); r != running_.end()) {
+    r->second.push_back(in.from);
+    return false;
+  }
+  running_.emplace(ref->request_id, std::vector<reply_to>{});
+  return true;
+}
+
+void cluster_engine::give_back(const reply_to& to, bool requeue, const error& e,
+                               std::vector<outbound>& out) {
+  if (auto ref = parse_delivery_address(to.address); ref) {
+    auto r = running_.find(ref->request_id);
+    if (r != running_.end()) {
+      auto again = std::move(r->second);
+      running_.erase(r);
+      for (auto& t : again)
+        give_back(t, true, e, out);
+    }
+  }
+  if (requeue)
+    link_->requeue(to.address);
+  else
+    out.emplace_back(reply{to, e});
 }
 
 void cluster_engine::register_configured(const std::vector<std::string>&) {

@@ -8,8 +8,12 @@
 // controller on the engine thread, opens a partition on `claimed` and drops it on
 // `lost` or `released`, and sends every device-scoped request to the router of
 // `partition_of(device, K)`. A request for a partition this instance does not
-// serve is answered 503001 (`server_busy`: AMQP `com.microsoft:timeout`, HTTPS
-// 503, both retried by the SDKs) naming the partition and its current owner.
+// serve is forwarded to its owner through RabbitMQ when forwarding is configured
+// (`--forward-amqp-url`, forward.hpp; docs/scale-out.md, "Forwarding requests"),
+// else answered 503001 (`server_busy`: AMQP `com.microsoft:timeout`, HTTPS 503,
+// both retried by the SDKs) naming the partition and its current owner. A request
+// that came through the MQTT door is never answered by a non-owner: every
+// instance's MQTT door receives it, and the owner answers.
 //
 // The identity registry is hub-wide: one `registry` object shared by every
 // partition's router, reloaded from PostgreSQL whenever a partition is claimed
@@ -19,6 +23,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <devicebound/clock.hpp>
 #include <devicebound/cluster/ownership.hpp>
 #include <devicebound/cluster/postgres_leases.hpp>
@@ -35,6 +40,7 @@
 
 #include "config.hpp"
 #include "engine_loop.hpp"
+#include "forward.hpp"
 #include "router.hpp"
 
 namespace devicebound::hubd {
@@ -73,6 +79,10 @@ class cluster_engine final : public batch_target {
   const std::string& owner() const noexcept { return owner_; }
   /// The partitions served now, ascending.
   std::vector<std::uint32_t> serving() const;
+  /// Forward what this instance does not serve through `link` (nullptr: answer
+  /// 503001); `mqtt`: the MQTT door, whose requests a non-owner leaves unanswered.
+  /// Before the loop runs.
+  void set_forwarding(forward_link* link, std::optional<door_id> mqtt);
 
  private:
   struct partition;
@@ -96,6 +106,15 @@ class cluster_engine final : public batch_target {
   error not_served(std::uint32_t k, std::string_view what);
   void answer(const reply_to& to, decltype(reply::what) what);
   void route(partition& p, inbound in, time_point now);
+  /// A forwarded request for partition k, served here: false when it is
+  /// answered from the de-duplication cache or waits for the same request's answer.
+  bool admit_forwarded(std::uint32_t k, const inbound& in);
+  bool forwarded(const reply_to& to) const {
+    return link_ && to.door == link_->door() && !to.address.empty();
+  }
+  /// A forwarded request not run here (its reply comes from the next owner), or
+  /// answered 503001 when `requeue` is false.
+  void give_back(const reply_to& to, bool requeue, const error& e, std::vector<outbound>& out);
 
   daemon_config cfg_;
   router_options base_;
@@ -117,6 +136,20 @@ class cluster_engine final : public batch_target {
   std::vector<std::uint32_t> last_logged_;
   bool reload_registry_ = false;
   bool in_batch_ = false;
+
+  forward_link* link_ = nullptr;
+  std::optional<door_id> mqtt_door_;
+  /// The answers given to the most recent forwarded request ids, per partition:
+  /// a redelivered or re-sent request is answered from here, not run twice.
+  struct answer_cache {
+    static constexpr std::size_t capacity = 4096;
+    std::unordered_map<std::string, forward::answer_what> by_id;
+    std::deque<std::string> order;
+    void put(const std::string& id, const forward::answer_what& w);
+  };
+  std::map<std::uint32_t, answer_cache> answered_;
+  /// Forwarded request ids run in this batch -> the same request delivered again meanwhile.
+  std::unordered_map<std::string, std::vector<reply_to>> running_;
 };
 
 }  // namespace devicebound::hubd

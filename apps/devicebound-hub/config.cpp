@@ -481,6 +481,14 @@ std::variant<daemon_config, int> load_config(int argc, char** argv) {
                  "--cluster with --expected-instances: how long after its start an instance "
                  "leaves the partitions beyond its share to peers starting with it (default: "
                  "--overflow-after)");
+  std::optional<std::string> forward_amqp_url, forward_timeout;
+  app.add_option("--forward-amqp-url", forward_amqp_url,
+                 "--cluster: forward requests for partitions served by other instances through "
+                 "this RabbitMQ, amqp://USER:PASSWORD@HOST:PORT/ (default: --rabbit-amqp-url; "
+                 "none: they are answered 503001)");
+  app.add_option("--forward-timeout", forward_timeout,
+                 "--cluster: how long a forwarded request waits for its answer before the caller "
+                 "gets 503001 (100ms..10min, default 10s)");
   app.add_option("--cluster-schema", cluster_schema,
                  "--cluster: the PostgreSQL schema of the hub (default devicebound)");
   app.add_option("-l,--log-level", log_level,
@@ -651,10 +659,19 @@ std::variant<daemon_config, int> load_config(int argc, char** argv) {
         c.startup_grace = duration_arg(*startup_grace, "--startup-grace");
       if (cluster_schema)
         c.schema = *cluster_schema;
+      c.forward_amqp_url = forward_amqp_url ? *forward_amqp_url : cfg.rabbit_amqp_url;
+      if (forward_timeout) {
+        c.forward_timeout = duration_arg(*forward_timeout, "--forward-timeout");
+        if (c.forward_timeout < std::chrono::milliseconds(100) ||
+            c.forward_timeout > std::chrono::minutes(10))
+          throw CLI::ValidationError("--forward-timeout",
+                                     "'" + *forward_timeout + "' is out of range (100ms..10min)");
+      }
     } else if (partitions || instance || lease_ttl || lease_renew || expected_instances ||
-               overflow_after || startup_grace || cluster_schema) {
+               overflow_after || startup_grace || cluster_schema || forward_amqp_url ||
+               forward_timeout) {
       throw CLI::ValidationError("--partitions",
-                                 "--partitions, --instance, --lease-* and "
+                                 "--partitions, --instance, --lease-*, --forward-* and "
                                  "--expected-instances need --cluster");
     }
     if (cfg.broker_sas_key) {

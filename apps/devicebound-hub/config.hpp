@@ -94,6 +94,11 @@ struct cluster_config {
   duration overflow_after = std::chrono::seconds(5);  ///< `--overflow-after`
   std::optional<duration> startup_grace;              ///< `--startup-grace` (unset: overflow_after)
   std::string schema = "devicebound";                 ///< `--cluster-schema`
+  /// `--forward-amqp-url amqp://USER:PASSWORD@HOST:PORT/` (default `--rabbit-amqp-url`):
+  /// forward requests for partitions served elsewhere through this RabbitMQ
+  /// (docs/scale-out.md, "Forwarding requests"). Empty: answer them 503001.
+  std::string forward_amqp_url;
+  duration forward_timeout = std::chrono::seconds(10);  ///< `--forward-timeout` (100ms..10min)
 };
 
 struct daemon_config {

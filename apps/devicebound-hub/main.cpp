@@ -56,6 +56,10 @@
 #ifdef DEVICEBOUND_WITH_RABBIT_EVENTS
 #include "rabbit_events.hpp"
 #endif
+#ifdef DEVICEBOUND_WITH_FORWARD
+#include "forward.hpp"
+#include "rabbit_events.hpp"
+#endif
 #ifdef DEVICEBOUND_WITH_RABBIT_AUTH
 #include "rabbit_auth_listener.hpp"
 #endif
@@ -508,6 +512,48 @@ int main(int argc, char** argv) {
     return exit_config;
   }
 #endif
+#ifdef DEVICEBOUND_WITH_FORWARD
+  // --cluster: requests for partitions served elsewhere go to their owner through
+  // RabbitMQ (forward.hpp; docs/scale-out.md, "Forwarding requests")
+  std::unique_ptr<forward_door> forwarder;
+  if (cluster) {
+    if (!cfg.cluster.forward_amqp_url.empty()) {
+      auto url = rabbit::parse_amqp_url(cfg.cluster.forward_amqp_url);
+      if (!url) {
+        std::string m = url.error().message;
+        if (m.starts_with("--rabbit-amqp-url"))
+          m.replace(0, 17, "--forward-amqp-url");
+        spdlog::critical("bad configuration: {}", m);
+        return exit_config;
+      }
+      forward_config fc;
+      fc.host = url->host;
+      fc.port = url->port;
+      fc.user = url->user;
+      fc.password = url->password;
+      fc.timeout = cfg.cluster.forward_timeout;
+      fc.instance = cfg.cluster.instance;
+      forwarder = std::make_unique<forward_door>(std::move(fc));
+      doors.push_back(forwarder.get());
+      cluster->set_forwarding(forwarder.get(), door_id{0});  // the MQTT door is door 0
+      spdlog::info("cluster: forwarding requests through RabbitMQ at {}:{} (timeout {} ms)",
+                   url->host, url->port, cfg.cluster.forward_timeout.count());
+    } else {
+      cluster->set_forwarding(nullptr, door_id{0});
+    }
+  }
+#else
+#ifdef DEVICEBOUND_WITH_CLUSTER
+  if (cluster)
+    cluster->set_forwarding(nullptr, door_id{0});  // the MQTT door is door 0
+#endif
+  if (!cfg.cluster.forward_amqp_url.empty()) {
+    spdlog::critical(
+        "--forward-amqp-url: this devicebound-hub was built without request forwarding "
+        "(rabbitmq-c: librabbitmq-dev)");
+    return exit_config;
+  }
+#endif
   router_target single(rt);
   batch_target* target = &single;
 #ifdef DEVICEBOUND_WITH_CLUSTER
@@ -585,6 +631,10 @@ int main(int argc, char** argv) {
 #ifdef DEVICEBOUND_WITH_RABBIT_AUTH
   if (rabbit_auth)
     rabbit_auth->stop();
+#endif
+#ifdef DEVICEBOUND_WITH_FORWARD
+  if (forwarder)
+    forwarder->stop();  // what it holds unanswered goes back to its queues
 #endif
 #ifdef DEVICEBOUND_WITH_CLUSTER
   if (cluster)

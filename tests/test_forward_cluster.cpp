@@ -1,0 +1,497 @@
+// Request forwarding between the instances of a cluster end to end
+// (docs/scale-out.md, "Forwarding requests"): one RabbitMQ node (tests/support/rabbitmq.hpp,
+// started once for the binary), and per test one PostgreSQL, one mosquitto and two
+// devicebound-hub --cluster processes with --forward-amqp-url, each with an AMQP door.
+// A back end talks to instance a only; sends for partitions that b serves are forwarded.
+//
+// (1) a send through a for a partition b owns is accepted and delivered once;
+// (2) a forwarded request published again with the same request id is answered with
+//     the first answer and not executed twice;
+// (3) kill -9 of b under a stream of sends through a: every acknowledged send is
+//     delivered (ledger printed: sent, acknowledged, lost, duplicates);
+// (4) an owner that does not answer (SIGSTOP) -> 503001 (com.microsoft:timeout) after
+//     --forward-timeout;
+// and the latency of a send direct to its owner vs forwarded (median/p90, printed).
+#include <amqp.h>
+#include <amqp_tcp_socket.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/time.h>
+#include <sys/types.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <devicebound/cluster/partition.hpp>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <optional>
+#include <proton/message.hpp>
+#include <proton/message_id.hpp>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+// postgres.hpp and rabbitmq.hpp (temp_dir.hpp) and mosquitto.hpp each define
+// test_support::temp_dir: the first one is renamed here so both fit in one test.
+#define temp_dir pg_temp_dir
+#include "support/postgres.hpp"
+#include "support/rabbitmq.hpp"
+#undef temp_dir
+#include "../apps/devicebound-hub/forward.hpp"
+#include "../apps/devicebound-hub/forward_codec.hpp"
+#include "support/amqp_client.hpp"
+#include "support/mosquitto.hpp"
+#include "support/required.hpp"
+
+namespace {
+
+using namespace std::chrono_literals;
+namespace support = devicebound::test_support;
+namespace fw = devicebound::hubd::forward;
+using support::amqp_client::client;
+using support::amqp_client::sasl_mode;
+using steady = std::chrono::steady_clock;
+
+constexpr std::uint32_t partitions = 8;
+constexpr auto lease_ttl = 3s;
+constexpr const char* lease_ttl_flag = "3s";
+constexpr auto forward_timeout = 1s;
+constexpr const char* forward_timeout_flag = "1s";
+
+std::optional<std::vector<std::uint32_t>> serving(const std::string& log) {
+  const std::string marker = " partitions: ";
+  const auto line_start = log.rfind("' serves ");
+  if (line_start == std::string::npos)
+    return std::nullopt;
+  const auto at = log.find(marker, line_start);
+  const auto end = log.find('\n', at);
+  std::istringstream in(log.substr(at + marker.size(), end - at - marker.size()));
+  std::vector<std::uint32_t> out;
+  std::string word;
+  while (in >> word)
+    if (word != "none")
+      out.push_back(static_cast<std::uint32_t>(std::stoul(word)));
+  return out;
+}
+
+std::string text_id(const proton::message& m) {
+  return proton::get<std::string>(m.id());
+}
+
+struct instance {
+  std::string name;
+  std::uint16_t port = 0;
+  support::temp_dir dir{"devicebound-forward-"};
+  std::unique_ptr<support::child_process> process;
+  std::unique_ptr<client> service;
+  pn_link_t* sender = nullptr;
+
+  std::string log() const { return support::read_file(dir.file("hub.log")); }
+  pid_t pid() const { return process ? process->pid() : -1; }
+  std::vector<std::uint32_t> partitions_served() const {
+    return serving(log()).value_or(std::vector<std::uint32_t>{});
+  }
+  bool ready() const {
+    const std::string l = log();
+    return l.find("amqp: listening on") != std::string::npos &&
+           l.find("forward: connected to RabbitMQ") != std::string::npos;
+  }
+  void connect() {
+    service = std::make_unique<client>(port, sasl_mode::none);
+    ASSERT_TRUE(service->opened()) << name << ": " << service->close_condition();
+    sender = service->attach(true, "/messages/devicebound");
+    ASSERT_TRUE(service->attached(sender)) << name;
+  }
+};
+
+/// One RabbitMQ node for the whole binary (it takes seconds to start).
+std::unique_ptr<support::rabbitmq::node> rabbit;
+
+class cluster_forward : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    if (rabbit || !support::rabbitmq::installed())
+      return;
+    support::rabbitmq::node_options o;
+    o.name = "fwd";
+    o.broker_events = true;  // an AMQP listener and a user with full rights on '/'
+    o.auth_http_base = "http://127.0.0.1:9/";  // unused: the hubs log in as the internal user
+    try {
+      rabbit = std::make_unique<support::rabbitmq::node>(o);
+    } catch (const std::exception& e) {
+      std::cerr << "RabbitMQ did not start: " << e.what() << "\n";
+    }
+  }
+  static void TearDownTestSuite() { rabbit.reset(); }
+
+  void SetUp() override {
+    if (auto m = support::postgres_server::missing(); !m.empty())
+      DEVICEBOUND_MISSING_PART(m);
+    if (!support::rabbitmq::installed())
+      DEVICEBOUND_MISSING_PART("RabbitMQ not found at " << support::rabbitmq::server_script);
+    if (!rabbit)
+      GTEST_FAIL() << "RabbitMQ is installed but did not start";
+    if (!support::mosquitto_broker::available())
+      DEVICEBOUND_MISSING_PART("mosquitto not found at " << support::default_mosquitto);
+    if (!support::hub_daemon::available())
+      DEVICEBOUND_MISSING_PART("devicebound-hub not found at " << support::default_hub);
+    pg_ = std::make_unique<support::postgres_server>();
+    broker_ = std::make_unique<support::mosquitto_broker>();
+    for (const char* n : {"a", "b"}) {
+      auto& i = hubs_.emplace_back();
+      i.name = n;
+      i.port = support::free_port();
+    }
+    for (auto& i : hubs_)
+      i.process = std::make_unique<support::child_process>(argv(i), i.dir.file("hub.log"));
+    const auto deadline = steady::now() + 20s;
+    while (steady::now() < deadline &&
+           !(split() && std::all_of(hubs_.begin(), hubs_.end(),
+                                    [](const instance& i) { return i.ready(); })))
+      std::this_thread::sleep_for(20ms);  // polls the daemons' logs, bounded
+    ASSERT_TRUE(split()) << logs();
+    for (auto& i : hubs_) {
+      ASSERT_TRUE(i.ready()) << logs();
+      i.connect();
+    }
+  }
+
+  void TearDown() override {
+    for (auto& i : hubs_) {
+      i.service.reset();
+      if (i.pid() > 0)
+        ::kill(i.pid(), SIGCONT);
+    }
+    if (HasFailure())
+      std::cerr << logs();
+  }
+
+  std::vector<std::string> argv(const instance& i) const {
+    return {support::default_hub,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            std::to_string(broker_->port()),
+            "--log-level",
+            "info",
+            "--cluster",
+            "--store",
+            pg_->conninfo(),
+            "--partitions",
+            std::to_string(partitions),
+            "--instance",
+            i.name,
+            "--client-id",
+            "hub-" + i.name,
+            "--lease-ttl",
+            lease_ttl_flag,
+            "--lease-renew",
+            "500ms",
+            "--expected-instances",
+            "2",
+            "--overflow-after",
+            "1s",
+            "--startup-grace",
+            lease_ttl_flag,
+            "--hub-name",
+            "testhub",
+            "--auto-register",
+            "--forward-amqp-url",
+            rabbit->events_url(),
+            "--forward-timeout",
+            forward_timeout_flag,
+            "--amqp-listen",
+            "127.0.0.1:" + std::to_string(i.port)};
+  }
+
+  bool split() const {
+    std::set<std::uint32_t> all;
+    for (const auto& i : hubs_) {
+      auto s = i.partitions_served();
+      if (s.empty())
+        return false;
+      all.insert(s.begin(), s.end());
+    }
+    return all.size() == partitions;
+  }
+
+  std::string logs() const {
+    std::string out;
+    for (const auto& i : hubs_)
+      out += "--- devicebound-hub " + i.name + " ---\n" + i.log();
+    return out;
+  }
+
+  /// A device whose partition `owner` serves.
+  std::string device_of(const instance& owner, const std::string& prefix, std::size_t skip = 0) {
+    const auto served = owner.partitions_served();
+    for (std::size_t d = 0;; ++d) {
+      const std::string id = prefix + std::to_string(d);
+      const auto k = devicebound::cluster::partition_of(id, partitions).value();
+      if (std::find(served.begin(), served.end(), k) != served.end() && skip-- == 0)
+        return id;
+    }
+  }
+
+  /// One send through `via`: the outcome state and condition.
+  std::pair<std::uint64_t, std::string> send_once(instance& via, const std::string& device,
+                                                  const std::string& id) {
+    proton::message m;
+    m.to("/devices/" + device + "/messages/devicebound");
+    m.id(id);
+    m.body(std::string("payload of ") + id);
+    return via.service->outcome(via.service->send(via.sender, m));
+  }
+
+  /// Receives the messages of `devices` through `via` until every id of `expect`
+  /// arrived (bounded), then whatever else comes within 500 ms: id -> count.
+  std::map<std::string, int> drain(instance& via, const std::vector<std::string>& devices,
+                                   const std::set<std::string>& expect) {
+    std::map<std::string, int> got;
+    client dev(via.port, sasl_mode::none);
+    EXPECT_TRUE(dev.opened());
+    std::vector<pn_link_t*> links;
+    for (const auto& d : devices) {
+      links.push_back(dev.attach(false, "/devices/" + d + "/messages/devicebound", 1000));
+      EXPECT_TRUE(dev.attached(links.back())) << d << ": " << dev.link_error(links.back());
+    }
+    const auto take = [&](std::chrono::milliseconds wait) {
+      for (auto* l : links)
+        while (auto m = dev.next(l, wait)) {
+          ++got[text_id(m->msg)];
+          pn_delivery_update(m->delivery, PN_ACCEPTED);
+          pn_delivery_settle(m->delivery);
+          dev.flush();
+        }
+    };
+    const auto covered = [&] {
+      return std::all_of(expect.begin(), expect.end(),
+                         [&](const std::string& id) { return got.count(id) > 0; });
+    };
+    const auto deadline = steady::now() + 30s;
+    while (!covered() && steady::now() < deadline)
+      take(20ms);
+    (void)dev.wait([] { return false; }, 500ms);  // what else comes, bounded
+    take(1ms);
+    return got;
+  }
+
+  std::unique_ptr<support::postgres_server> pg_;
+  std::unique_ptr<support::mosquitto_broker> broker_;
+  std::deque<instance> hubs_;
+};
+
+TEST_F(cluster_forward, ASendThroughAnotherInstanceIsForwardedAndDeliveredOnce) {
+  instance& a = hubs_[0];
+  instance& b = hubs_[1];
+  const std::string device = device_of(b, "dev-");
+  auto [state, cond] = send_once(a, device, "forwarded-1");
+  ASSERT_EQ(state, PN_ACCEPTED) << cond << "\n" << logs();
+  auto got = drain(b, {device}, {"forwarded-1"});
+  EXPECT_EQ(got["forwarded-1"], 1);
+  EXPECT_EQ(got.size(), 1u);
+}
+
+/// A plain AMQP 0-9-1 client: publishes forwarded requests as an origin does.
+class raw_origin {
+ public:
+  explicit raw_origin(std::uint16_t port) : conn_(amqp_new_connection()) {
+    amqp_socket_t* s = amqp_tcp_socket_new(conn_);
+    timeval t{5, 0};
+    ok_ = s && amqp_socket_open_noblock(s, "127.0.0.1", port, &t) == AMQP_STATUS_OK &&
+          amqp_login(conn_, "/", 0, 131072, 30, AMQP_SASL_METHOD_PLAIN, "devicebound-events",
+                     "events-secret")
+                  .reply_type == AMQP_RESPONSE_NORMAL &&
+          amqp_channel_open(conn_, 1) != nullptr;
+    if (!ok_)
+      return;
+    auto* q = amqp_queue_declare(conn_, 1, amqp_empty_bytes, 0, 0, 1, 1, amqp_empty_table);
+    ok_ = q != nullptr;
+    if (!ok_)
+      return;
+    reply_queue_.assign(static_cast<const char*>(q->queue.bytes), q->queue.len);
+    ok_ = amqp_basic_consume(conn_, 1, bytes(reply_queue_), amqp_empty_bytes, 0, 1, 1,
+                             amqp_empty_table) != nullptr;
+  }
+  ~raw_origin() {
+    (void)amqp_channel_close(conn_, 1, AMQP_REPLY_SUCCESS);
+    (void)amqp_connection_close(conn_, AMQP_REPLY_SUCCESS);
+    amqp_destroy_connection(conn_);
+  }
+  bool ok() const { return ok_; }
+  const std::string& reply_queue() const { return reply_queue_; }
+
+  bool publish(std::uint32_t k, const fw::request_frame& f) {
+    const std::string body = fw::encode(f);
+    const std::string q = devicebound::hubd::partition_queue(k);
+    amqp_basic_properties_t p{};
+    p._flags = AMQP_BASIC_DELIVERY_MODE_FLAG;
+    p.delivery_mode = 2;
+    return amqp_basic_publish(conn_, 1, amqp_empty_bytes, bytes(q), 0, 0, &p, bytes(body)) ==
+           AMQP_STATUS_OK;
+  }
+  /// The next answer on the reply queue, within `timeout`.
+  std::optional<fw::answer_frame> answer(std::chrono::milliseconds timeout) {
+    amqp_envelope_t env;
+    timeval t{static_cast<time_t>(timeout.count() / 1000),
+              static_cast<suseconds_t>(timeout.count() % 1000 * 1000)};
+    auto r = amqp_consume_message(conn_, &env, &t, 0);
+    if (r.reply_type != AMQP_RESPONSE_NORMAL)
+      return std::nullopt;
+    auto a = fw::decode_answer(
+        std::string_view(static_cast<const char*>(env.message.body.bytes), env.message.body.len));
+    amqp_destroy_envelope(&env);
+    if (!a)
+      return std::nullopt;
+    return *a;
+  }
+
+ private:
+  static amqp_bytes_t bytes(const std::string& s) {
+    return amqp_bytes_t{s.size(), const_cast<char*>(s.data())};
+  }
+  amqp_connection_state_t conn_;
+  bool ok_ = false;
+  std::string reply_queue_;
+};
+
+TEST_F(cluster_forward, ARequestDeliveredAgainWithTheSameIdIsNotExecutedTwice) {
+  instance& b = hubs_[1];
+  const std::string device = device_of(b, "dup-");
+  const std::uint32_t k = devicebound::cluster::partition_of(device, partitions).value();
+  raw_origin origin(rabbit->amqp_port());
+  ASSERT_TRUE(origin.ok());
+  devicebound::message m;
+  m.body = "once";
+  m.message_id = "dup-1";
+  const auto frame = [&](std::string corr) {
+    return fw::request_frame{"0b9e1c52-7d4f-4c1a-9e55-000000000001", k, origin.reply_queue(),
+                             std::move(corr), devicebound::hubd::send_request{"svc", device, m}};
+  };
+  // the same request twice back to back (a redelivery), then once more after its answer
+  ASSERT_TRUE(origin.publish(k, frame("c1")));
+  ASSERT_TRUE(origin.publish(k, frame("c2")));
+  std::map<std::string, fw::answer_what> answers;
+  for (int n = 0; n < 2; ++n) {
+    auto a = origin.answer(10s);
+    ASSERT_TRUE(a) << "no answer\n" << logs();
+    answers[a->correlation] = a->what;
+  }
+  ASSERT_TRUE(origin.publish(k, frame("c3")));
+  auto third = origin.answer(10s);
+  ASSERT_TRUE(third) << logs();
+  answers[third->correlation] = third->what;
+  ASSERT_EQ(answers.size(), 3u);
+  std::set<std::uint64_t> sequence;
+  for (const auto& [corr, what] : answers) {
+    ASSERT_TRUE(std::holds_alternative<devicebound::hubd::sent_reply>(what))
+        << corr << ": answer kind " << what.index();
+    sequence.insert(std::get<devicebound::hubd::sent_reply>(what).sequence_number);
+  }
+  EXPECT_EQ(sequence.size(), 1u) << "the same request was executed more than once";
+  auto got = drain(b, {device}, {"dup-1"});
+  EXPECT_EQ(got["dup-1"], 1);
+  std::cout << "de-duplication: 3 deliveries of one request id, " << sequence.size()
+            << " execution(s), delivered " << got["dup-1"] << " time(s)\n";
+}
+
+TEST_F(cluster_forward, KillNineTheOwnerUnderForwardedSendsNothingAcknowledgedIsLost) {
+  instance& a = hubs_[0];
+  instance& b = hubs_[1];
+  std::vector<std::string> devs;
+  for (std::size_t n = 0; n < 8; ++n)
+    devs.push_back(device_of(b, "kill-", n));  // every send is forwarded until a takes over
+  constexpr int messages = 200;
+  std::set<std::string> acked;
+  int sent = 0, refused = 0, unanswered = 0;
+  const auto killed_at_n = messages / 2;
+  steady::time_point killed_at{};
+  for (int n = 0; n < messages; ++n) {
+    if (n == killed_at_n) {
+      killed_at = steady::now();
+      (void)b.process->stop(SIGKILL, 5s);
+      b.process.reset();
+    }
+    const std::string id = "m-" + std::to_string(n);
+    const std::string& device = devs[static_cast<std::size_t>(n) % devs.size()];
+    const auto deadline = steady::now() + 20s;
+    while (steady::now() < deadline) {
+      ++sent;
+      auto [state, cond] = send_once(a, device, id);
+      if (state == PN_ACCEPTED) {
+        acked.insert(id);
+        break;
+      }
+      if (a.service->closed() || state == 0) {
+        ++unanswered;
+        break;
+      }
+      ++refused;
+      EXPECT_EQ(cond, "com.microsoft:timeout") << "a refusal other than 503001";
+      (void)a.service->wait([] { return false; }, 50ms);
+    }
+  }
+  const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(steady::now() - killed_at);
+  auto got = drain(a, devs, acked);
+  int lost = 0, duplicates = 0;
+  for (const auto& id : acked)
+    if (got.count(id) == 0)
+      ++lost;
+  for (const auto& [id, count] : got)
+    duplicates += count - 1;
+  std::cout << "ledger: messages " << messages << ", sends " << sent << ", acknowledged "
+            << acked.size() << ", refused 503001 (retried) " << refused << ", unanswered "
+            << unanswered << ", lost " << lost << ", duplicates " << duplicates
+            << ", second half took " << took.count() << " ms\n";
+  EXPECT_EQ(lost, 0);
+  EXPECT_EQ(acked.size(), static_cast<std::size_t>(messages));
+  EXPECT_EQ(a.partitions_served().size(), partitions);
+}
+
+TEST_F(cluster_forward, AnOwnerThatDoesNotAnswerGivesTheCallerServerBusyAfterTheTimeout) {
+  instance& a = hubs_[0];
+  instance& b = hubs_[1];
+  const std::string device = device_of(b, "slow-");
+  ASSERT_EQ(::kill(b.pid(), SIGSTOP), 0);
+  const auto t0 = steady::now();
+  auto [state, cond] = send_once(a, device, "late-1");
+  const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(steady::now() - t0);
+  ::kill(b.pid(), SIGCONT);
+  std::cout << "forward timeout " << std::chrono::milliseconds(forward_timeout).count()
+            << " ms: refused after " << took.count() << " ms\n";
+  EXPECT_EQ(state, PN_REJECTED);
+  EXPECT_EQ(cond, "com.microsoft:timeout");
+  EXPECT_GE(took, forward_timeout);
+  EXPECT_LT(took, lease_ttl) << "refused by the timeout, not after a takeover";
+}
+
+TEST_F(cluster_forward, LatencyOfASendDirectToItsOwnerAndForwarded) {
+  instance& a = hubs_[0];
+  instance& b = hubs_[1];
+  const std::string device = device_of(b, "lat-");
+  constexpr int n = 200;
+  const auto measure = [&](instance& via, const std::string& prefix) {
+    std::vector<double> ms;
+    for (int i = 0; i < n; ++i) {
+      const auto t0 = steady::now();
+      auto [state, cond] = send_once(via, device, prefix + std::to_string(i));
+      EXPECT_EQ(state, PN_ACCEPTED) << cond;
+      ms.push_back(std::chrono::duration<double, std::milli>(steady::now() - t0).count());
+    }
+    std::sort(ms.begin(), ms.end());
+    return std::pair{ms[ms.size() / 2], ms[ms.size() * 9 / 10]};
+  };
+  (void)measure(a, "warm-");
+  auto direct = measure(b, "direct-");
+  auto forwarded = measure(a, "fwd-");
+  std::cout << "latency over " << n << " sends: direct to the owner median " << direct.first
+            << " ms, p90 " << direct.second << " ms; forwarded median " << forwarded.first
+            << " ms, p90 " << forwarded.second << " ms\n";
+}
+
+}  // namespace
