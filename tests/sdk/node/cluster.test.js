@@ -14,11 +14,13 @@
 //
 // Each prints a ledger. Run by `scripts/test_sdk.sh cluster` (not in the
 // network namespace of the `node` part: it needs no fixed port).
-// DEVICEBOUND_CLUSTER_SENDERS=haproxy sends through haproxy's door address with
-// one Client (needs forwarding between instances); default `each`.
+// The back end sends with one Client through haproxy's door address (Microsoft's
+// how-to) when the hub forwards requests between instances (--forward-amqp-url),
+// else with one Client per instance (cluster_work.js); DEVICEBOUND_CLUSTER_SENDERS
+// (haproxy|each) chooses. Feedback: a receiver on each instance's door either way.
 const { after, before, describe, it } = require('node:test');
 const assert = require('node:assert/strict');
-const { clusterMissing, startClusterStack } = require('./cluster_stack');
+const { clusterMissing, senderMode, startClusterStack } = require('./cluster_stack');
 const {
   brokerFailover, hubFailover, ledgerText, newLedger, openBackend, openDevices,
 } = require('./cluster_work');
@@ -55,10 +57,12 @@ describe('a devicebound cluster with the official SDKs: hub and broker failover'
     while (!DEVICES.every(subscribed) && Date.now() < deadline) await new Promise((r) => { setTimeout(r, 50); });
     assert.ok(DEVICES.every(subscribed), `not every device was seen subscribed:\n${stack.hubLogs()}`);
     backend = await openBackend(stack, proxy, {
-      senders: process.env.DEVICEBOUND_CLUSTER_SENDERS === 'haproxy' ? 'haproxy' : 'each',
+      senders: senderMode(),
       doors: [stack.hubs.a.door, stack.hubs.b.door],
     });
-    log(`${DEVICES.length} MQTT devices (azure-iot-device-mqtt) through haproxy, back end (azure-iothub) ready`);
+    log(`${DEVICES.length} MQTT devices (azure-iot-device-mqtt) through haproxy, back end (azure-iothub) ready: `
+      + `senders ${senderMode() === 'haproxy' ? 'one Client through haproxy' : 'one Client per instance'}, `
+      + 'a feedback receiver on each instance\'s door');
   });
 
   after(async () => {

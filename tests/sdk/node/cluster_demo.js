@@ -11,7 +11,7 @@
 // Environment: DEVICEBOUND_DEMO_DEVICES (4), DEVICEBOUND_DEMO_PARTITIONS (8),
 // DEVICEBOUND_DEMO_LEASE_TTL (3, s), DEVICEBOUND_CLUSTER_SENDERS (each|haproxy),
 // DEVICEBOUND_SDK_KEEP=1 (keep the logs), plus cluster_stack.js's.
-const { clusterMissing, startClusterStack } = require('./cluster_stack');
+const { clusterMissing, senderMode, startClusterStack } = require('./cluster_stack');
 const { brokerFailover, hubFailover, ledgerText, newLedger, openBackend, openDevices } = require('./cluster_work');
 
 const n = Number(process.env.DEVICEBOUND_DEMO_DEVICES || 4);
@@ -61,7 +61,7 @@ async function main() {
   const proxy = new Proxy({}, { get: (_, k) => current[k] }); // the ledger of the scenario running now
   devices = await openDevices(stack, ids, proxy);
   say(`${n} devices (azure-iot-device-mqtt) connected through haproxy (MQTT TLS 127.0.0.1:${stack.ports.mqttTls})`);
-  const senders = process.env.DEVICEBOUND_CLUSTER_SENDERS === 'haproxy' ? 'haproxy' : 'each';
+  const senders = senderMode();
   backend = await openBackend(stack, proxy, { senders, doors: [stack.hubs.a.door, stack.hubs.b.door] });
   say(`back end (azure-iothub, AMQP): senders ${senders === 'haproxy' ? `one Client through haproxy 127.0.0.1:${stack.ports.door}`
     : `one Client per hub door (${stack.hubs.a.door}, ${stack.hubs.b.door})`}, a feedback receiver on each door`);

@@ -71,6 +71,25 @@ function clusterMissing() {
   return out;
 }
 
+/** True when the hub forwards requests between instances (--forward-amqp-url). */
+function hubForwards() {
+  try {
+    return /--forward-amqp-url/.test(execFileSync(programs.hub, ['--help'], { encoding: 'utf8', timeout: 20000 }));
+  } catch (e) {
+    return /--forward-amqp-url/.test(String(e.stdout ?? ''));
+  }
+}
+
+/**
+ * The back end's senders: DEVICEBOUND_CLUSTER_SENDERS (haproxy|each), else one
+ * Client through haproxy when the hub forwards, one per instance when not.
+ */
+function senderMode() {
+  const env = process.env.DEVICEBOUND_CLUSTER_SENDERS;
+  if (env === 'haproxy' || env === 'each') return env;
+  return programs.hub && hubForwards() ? 'haproxy' : 'each';
+}
+
 /** Resolves once 127.0.0.1:port accepts a TCP connection; rejects after `ms` or when !alive(). */
 async function listening(port, ms, alive = () => true, what = `127.0.0.1:${port}`) {
   const deadline = Date.now() + ms;
@@ -524,4 +543,6 @@ async function startClusterStack({ devices = [], partitions = 8, leaseTtl = 3, l
   }
 }
 
-module.exports = { clusterMissing, listening, servedIn, sleep, startClusterStack, stopChild, until };
+module.exports = {
+  clusterMissing, hubForwards, listening, senderMode, servedIn, sleep, startClusterStack, stopChild, until,
+};

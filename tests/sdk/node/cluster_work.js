@@ -134,6 +134,7 @@ async function openBackend(stack, ledger, { senders = 'each', doors } = {}) {
     clients.push(c);
     return c;
   };
+  // through haproxy: the SDK's own retry policy (its connection moves to a live hub)
   const sendVia = senders === 'haproxy' ? [await open(stack.ports.door, true)]
     : await Promise.all(doors.map((p) => open(p, false)));
   const receivers = [];
