@@ -156,7 +156,7 @@ async function openBackend(stack, ledger, { senders = 'each', doors } = {}) {
 
   let next = 0;
   /** Sends one message; tries the senders in turn (bounded by `ms`). Resolves with whether it was acknowledged. */
-  const send = async (device, id, ms = 30000) => {
+  const send = async (device, id, ms = 60000) => {
     const entry = { device, at: Date.now(), ackedAt: 0, unknown: 0, tries: 0 };
     ledger.sent.set(id, entry);
     const deadline = Date.now() + ms;
@@ -169,7 +169,7 @@ async function openBackend(stack, ledger, { senders = 'each', doors } = {}) {
       m.messageId = id;
       m.ack = 'full';
       try {
-        await withTimeout(c.send(device, m), 10000, 'send()');
+        await withTimeout(c.send(device, m), 25000, 'send()'); // the SDK's own retries (haproxy) fit in it
         entry.ackedAt = Date.now();
         return true;
       } catch (e) {
