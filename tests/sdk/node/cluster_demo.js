@@ -11,7 +11,7 @@
 // Environment: DEVICEBOUND_DEMO_DEVICES (4), DEVICEBOUND_DEMO_PARTITIONS (8),
 // DEVICEBOUND_DEMO_LEASE_TTL (3, s), DEVICEBOUND_CLUSTER_SENDERS (each|haproxy),
 // DEVICEBOUND_SDK_KEEP=1 (keep the logs), plus cluster_stack.js's.
-const { clusterMissing, senderMode, startClusterStack } = require('./cluster_stack');
+const { clusterMissing, senderMode, startClusterStack, stopAll } = require('./cluster_stack');
 const { brokerFailover, hubFailover, ledgerText, newLedger, openBackend, openDevices } = require('./cluster_work');
 
 const n = Number(process.env.DEVICEBOUND_DEMO_DEVICES || 4);
@@ -31,7 +31,7 @@ async function cleanup(code) {
   say('stopping everything this demo started (by PID)');
   await backend?.close().catch(() => {});
   await devices?.close().catch(() => {});
-  await stack?.stop().catch((e) => say(`stop: ${e.message}`));
+  await stopAll().catch((e) => say(`stop: ${e.message}`)); // also a stack still starting
   say('stopped');
   process.exit(code);
 }

@@ -174,6 +174,19 @@ function servedIn(log) {
   return m[1].trim().split(/\s+/).filter((w) => w && w !== 'none').map(Number);
 }
 
+/** The stacks started and not stopped yet. */
+const live = new Set();
+let stopAllCalled = false;
+/**
+ * Stops every stack of this process, also one still starting (Ctrl-C): its
+ * processes so far are stopped by PID; what it would start next is not started
+ * (each start step checks `stack.stopped`).
+ */
+async function stopAll() {
+  stopAllCalled = true;
+  await Promise.all([...live].map((s) => s.stop()));
+}
+
 /**
  * Starts the stack. Options:
  *   devices      ids to register (keys made here)
@@ -185,6 +198,7 @@ function servedIn(log) {
 async function startClusterStack({ devices = [], partitions = 8, leaseTtl = 3, log = () => {} } = {}) {
   const { certs, why } = findCerts();
   if (!certs) throw new Error(why);
+  if (stopAllCalled) throw new Error('stopping: no new stack');
   const t0 = Date.now();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'devicebound-cluster-'));
   fs.chmodSync(dir, 0o755);
@@ -209,12 +223,19 @@ async function startClusterStack({ devices = [], partitions = 8, leaseTtl = 3, l
   const track = (name, child) => {
     stack.procs.push({ name, child });
     notePid(child.pid, name);
+    if (stopping) {
+      // started while the stack is being stopped (Ctrl-C during the start): stop it too
+      stopChild(child).catch(() => {});
+      throw new Error('the stack is being stopped');
+    }
     return child;
   };
   const out = (file) => fs.openSync(file, 'a');
 
   let stopping = null;
+  live.add(stack); // stopAll() reaches it while it is still starting
   stack.stop = () => {
+    live.delete(stack);
     stopping ??= (async () => {
       // hubs first (they give their leases up), then haproxy, the nodes (their beams by PID), epmd, PostgreSQL
       const order = ['hub-a', 'hub-b', 'hub-seed', 'haproxy', 'rabbit3', 'rabbit2', 'rabbit1', 'epmd', 'postgres'];
@@ -544,5 +565,5 @@ async function startClusterStack({ devices = [], partitions = 8, leaseTtl = 3, l
 }
 
 module.exports = {
-  clusterMissing, hubForwards, listening, senderMode, servedIn, sleep, startClusterStack, stopChild, until,
+  clusterMissing, hubForwards, listening, senderMode, servedIn, sleep, startClusterStack, stopAll, stopChild, until,
 };
