@@ -271,8 +271,10 @@ struct forward_door::impl {
       served_changed = true;
     }
     std::string why;
-    while (!st.stop_requested()) {
-      // 1. what the engine asked
+    for (;;) {
+      // 1. what the engine asked (once more when stopping: the answers released
+      // last are published and acked, not left for the next owner to run again)
+      const bool stopping = st.stop_requested();
       std::deque<forward_cmd> fwd;
       std::deque<answer_cmd> ans;
       std::deque<delivery_ref> req;
@@ -371,6 +373,8 @@ struct forward_door::impl {
                                     std::chrono::duration_cast<std::chrono::steady_clock::duration>(
                                         config.timeout)});
       }
+      if (stopping)
+        break;
       // 2. timeouts
       auto now = std::chrono::steady_clock::now();
       auto next = now + std::chrono::milliseconds(500);

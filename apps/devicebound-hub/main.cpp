@@ -346,6 +346,28 @@ int main(int argc, char** argv) {
 #endif
   }
 
+#ifdef DEVICEBOUND_WITH_FORWARD
+  // checked before anything connects: a bad flag is a bad flag
+  std::optional<rabbit::amqp_url> forward_url;
+  if (cfg.cluster.enabled && !cfg.cluster.forward_amqp_url.empty()) {
+    auto url = rabbit::parse_amqp_url(cfg.cluster.forward_amqp_url);
+    if (!url) {
+      std::string m = url.error().message;
+      if (m.starts_with("--rabbit-amqp-url"))
+        m.replace(0, 17, "--forward-amqp-url");
+      spdlog::critical("bad configuration: {}", m);
+      return exit_config;
+    }
+    forward_url = std::move(*url);
+  }
+#else
+  if (!cfg.cluster.forward_amqp_url.empty()) {
+    spdlog::critical(
+        "--forward-amqp-url: this devicebound-hub was built without request forwarding "
+        "(rabbitmq-c: librabbitmq-dev)");
+    return exit_config;
+  }
+#endif
   std::unique_ptr<sqlite_store> store;  // before the hub: the hub commits to it
   hub h;
 #ifndef DEVICEBOUND_WITH_CLUSTER
@@ -517,15 +539,7 @@ int main(int argc, char** argv) {
   // RabbitMQ (forward.hpp; docs/scale-out.md, "Forwarding requests")
   std::unique_ptr<forward_door> forwarder;
   if (cluster) {
-    if (!cfg.cluster.forward_amqp_url.empty()) {
-      auto url = rabbit::parse_amqp_url(cfg.cluster.forward_amqp_url);
-      if (!url) {
-        std::string m = url.error().message;
-        if (m.starts_with("--rabbit-amqp-url"))
-          m.replace(0, 17, "--forward-amqp-url");
-        spdlog::critical("bad configuration: {}", m);
-        return exit_config;
-      }
+    if (const rabbit::amqp_url* url = forward_url ? &*forward_url : nullptr) {
       forward_config fc;
       fc.host = url->host;
       fc.port = url->port;
@@ -547,12 +561,6 @@ int main(int argc, char** argv) {
   if (cluster)
     cluster->set_forwarding(nullptr, door_id{0});  // the MQTT door is door 0
 #endif
-  if (!cfg.cluster.forward_amqp_url.empty()) {
-    spdlog::critical(
-        "--forward-amqp-url: this devicebound-hub was built without request forwarding "
-        "(rabbitmq-c: librabbitmq-dev)");
-    return exit_config;
-  }
 #endif
   router_target single(rt);
   batch_target* target = &single;
