@@ -15,9 +15,12 @@
 //                  round-robins over both hubs' --rabbit-auth-listen), the event
 //                  exchange and the firehose (trace_vhosts) on every node
 //   haproxy        MQTT TLS (devices and the hubs' MQTT doors) and AMQP 0-9-1
-//                  (the hubs' event consumers) with `balance first` over the 3
-//                  nodes; HTTP auth round-robin over both hubs; the hubs' AMQP
-//                  doors (TLS, passed through) round-robin for back ends
+//                  (the hubs' event consumers and forwarding) with `balance
+//                  first` over the 3 nodes; HTTP auth round-robin over both hubs
+//                  (no health checks: a refused connect is redispatched); the
+//                  hubs' AMQP doors (TLS, passed through) round-robin for back ends
+//
+// Ports are picked below the kernel's ephemeral range (see freePort).
 //   hubs a, b      `devicebound-hub --cluster --broker rabbitmq`, K partitions,
 //                  leases on PostgreSQL
 //
@@ -262,7 +265,7 @@ async function startClusterStack({ devices = [], partitions = 8, leaseTtl = 3, l
 
   try {
     const ports = {};
-    for (const name of ['pg', 'epmd', 'mqttTls', 'amqp091', 'auth', 'door', 'stats']) ports[name] = await freePort();
+    for (const name of ['pg', 'epmd', 'mqttTls', 'amqp091', 'auth', 'door']) ports[name] = await freePort();
     for (let i = 1; i <= 3; i += 1) {
       for (const p of ['amqp', 'mqttTls', 'dist']) ports[`r${i}${p}`] = await freePort();
     }
