@@ -11,13 +11,17 @@
 //     delivered (ledger printed: sent, acknowledged, lost, duplicates);
 // (4) an owner that does not answer (SIGSTOP) -> 503001 (com.microsoft:timeout) after
 //     --forward-timeout;
-// (5) an MQTT extension request reaches every instance's MQTT door: only the owner
+// (5) HTTPS registry put/get and device receive/settle through a for b's devices;
+// (6) an MQTT extension request reaches every instance's MQTT door: only the owner
 //     answers it (a non-owner neither refuses nor forwards it), so each is run once;
 // and the latency of a send direct to its owner vs forwarded (median/p90, printed).
 #include <amqp.h>
 #include <amqp_tcp_socket.h>
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/types.h>
 
@@ -86,9 +90,60 @@ std::string text_id(const proton::message& m) {
   return proton::get<std::string>(m.id());
 }
 
+/// One plain HTTP/1.1 request (Connection: close) to 127.0.0.1:port: the whole
+/// response, or "" when the connection failed. Bounded by a 10 s socket timeout.
+std::string http(std::uint16_t port, const std::string& method, const std::string& target,
+                 const std::string& body = {}) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0)
+    return {};
+  timeval tv{10, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string out;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) {
+    std::string req = method + " " + target + " HTTP/1.1\r\nHost: testhub.azure-devices.net\r\n" +
+                      "Connection: close\r\nContent-Type: application/json\r\nContent-Length: " +
+                      std::to_string(body.size()) + "\r\n\r\n" + body;
+    if (::send(fd, req.data(), req.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(req.size())) {
+      char buf[4096];
+      for (ssize_t n; (n = ::recv(fd, buf, sizeof buf, 0)) > 0;)
+        out.append(buf, static_cast<std::size_t>(n));
+    }
+  }
+  ::close(fd);
+  return out;
+}
+
+int status_of(const std::string& response) {
+  return response.size() > 12 ? std::atoi(response.c_str() + 9) : 0;
+}
+
+/// A response header's value ("" when absent); names compared case-insensitively.
+std::string header_of(const std::string& response, std::string name) {
+  std::string lower = response.substr(0, response.find("\r\n\r\n"));
+  for (auto& c : lower)
+    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  for (auto& c : name)
+    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  const auto at = lower.find("\r\n" + name + ":");
+  if (at == std::string::npos)
+    return {};
+  auto v =
+      response.substr(at + 3 + name.size(), response.find("\r\n", at + 2) - at - 3 - name.size());
+  while (!v.empty() && v.front() == ' ')
+    v.erase(0, 1);
+  return v;
+}
+
 struct instance {
   std::string name;
   std::uint16_t port = 0;
+  std::uint16_t https_port = 0;
   support::temp_dir dir{"devicebound-forward-"};
   std::unique_ptr<support::child_process> process;
   std::unique_ptr<client> service;
@@ -150,6 +205,7 @@ class cluster_forward : public ::testing::Test {
       auto& i = hubs_.emplace_back();
       i.name = n;
       i.port = support::free_port();
+      i.https_port = support::free_port();
     }
     for (auto& i : hubs_)
       i.process = std::make_unique<support::child_process>(argv(i), i.dir.file("hub.log"));
@@ -210,7 +266,10 @@ class cluster_forward : public ::testing::Test {
             "--forward-timeout",
             forward_timeout_flag,
             "--amqp-listen",
-            "127.0.0.1:" + std::to_string(i.port)};
+            "127.0.0.1:" + std::to_string(i.port),
+            "--https-listen",
+            "127.0.0.1:" + std::to_string(i.https_port),
+            "--https-insecure"};
   }
 
   bool split() const {
@@ -473,6 +532,41 @@ TEST_F(cluster_forward, AnOwnerThatDoesNotAnswerGivesTheCallerServerBusyAfterThe
   EXPECT_EQ(cond, "com.microsoft:timeout");
   EXPECT_GE(took, forward_timeout);
   EXPECT_LT(took, lease_ttl) << "refused by the timeout, not after a takeover";
+}
+
+TEST_F(cluster_forward, HttpsRegistryAndDeviceReceiveAreForwardedToTheOwner) {
+  instance& a = hubs_[0];
+  instance& b = hubs_[1];
+  const std::string device = device_of(b, "web-");
+  const std::string q = "?api-version=2021-04-12";
+  // registry put through a, read back through a and b: one identity
+  auto put = http(a.https_port, "PUT", "/devices/" + device + q,
+                  "{\"deviceId\":\"" + device + "\",\"status\":\"enabled\"}");
+  ASSERT_EQ(status_of(put), 200) << put << "\n" << logs();
+  auto via_a = http(a.https_port, "GET", "/devices/" + device + q);
+  auto via_b = http(b.https_port, "GET", "/devices/" + device + q);
+  ASSERT_EQ(status_of(via_a), 200) << via_a;
+  ASSERT_EQ(status_of(via_b), 200) << via_b;
+  EXPECT_EQ(via_a.substr(via_a.find("\r\n\r\n")), via_b.substr(via_b.find("\r\n\r\n")))
+      << "the same device as its owner shows it";
+  // a second create is the owner's 409, forwarded unchanged
+  auto again =
+      http(a.https_port, "PUT", "/devices/" + device + q, "{\"deviceId\":\"" + device + "\"}");
+  EXPECT_EQ(status_of(again), 409) << again;
+  // a message for it, received and completed over HTTPS through a
+  auto [state, cond] = send_once(b, device, "web-1");
+  ASSERT_EQ(state, PN_ACCEPTED) << cond;
+  auto got = http(a.https_port, "GET", "/devices/" + device + "/messages/deviceBound" + q);
+  ASSERT_EQ(status_of(got), 200) << got;
+  EXPECT_NE(got.find("payload of web-1"), std::string::npos) << got;
+  std::string etag = header_of(got, "ETag");
+  etag.erase(std::remove(etag.begin(), etag.end(), '"'), etag.end());
+  ASSERT_FALSE(etag.empty()) << got;
+  auto done =
+      http(a.https_port, "DELETE", "/devices/" + device + "/messages/deviceBound/" + etag + q);
+  EXPECT_EQ(status_of(done), 204) << done;
+  auto empty = http(a.https_port, "GET", "/devices/" + device + "/messages/deviceBound" + q);
+  EXPECT_EQ(status_of(empty), 204) << "completed: nothing left\n" << empty;
 }
 
 TEST_F(cluster_forward, AnMqttRequestIsAnsweredByItsOwnerOnlyAndRunOnce) {
