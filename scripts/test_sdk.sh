@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The official Azure IoT SDKs, unchanged, against devicebound-hub (tests/sdk/):
 #
-#   scripts/test_sdk.sh [node|python|up]...     (default: all three)
+#   scripts/test_sdk.sh [node|python|up|cluster]...     (default: node python up)
 #
 #   node    npm ci in tests/sdk (azure-iothub, azure-iot-device(-amqp/-mqtt/-http),
 #           pinned in its package-lock.json), then node --test tests/sdk/node/*.test.js
+#           but cluster.test.js
 #           inside a private network namespace (`unshare -n`, loopback up):
 #           Node's HTTPS clients (Registry, azure-iot-device-http) always use
 #           port 443, so the HTTPS/registry tests run the hub on 443, 5671, 8883.
@@ -17,6 +18,12 @@
 #           pytest tests/sdk/up in a private network namespace (the Python device
 #           SDK on 8883). Needs $DEVICEBOUND_CLI, else <build>/apps/devicebound
 #           (it finds the hub and the plugin itself), and the node part's npm ci.
+#   cluster node --test tests/sdk/node/cluster.test.js on free loopback ports (no
+#           namespace; npm ci first if tests/sdk has no node_modules): PostgreSQL,
+#           3 RabbitMQ nodes, haproxy and 2 `devicebound-hub --cluster --broker
+#           rabbitmq`; hub and broker failover with the Node SDKs, ledgers printed.
+#           Not in the default list (scripts/test.sh runs it as a stage of its own).
+#           Needs rabbitmq-server, haproxy, PostgreSQL 15 (or DEVICEBOUND_PG_BINDIR), psql.
 #
 # Needs the daemon and the broker plugin: $DEVICEBOUND_HUB and
 # $DEVICEBOUND_BROKER_PLUGIN, else <build>/apps/devicebound-hub and
@@ -61,16 +68,32 @@ run_node() {
   step "npm ci in tests/sdk"
   (cd "$sdk" && npm ci --no-audit --no-fund) || return 1
   local node_test=(node --test --test-concurrency=1 --test-timeout=300000)
+  # every file but the cluster's (the `cluster` part runs it)
+  local files=() f
+  for f in "$sdk"/node/*.test.js; do
+    [[ "$(basename "$f")" == cluster.test.js ]] || files+=("node/$(basename "$f")")
+  done
   if unshare -n true 2>/dev/null && command -v ip >/dev/null; then
     step "node --test tests/sdk/node in a private network namespace"
     # The HTTPS and registry tests need IoT Hub's own ports (443, 5671, 8883):
     # Node's HTTPS clients take no port (SPEC 12.10). The other tests use free ports.
     (cd "$sdk" && NODE_EXTRA_CA_CERTS="$DEVICEBOUND_SDK_CERTS/ca.crt" DEVICEBOUND_SDK_NETNS=1 \
-      unshare -n bash -c 'ip link set lo up && exec "$@"' bash "${node_test[@]}" node/*.test.js)
+      unshare -n bash -c 'ip link set lo up && exec "$@"' bash "${node_test[@]}" "${files[@]}")
   else
     step "node --test tests/sdk/node: no private network namespace here (unshare -n failed)"
-    (cd "$sdk" && NODE_EXTRA_CA_CERTS="$DEVICEBOUND_SDK_CERTS/ca.crt" "${node_test[@]}" node/*.test.js)
+    (cd "$sdk" && NODE_EXTRA_CA_CERTS="$DEVICEBOUND_SDK_CERTS/ca.crt" "${node_test[@]}" "${files[@]}")
   fi
+}
+
+# The cluster (tests/sdk/node/cluster.test.js): free loopback ports, no namespace.
+run_cluster() {
+  if [[ ! -d "$sdk/node_modules/azure-iothub" ]]; then
+    step "npm ci in tests/sdk (for cluster)"
+    (cd "$sdk" && npm ci --no-audit --no-fund) || return 1
+  fi
+  step "node --test tests/sdk/node/cluster.test.js"
+  (cd "$sdk" && NODE_EXTRA_CA_CERTS="$DEVICEBOUND_SDK_CERTS/ca.crt" \
+    node --test --test-concurrency=1 --test-timeout=600000 node/cluster.test.js)
 }
 
 run_python() {
@@ -132,7 +155,8 @@ for part in "${parts[@]}"; do
     node) run_node || failed+=(node) ;;
     python) run_python || failed+=(python) ;;
     up) run_up || failed+=(up) ;;
-    *) echo "test_sdk: unknown part '$part' (node, python, up)" >&2; exit 2 ;;
+    cluster) run_cluster || failed+=(cluster) ;;
+    *) echo "test_sdk: unknown part '$part' (node, python, up, cluster)" >&2; exit 2 ;;
   esac
 done
 

@@ -7,6 +7,8 @@
 
 #include <devicebound/hub.hpp>
 #include <devicebound/store/store.hpp>
+#include <optional>
+#include <set>
 #include <string>
 
 #include "broker_seam.hpp"
@@ -219,6 +221,32 @@ TEST(rabbit_events, a_consumer_gone_before_its_binding_is_never_subscribed) {
   ASSERT_EQ(d.size(), 1u);
   EXPECT_EQ(d[0].what, kind::disconnected);
   EXPECT_TRUE(p.tick(t + std::chrono::seconds(5)).empty());
+}
+
+TEST(rabbit_events, known_sessions_are_rechecked_after_a_reconnect) {
+  rabbit::known_sessions k;
+  EXPECT_TRUE(k.devices().empty());  // a first connection re-checks nothing
+  k.on({nk::consumer_created, "dev1", {}});
+  k.on({nk::bound, "dev2", {}});
+  k.on({nk::consumer_created, "dev3", {}});
+  k.on({nk::delivered, "dev4", "devices/dev4/messages/devicebound/x"});  // not a session fact
+  k.on({nk::consumer_deleted, "dev1", {}});                              // its session remains
+  EXPECT_EQ(k.devices(), (std::set<std::string>{"dev1", "dev2", "dev3"}));
+  k.on({nk::queue_deleted, "dev3", {}});  // its session is gone
+  EXPECT_EQ(k.devices(), (std::set<std::string>{"dev1", "dev2"}));
+  // consumed (it came back on another node while the consumer was away): subscribed
+  auto s = k.recheck("dev1", 1u);
+  EXPECT_EQ(s.what, kind::subscribed);
+  EXPECT_EQ(s.device, "dev1");
+  // its session exists but nobody consumes it (it left meanwhile): disconnected, still known
+  auto d = k.recheck("dev2", 0u);
+  EXPECT_EQ(d.what, kind::disconnected);
+  EXPECT_EQ(d.device, "dev2");
+  EXPECT_TRUE(k.devices().contains("dev2"));
+  // no such queue (404): disconnected and forgotten
+  auto gone = k.recheck("dev2", std::nullopt);
+  EXPECT_EQ(gone.what, kind::disconnected);
+  EXPECT_EQ(k.devices(), (std::set<std::string>{"dev1"}));
 }
 
 TEST(rabbit_events, amqp_url) {

@@ -9,6 +9,7 @@
 #include <mutex>
 #include <stop_token>
 #include <thread>
+#include <utility>
 
 namespace devicebound::hubd {
 
@@ -96,6 +97,13 @@ struct rabbit_events::impl {
   std::jthread thread;
   std::mutex m;
   std::condition_variable_any cv;
+  /// The last session got as far as consuming: the next connection is tried at once
+  /// (the node went away; haproxy or the client's address list may have another).
+  bool consumed = false;
+  /// Until then, a failed connection is retried every 50 ms (after a consuming session).
+  std::chrono::steady_clock::time_point fast_until{};
+  /// The session queues seen so far: re-checked after each reconnect.
+  rabbit::known_sessions known;
 
   /// One connection: connect, bind, consume until it fails or `st` stops it.
   /// The error that ended it.
@@ -152,11 +160,56 @@ struct rabbit_events::impl {
     spdlog::info("RabbitMQ events: consuming {} and {} at {}:{} (queue {})", rabbit::event_exchange,
                  rabbit::trace_exchange, config.url.host, config.url.port, queue);
     announced = false;
+    consumed = true;
     rabbit::presence_tracker presence(config.binding_grace);
     const auto send = [&](std::vector<broker_event> events) {
       for (auto& e : events)
         emit(std::move(e));
     };
+    // A reconnect: what happened to the known sessions meanwhile (now that the
+    // events are consumed again, nothing after this look is missed).
+    if (!known.devices().empty()) {
+      std::size_t consuming = 0;
+      std::size_t checked = 0;
+      const std::vector<std::string> devices(known.devices().begin(), known.devices().end());
+      amqp_channel_open(conn, 2);
+      if (auto r = amqp_get_rpc_reply(conn); r.reply_type != AMQP_RESPONSE_NORMAL)
+        return describe(r, "channel.open (re-check)");
+      for (const auto& d : devices) {
+        const std::string name =
+            std::string(rabbit::session_queue_prefix) + d + std::string(rabbit::session_queue_qos1);
+        amqp_queue_declare_ok_t* ok =
+            amqp_queue_declare(conn, 2, bytes(name), 1, 0, 0, 0, amqp_empty_table);
+        std::optional<std::uint32_t> consumers;
+        if (ok != nullptr) {
+          consumers = ok->consumer_count;
+        } else {
+          const amqp_rpc_reply_t r = amqp_get_rpc_reply(conn);
+          if (r.reply_type != AMQP_RESPONSE_SERVER_EXCEPTION ||
+              r.reply.id != AMQP_CHANNEL_CLOSE_METHOD)
+            return describe(r, "queue.declare (passive) of " + name);
+          // 404: no such session. The channel is closed: acknowledge, open it again.
+          amqp_channel_close_ok_t close_ok{};
+          (void)amqp_send_method(conn, 2, AMQP_CHANNEL_CLOSE_OK_METHOD, &close_ok);
+          amqp_channel_open(conn, 2);
+          if (auto again = amqp_get_rpc_reply(conn); again.reply_type != AMQP_RESPONSE_NORMAL)
+            return describe(again, "channel.open (re-check)");
+        }
+        auto e = known.recheck(d, consumers);
+        ++checked;
+        if (e.what == broker_event::kind::subscribed)
+          ++consuming;
+        // a session that exists is bound: its next consumer is subscribed at once
+        if (consumers)
+          (void)presence.on({rabbit::note::kind::bound, d, {}}, system_clock{}.now());
+        emit(std::move(e));
+      }
+      (void)amqp_channel_close(conn, 2, AMQP_REPLY_SUCCESS);
+      spdlog::info(
+          "RabbitMQ events: re-checked {} known device session(s) after reconnecting: {} "
+          "consumed (subscribed), {} not (disconnected)",
+          checked, consuming, checked - consuming);
+    }
     while (!st.stop_requested()) {
       send(presence.tick(system_clock{}.now()));
       amqp_maybe_release_buffers(conn);
@@ -173,6 +226,7 @@ struct rabbit_events::impl {
       amqp_destroy_envelope(&env);
       if (auto n = rabbit::note_of(in, config.hub_client_id)) {
         spdlog::debug("RabbitMQ event {}: device '{}'", in.routing_key, n->device);
+        known.on(*n);
         send(presence.on(*n, system_clock{}.now()));
       }
     }
@@ -185,6 +239,17 @@ struct rabbit_events::impl {
       std::string why = session(st, announced);
       if (st.stop_requested())
         return;
+      // The node went away while we consumed: try again at once, then every 50 ms
+      // for one reconnect interval (haproxy or the address may lead to another node).
+      const auto now = std::chrono::steady_clock::now();
+      if (std::exchange(consumed, false)) {
+        spdlog::warn(
+            "RabbitMQ events: {}; reconnecting at once, then every 50 ms for {} ms (presence "
+            "and delivery events sent meanwhile are lost)",
+            why, std::chrono::duration_cast<std::chrono::milliseconds>(config.reconnect).count());
+        fast_until = now + config.reconnect;
+        continue;
+      }
       if (!announced) {
         spdlog::warn(
             "RabbitMQ events: {}; retrying every {} ms (presence and delivery events "
@@ -194,8 +259,10 @@ struct rabbit_events::impl {
       } else {
         spdlog::debug("RabbitMQ events: {}", why);
       }
+      const auto wait =
+          now < fast_until ? duration(std::chrono::milliseconds(50)) : config.reconnect;
       std::unique_lock<std::mutex> g(m);
-      cv.wait_for(g, st, config.reconnect, [] { return false; });
+      cv.wait_for(g, st, wait, [] { return false; });
     }
   }
 };

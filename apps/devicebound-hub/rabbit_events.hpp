@@ -181,6 +181,37 @@ class presence_tracker {
   std::map<std::string, time_point> pending_;
 };
 
+/// The devices whose QoS 1 session queues the consumer has seen, across its
+/// reconnects, and what a re-check makes of them after a reconnect: the events
+/// sent while it was away are lost (a device that came back on another node
+/// meanwhile would stay unseen, one that left would stay subscribed), so each
+/// known session queue is looked at with a passive `queue.declare`, which
+/// answers its consumer count (or 404: no such queue).
+class known_sessions {
+ public:
+  void on(const note& n) {
+    if (n.what == note::kind::consumer_created || n.what == note::kind::bound)
+      devices_.insert(n.device);
+    else if (n.what == note::kind::queue_deleted)
+      devices_.erase(n.device);
+  }
+  const std::set<std::string>& devices() const noexcept { return devices_; }
+
+  /// `consumers`: the queue's consumer count, nullopt when it does not exist
+  /// (forgotten then). Consumed: subscribed (a session that exists is bound
+  /// already); else disconnected.
+  broker_event recheck(const std::string& device, std::optional<std::uint32_t> consumers) {
+    if (!consumers)
+      devices_.erase(device);
+    if (consumers && *consumers > 0)
+      return {broker_event::kind::subscribed, device, {}};
+    return {broker_event::kind::disconnected, device, {}};
+  }
+
+ private:
+  std::set<std::string> devices_;
+};
+
 /// `amqp://user:pass@host:port/` (vhost `/` only; user and password
 /// percent-decoded). Errors: argument_invalid naming the part.
 struct amqp_url {
