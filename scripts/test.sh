@@ -13,7 +13,9 @@
 #                against devicebound-hub: scripts/test_sdk.sh
 #   (h) cluster  the scale-out parts on real engines started by the tests
 #                (ctest labels postgres, rabbitmq, cluster: PostgreSQL 15,
-#                RabbitMQ 3.10; docs/scale-out.md), on the Release build of (a).
+#                RabbitMQ 3.10; docs/scale-out.md), on the Release build of (a),
+#                then the official Node SDKs against a 3-node RabbitMQ cluster,
+#                haproxy, PostgreSQL and two hub instances (test_sdk.sh cluster).
 #                Skipped only with --quick, and then reported as skipped.
 # Usage: scripts/test.sh [--quick]
 # Build directories default to build/, build-asan/ and build-fuzz/; set
@@ -180,7 +182,14 @@ stage_cluster() {
   # The Release build of stage (a); builds it if (a) did not run to the end.
   cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release
   cmake --build "$build" -j "$jobs"
-  ctest --test-dir "$build" "${ctest_args[@]}" -L "$cluster_labels"
+  local status=0
+  ctest --test-dir "$build" "${ctest_args[@]}" -L "$cluster_labels" || status=1
+  # the official Node SDKs against two hub instances, a 3-node RabbitMQ cluster
+  # behind haproxy and PostgreSQL: broker and hub failover (tests/sdk/node/cluster.test.js)
+  DEVICEBOUND_HUB="$build/apps/devicebound-hub" \
+    DEVICEBOUND_BROKER_PLUGIN="$build/broker/devicebound_mosquitto_plugin.so" \
+    DEVICEBOUND_SDK_VENV="$build/venv-sdk-tests" ./scripts/test_sdk.sh cluster || status=1
+  return $status
 }
 
 total_start=$SECONDS
