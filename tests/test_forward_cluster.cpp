@@ -31,6 +31,7 @@
 #include <deque>
 #include <devicebound/cluster/partition.hpp>
 #include <devicebound/transport/mqtt.hpp>
+#include <functional>
 #include <iostream>
 #include <map>
 #include <memory>
@@ -567,6 +568,50 @@ TEST_F(cluster_forward, HttpsRegistryAndDeviceReceiveAreForwardedToTheOwner) {
   EXPECT_EQ(status_of(done), 204) << done;
   auto empty = http(a.https_port, "GET", "/devices/" + device + "/messages/deviceBound" + q);
   EXPECT_EQ(status_of(empty), 204) << "completed: nothing left\n" << empty;
+}
+
+TEST_F(cluster_forward, ARegistryChangeReachesTheOtherInstanceWithinARenewInterval) {
+  // b keeps its own copy of the hub-wide registry (its doors authenticate
+  // against it; the registry list is answered from it): a device created and
+  // deleted through its owner a must reach it through the registry's change
+  // counter, within about one renew interval, not at b's next claim.
+  instance& a = hubs_[0];
+  instance& b = hubs_[1];
+  const std::string device = device_of(a, "reg-");
+  const std::string q = "?api-version=2021-04-12";
+  const auto listed_by_b = [&] {
+    auto list = http(b.https_port, "GET", "/devices" + q);
+    return status_of(list) == 200 &&
+           list.find("\"deviceId\":\"" + device + "\"") != std::string::npos;
+  };
+  ASSERT_FALSE(listed_by_b());
+  auto put = http(a.https_port, "PUT", "/devices/" + device + q,
+                  "{\"deviceId\":\"" + device + "\",\"status\":\"enabled\"}");
+  ASSERT_EQ(status_of(put), 200) << put << "\n" << logs();
+  const auto t0 = steady::now();
+  const auto until = [&](const std::function<bool()>& done, std::chrono::milliseconds limit) {
+    const auto deadline = steady::now() + limit;
+    while (!done() && steady::now() < deadline)
+      std::this_thread::sleep_for(20ms);  // polls b's HTTPS door, bounded
+    return done();
+  };
+  ASSERT_TRUE(until(listed_by_b, 5s)) << "b never listed the device a created\n" << logs();
+  const auto seen_in =
+      std::chrono::duration_cast<std::chrono::milliseconds>(steady::now() - t0).count();
+  // its deletion through a: b forgets it too
+  auto del = http(a.https_port, "DELETE", "/devices/" + device + q);
+  ASSERT_EQ(status_of(del), 204) << del << "\n" << logs();
+  const auto t1 = steady::now();
+  EXPECT_TRUE(until([&] { return !listed_by_b(); }, 5s)) << "b still lists the device a deleted\n"
+                                                         << logs();
+  const auto gone_in =
+      std::chrono::duration_cast<std::chrono::milliseconds>(steady::now() - t1).count();
+  EXPECT_NE(b.log().find("0 device(s) added, 1 changed or removed"), std::string::npos)
+      << "b's reload did not see the deletion as one (it tells its doors to revoke)\n"
+      << b.log();
+  std::cout << "registry: a device created through a was listed by b after " << seen_in
+            << " ms; b stopped listing it " << gone_in
+            << " ms after its deletion (lease renew 500 ms)\n";
 }
 
 TEST_F(cluster_forward, AnMqttRequestIsAnsweredByItsOwnerOnlyAndRunOnce) {

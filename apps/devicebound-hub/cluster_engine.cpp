@@ -176,12 +176,15 @@ void cluster_engine::reload_registry() {
   // write (a device deleted, disabled or re-keyed through another instance).
   credentials_changed changed;
   std::vector<device_revoked> revoked;
+  std::size_t added = 0;
   identity_view* v = base_.view;
   reg->for_each([&](const device_identity& d) {
     auto it = before.find(d.device_id);
     if (it == before.end() || !(it->second == d)) {
       if (v)
         v->put_device(d);
+      if (it == before.end())
+        ++added;
       if (it != before.end()) {
         changed.devices.push_back(d.device_id);
         if (it->second.status == device_status::enabled && d.status != device_status::enabled)
@@ -198,18 +201,21 @@ void cluster_engine::reload_registry() {
     revoked.push_back(device_revoked{every_door, id, true});
   }
   auto policies_now = reg->policies();
-  if (policies_now != policies_before) {
+  const bool policies_moved = policies_now != policies_before;
+  if (policies_moved) {
     changed.policies = !policies_before.empty();
     if (v)
       v->set_policies(std::move(policies_now));
   }
-  if (!changed.devices.empty() || changed.policies) {
+  if (added > 0 || !changed.devices.empty() || policies_moved)
     say(base_, log_level::info, [&] {
-      return "cluster: the registry changed (version " +
+      return "cluster: registry reloaded at version " +
              (registry_version_ ? std::to_string(*registry_version_) : std::string("unknown")) +
-             "): " + std::to_string(changed.devices.size()) + " device(s) changed or removed" +
-             (changed.policies ? ", policies changed" : "");
+             ": " + std::to_string(added) + " device(s) added, " +
+             std::to_string(changed.devices.size()) + " changed or removed" +
+             (policies_moved ? ", policies changed" : "");
     });
+  if (!changed.devices.empty() || changed.policies) {
     for (auto& r : revoked)
       ready_.emplace_back(std::move(r));
     ready_.emplace_back(std::move(changed));
@@ -418,7 +424,10 @@ error cluster_engine::not_served(std::uint32_t k, std::string_view what) {
       errc::server_busy,
       "partition " + std::to_string(k) + " (" + std::string(what) +
           ") is not served by instance '" + owner_ + "'; its owner is " + o.first +
-          "; retry (or start the instances with --forward-amqp-url to forward requests)");
+          (link_ ? std::string("; this request is served by the owner only (AMQP device links "
+                               "and feedback are not forwarded): connect to the owner or retry")
+                 : std::string("; retry (or start the instances with --forward-amqp-url to "
+                               "forward requests)")));
 }
 
 // --- batches ---------------------------------------------------------------------------------
