@@ -53,6 +53,7 @@
 #include "../apps/devicebound-hub/forward.hpp"
 #include "../apps/devicebound-hub/forward_codec.hpp"
 #include "support/amqp_client.hpp"
+#include "support/cluster_hub.hpp"
 #include "support/mosquitto.hpp"
 #include "support/required.hpp"
 
@@ -64,28 +65,14 @@ namespace fw = devicebound::hubd::forward;
 using support::amqp_client::client;
 using support::amqp_client::sasl_mode;
 using steady = std::chrono::steady_clock;
+/// What the last `serves N of K partitions` line said (a half-written line is not read).
+using support::cluster::serving;
 
 constexpr std::uint32_t partitions = 8;
 constexpr auto lease_ttl = 3s;
 constexpr const char* lease_ttl_flag = "3s";
 constexpr auto forward_timeout = 1s;
 constexpr const char* forward_timeout_flag = "1s";
-
-std::optional<std::vector<std::uint32_t>> serving(const std::string& log) {
-  const std::string marker = " partitions: ";
-  const auto line_start = log.rfind("' serves ");
-  if (line_start == std::string::npos)
-    return std::nullopt;
-  const auto at = log.find(marker, line_start);
-  const auto end = log.find('\n', at);
-  std::istringstream in(log.substr(at + marker.size(), end - at - marker.size()));
-  std::vector<std::uint32_t> out;
-  std::string word;
-  while (in >> word)
-    if (word != "none")
-      out.push_back(static_cast<std::uint32_t>(std::stoul(word)));
-  return out;
-}
 
 std::string text_id(const proton::message& m) {
   return proton::get<std::string>(m.id());
