@@ -585,6 +585,15 @@ struct amqp_door::impl {
       c.close_at.reset();
       if (!(pn_connection_state(c.pn) & PN_LOCAL_CLOSED)) {
         spdlog::info("amqp: connection {}: closing: {}", c.id, c.close_why);
+        // Each session ends first, with the same condition: a client that meets a
+        // connection close with its links still attached detaches them and waits
+        // for answers that never come (the Node SDK's 45 s rundown); a session end
+        // before it lets it drop them at once, however late it noticed the revocation.
+        for (pn_session_t* ssn = pn_session_head(c.pn, PN_LOCAL_ACTIVE); ssn;
+             ssn = pn_session_next(ssn, PN_LOCAL_ACTIVE)) {
+          set_condition(pn_session_condition(ssn), c.close_condition, c.close_why);
+          pn_session_close(ssn);
+        }
         set_condition(pn_connection_condition(c.pn), c.close_condition, c.close_why);
         pn_connection_close(c.pn);
       }

@@ -170,11 +170,14 @@ PYBIND11_MODULE(_native, m) {
       [](double wait_s) {
         dbp::python_exiting().store(true, std::memory_order_release);
         // Threads woken by closing their clients are on their way back into Python:
-        // let them take the GIL before the interpreter starts finalizing.
+        // let them take the GIL before the interpreter starts finalizing. Clients
+        // dropped on their own threads (no longer tracked by the package) are being
+        // destroyed on threads of their own: wait until their threads are joined.
         const auto deadline =
             std::chrono::steady_clock::now() + std::chrono::duration<double>(wait_s);
         py::gil_scoped_release unlocked;
-        while (dbp::calls_without_gil().load(std::memory_order_acquire) > 0 &&
+        while ((dbp::calls_without_gil().load(std::memory_order_acquire) > 0 ||
+                dbp::detached_destroys().load(std::memory_order_acquire) > 0) &&
                std::chrono::steady_clock::now() < deadline)
           std::this_thread::sleep_for(std::chrono::milliseconds(1));
       },

@@ -163,6 +163,17 @@ inline std::atomic<int>& calls_without_gil() {
   return n;
 }
 
+/// Clients being destroyed on a thread of their own (their last reference was
+/// dropped on one of their own threads, which cannot join itself). Until such a
+/// thread has joined the client's threads, they may still run Python code (a
+/// handler that sees its client gone returns after a short sleep): `_shutdown()`
+/// waits for these too, so that none of them is in Python when the interpreter
+/// finalizes (CPython ends such a thread with a forced unwind, which aborts).
+inline std::atomic<int>& detached_destroys() {
+  static std::atomic<int> n{0};
+  return n;
+}
+
 /// Runs `f` with the GIL released and returns what it returns.
 ///
 /// At exit (after `_shutdown()`) it keeps the GIL: a thread that takes the GIL back
@@ -492,15 +503,17 @@ struct client_box {
   /// handler) the client cannot join that thread: another thread destroys it.
   static void destroy(client_box* b) {
     if (in_client_callback()) {
+      detached_destroys().fetch_add(1, std::memory_order_acq_rel);
       std::thread([b] {
         b->client.reset();
         if (!interpreter_alive()) {
           b->py.leak();
           delete b;
-          return;
+        } else {
+          py::gil_scoped_acquire gil;
+          delete b;
         }
-        py::gil_scoped_acquire gil;
-        delete b;
+        detached_destroys().fetch_sub(1, std::memory_order_acq_rel);
       }).detach();
       return;
     }

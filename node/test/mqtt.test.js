@@ -16,7 +16,7 @@ const mqttParts = [
 ];
 const skip = skipUnlessPresent('over MQTT', mqttParts);
 
-const devices = ['thermostat-1', 'fields', 'purge', 'exit', 'notsup', ...Array.from({ length: 4 }, (_, i) => `many-${i}`)];
+const devices = ['thermostat-1', 'fields', 'purge', 'exit', 'notsup'];
 
 describe('over MQTT', { skip }, () => {
   let broker;
@@ -148,36 +148,56 @@ describe('over MQTT', { skip }, () => {
     assert.equal(await service.queueDepth('purge'), 0);
   });
 
-  it('sends many messages concurrently, each received and completed once', async (t) => {
+  it('sends many messages concurrently, each received and completed once', async () => {
+    // A broker and hub of its own: the suite's 1 s lock (for the lock-expiry
+    // step of the how-to) can run out on a loaded machine while 400 messages
+    // are in flight, and a redelivery is then correct, not a failure. Here the
+    // lock is IoT Hub's default (60 s), so each message is delivered once.
+    const many = Array.from({ length: 4 }, (_, i) => `many-${i}`);
     const perDevice = 100;
-    const service = new db.ServiceClient({ mqtt });
-    closeAfter(t, service);
-    const done = [];
-    for (let d = 0; d < 4; d += 1) {
-      const device = new db.DeviceClient(`many-${d}`, { mqtt });
-      closeAfter(t, device);
-      const seen = new Set();
-      let completed = 0;
-      done.push(new Promise((resolve, reject) => {
-        device.on('error', reject);
-        device.on('message', (m) => {
-          assert.equal(seen.has(m.messageId), false);
-          seen.add(m.messageId);
-          device.complete(m).then(() => {
-            completed += 1;
-            if (completed === perDevice) resolve();
-          }, reject);
-        });
-      }));
+    const ownBroker = await startBroker();
+    let ownHub;
+    const clients = [];
+    try {
+      ownHub = await startHub(ownBroker.port, [...many.flatMap((d) => ['--device', d]),
+        '--max-queue-depth', '1000', '--feedback-batch-interval', '0s']);
+      const ownMqtt = { host: '127.0.0.1', port: ownBroker.port };
+      const service = new db.ServiceClient({ mqtt: ownMqtt });
+      clients.push(service);
+      const done = [];
+      for (const id of many) {
+        const device = new db.DeviceClient(id, { mqtt: ownMqtt });
+        clients.push(device);
+        const seen = new Set();
+        let completed = 0;
+        done.push(new Promise((resolve, reject) => {
+          device.on('error', reject);
+          device.on('message', (m) => {
+            if (seen.has(m.messageId)) {
+              reject(new Error(`${id}: ${m.messageId} was delivered twice (delivery count ${m.deliveryCount})`));
+              return;
+            }
+            seen.add(m.messageId);
+            device.complete(m).then(() => {
+              completed += 1;
+              if (completed === perDevice) resolve();
+            }, reject);
+          });
+        }));
+      }
+      const sends = [];
+      for (let i = 0; i < perDevice; i += 1) {
+        for (let d = 0; d < 4; d += 1) sends.push(service.send(many[d], new db.Message(`${i}`, { messageId: `${d}-${i}` })));
+      }
+      const receipts = await Promise.all(sends);
+      assert.equal(receipts.length, 4 * perDevice);
+      await Promise.all(done);
+      for (const id of many) assert.equal(await service.queueDepth(id), 0);
+    } finally {
+      await Promise.all(clients.map((c) => c.close()));
+      await ownHub?.stop();
+      await ownBroker.stop();
     }
-    const sends = [];
-    for (let i = 0; i < perDevice; i += 1) {
-      for (let d = 0; d < 4; d += 1) sends.push(service.send(`many-${d}`, new db.Message(`${i}`, { messageId: `${d}-${i}` })));
-    }
-    const receipts = await Promise.all(sends);
-    assert.equal(receipts.length, 4 * perDevice);
-    await Promise.all(done);
-    for (let d = 0; d < 4; d += 1) assert.equal(await service.queueDepth(`many-${d}`), 0);
   });
 
   for (const [mode, args, what] of [

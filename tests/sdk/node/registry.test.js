@@ -257,4 +257,24 @@ describe('azure-iothub 1.16.6 Registry against devicebound-hub', { skip }, () =>
       'the device client close() after the hub dropped its connection (the SDK waits 45 s for link detaches the hub never sent)');
     assert.ok(Date.now() - started < 5000);
   });
+
+  it('an AMQP device client that never calls close() is disconnected by the hub soon after its device is disabled', async (t) => {
+    // The late path of the test above. This client listens for no message, so it
+    // has no link of its device for the hub to detach (only its $cbs links): it
+    // first meets the hub's connection close, after the grace period, with links
+    // still attached. The hub ends each session before that close, so the SDK
+    // drops its links at once and reports the disconnect, instead of detaching them
+    // and waiting 45 s for answers from a closed connection (SRS_NODE_COMMON_AMQP_06_007).
+    const made = (await create({ deviceId: 'reg-idle' })).responseBody;
+    const amqp = await openDevice(t, stack.deviceAmqpCs('reg-idle', made.authentication.symmetricKey.primaryKey), 'amqp', stack.ca,
+      undefined, { retry: false, listen: false });
+    const started = Date.now();
+    await within(registry.update({ ...made, status: 'disabled' }), WAIT, 'Registry.update(status disabled)');
+    await amqp.disconnects.next(10_000);
+    const ms = Date.now() - started;
+    assert.ok(ms < 10_000, `the disconnect came after ${ms} ms`);
+    const closing = Date.now();
+    await within(amqp.client.close(), 5000, 'the device client close() after the hub closed its connection');
+    assert.ok(Date.now() - closing < 5000);
+  });
 });

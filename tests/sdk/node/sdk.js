@@ -114,7 +114,7 @@ const TRANSPORTS = { amqp: DeviceAmqp, mqtt: DeviceMqtt, http: DeviceHttp };
  * (in `disconnects`); the default policy retries for up to 4 minutes, and keeps
  * the test process alive that long.
  */
-async function openDevice(t, cs, protocol, ca, onMessage, { pollSeconds = 0.1, retry = true } = {}) {
+async function openDevice(t, cs, protocol, ca, onMessage, { pollSeconds = 0.1, retry = true, listen = true } = {}) {
   const client = DeviceClient.fromConnectionString(cs, TRANSPORTS[protocol]);
   if (!retry) client.setRetryPolicy(new NoRetry());
   const inbox = new Inbox(`C2D message on ${protocol}`);
@@ -126,10 +126,12 @@ async function openDevice(t, cs, protocol, ca, onMessage, { pollSeconds = 0.1, r
   const options = protocol === 'http' ? { ca, http: { receivePolicy: { interval: pollSeconds } } } : { ca };
   await within(client.setOptions(options), WAIT, `device Client.setOptions() over ${protocol}`);
   await within(client.open(), WAIT, `device Client.open() over ${protocol}`);
-  client.on('message', (msg) => {
-    inbox.push(msg);
-    if (onMessage) onMessage(client, msg);
-  });
+  if (listen) {
+    client.on('message', (msg) => {
+      inbox.push(msg);
+      if (onMessage) onMessage(client, msg);
+    });
+  }
   return { client, inbox, errors, disconnects };
 }
 
