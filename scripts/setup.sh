@@ -7,6 +7,8 @@ set -euo pipefail
 packages=(
   # build
   cmake ninja-build g++ clang libclang-rt-14-dev clang-format
+  # scripts/test.sh compiles through it: a second run on the same machine reuses the objects
+  ccache
   # library dependencies
   libboost1.81-dev nlohmann-json3-dev
   # tests, fuzzing, benchmarks
