@@ -32,7 +32,16 @@ using model::reference_hub;
 using model::gen::draw_config;
 using model::gen::draw_op;
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#if defined(__has_feature)  // clang
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define DEVICEBOUND_TEST_SANITIZED 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)  // g++
+#define DEVICEBOUND_TEST_SANITIZED 1
+#endif
+
+#ifdef DEVICEBOUND_TEST_SANITIZED
 constexpr const char* default_sequences = "max_success=250";
 #else
 constexpr const char* default_sequences = "max_success=1000";

@@ -28,10 +28,18 @@ using namespace std::chrono_literals;
 namespace rt {
 using namespace devicebound::retry;
 #ifdef DEVICEBOUND_TEST_RETRY_MSM
-/// The executor under test: the Boost.MSM machine.
+/// The executor under test: the Boost.MSM machine. A class, not an alias
+/// template: clang 14 has no class template argument deduction for aliases.
 template <class Policy = devicebound::retry::policy,
           class Random = devicebound::retry::default_random>
-using controller = devicebound::retry::msm_controller<Policy, Random>;
+class controller : public devicebound::retry::msm_controller<Policy, Random> {
+ public:
+  using devicebound::retry::msm_controller<Policy, Random>::msm_controller;
+};
+template <class Policy>
+controller(Policy) -> controller<Policy>;
+template <class Policy, class Random>
+controller(Policy, Random) -> controller<Policy, Random>;
 #endif
 }  // namespace rt
 namespace pf = devicebound::retry::profiles;
@@ -1144,7 +1152,7 @@ TEST(RetryController, StateSurvivesCopyAndMove) {
   using rt::controller, rt::policy, rt::error_class;
   namespace profiles = rt::profiles;
   const devicebound::time_point t{std::chrono::seconds(1000)};
-  controller<> c(policy(profiles::c_sdk()));
+  controller<> c{policy(profiles::c_sdk())};
   ASSERT_TRUE(c.start(t));
   ASSERT_TRUE(c.attempt_failed(error_class::transient, t));
   const auto st = c.state();

@@ -87,10 +87,10 @@ struct machine_def : msmf::state_machine_def<machine_def<Policy, Random>> {
     using stt = typename Fsm::stt;
     retry::state found = retry::state::idle;
     [&]<std::size_t... I>(std::index_sequence<I...>) {
-      ((id == boost::msm::back::get_state_id<stt, state_t<state_values[I]>>::value
-            ? (found = state_values[I], true)
-            : false) ||
-       ...);
+      (void)((id == boost::msm::back::get_state_id<stt, state_t<state_values[I]>>::value
+                  ? (found = state_values[I], true)
+                  : false) ||
+             ...);
     }
     (std::make_index_sequence<state_values.size()>{});
     return found;
