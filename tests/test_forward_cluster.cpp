@@ -54,6 +54,7 @@
 #include "../apps/devicebound-hub/forward_codec.hpp"
 #include "support/amqp_client.hpp"
 #include "support/cluster_hub.hpp"
+#include "support/file_watch.hpp"
 #include "support/mosquitto.hpp"
 #include "support/required.hpp"
 
@@ -195,13 +196,14 @@ class cluster_forward : public ::testing::Test {
       i.port = support::free_port();
       i.https_port = support::free_port();
     }
+    // Re-checked on each write to a daemon's log, not on a timer (bounded).
+    support::file_watch logs_written({hubs_[0].dir.path(), hubs_[1].dir.path()});
     for (auto& i : hubs_)
       i.process = std::make_unique<support::child_process>(argv(i), i.dir.file("hub.log"));
-    const auto deadline = steady::now() + 20s;
-    while (steady::now() < deadline &&
-           !(split() &&
-             std::all_of(hubs_.begin(), hubs_.end(), [](const instance& i) { return i.ready(); })))
-      std::this_thread::sleep_for(20ms);  // polls the daemons' logs, bounded
+    support::eventually(logs_written, steady::now() + 20s, [&] {
+      return split() &&
+             std::all_of(hubs_.begin(), hubs_.end(), [](const instance& i) { return i.ready(); });
+    });
     ASSERT_TRUE(split()) << logs();
     for (auto& i : hubs_) {
       ASSERT_TRUE(i.ready()) << logs();
@@ -572,15 +574,14 @@ TEST_F(cluster_forward, ARegistryChangeReachesTheOtherInstanceWithinARenewInterv
            list.find("\"deviceId\":\"" + device + "\"") != std::string::npos;
   };
   ASSERT_FALSE(listed_by_b());
+  // b logs each reload after its view has it: re-checked on each write to b's log.
+  support::file_watch b_logged({b.dir.path()});
   auto put = http(a.https_port, "PUT", "/devices/" + device + q,
                   "{\"deviceId\":\"" + device + "\",\"status\":\"enabled\"}");
   ASSERT_EQ(status_of(put), 200) << put << "\n" << logs();
   const auto t0 = steady::now();
   const auto until = [&](const std::function<bool()>& done, std::chrono::milliseconds limit) {
-    const auto deadline = steady::now() + limit;
-    while (!done() && steady::now() < deadline)
-      std::this_thread::sleep_for(20ms);  // polls b's HTTPS door, bounded
-    return done();
+    return support::eventually(b_logged, steady::now() + limit, done);
   };
   ASSERT_TRUE(until(listed_by_b, 5s)) << "b never listed the device a created\n" << logs();
   const auto seen_in =
