@@ -33,6 +33,7 @@
 // tests/support/postgres.hpp and mosquitto.hpp each define test_support::temp_dir:
 // the PostgreSQL fixture's is renamed here so both fit in one program.
 #define temp_dir pg_temp_dir
+#include "file_watch.hpp"
 #include "postgres.hpp"
 #undef temp_dir
 #include "amqp_client.hpp"
@@ -163,12 +164,11 @@ class cluster_hub {
       i.name = n;
       i.port = free_port();
     }
+    // Re-checked on each write to a daemon's log, not on a timer (bounded).
+    file_watch logs_written(log_folders(hubs));
     for (auto& i : hubs)
       i.start(argv(i));
-    const auto deadline = steady::now() + 15s;
-    while (steady::now() < deadline && !(split() && all_listening()))
-      std::this_thread::sleep_for(20ms);  // polls the daemons' logs, bounded
-    if (!split() || !all_listening())
+    if (!eventually(logs_written, steady::now() + 15s, [&] { return split() && all_listening(); }))
       throw std::runtime_error("the instances did not split the partitions within 15 s\n" + logs());
     split_at = steady::now();
     if (options.connect)
@@ -241,11 +241,9 @@ class cluster_hub {
     std::error_code ec;
     std::filesystem::remove(i.dir.file("hub.log"), ec);
     i.port = free_port();
+    file_watch log_written({i.dir.path()});
     i.start(argv(i));
-    const auto deadline = steady::now() + timeout;
-    while (steady::now() < deadline && !i.listening())
-      std::this_thread::sleep_for(10ms);  // polls the daemon's log, bounded
-    if (!i.listening())
+    if (!eventually(log_written, steady::now() + timeout, [&] { return i.listening(); }))
       throw std::runtime_error(i.name + " did not listen again within " +
                                std::to_string(timeout.count()) + " ms\n" + i.log());
   }
@@ -260,6 +258,12 @@ class cluster_hub {
       all.insert(s.begin(), s.end());
     }
     return all.size() == options.partitions;
+  }
+  static std::vector<std::filesystem::path> log_folders(const std::deque<hub_instance>& hubs) {
+    std::vector<std::filesystem::path> out;
+    for (const auto& i : hubs)
+      out.push_back(i.dir.path());
+    return out;
   }
   bool all_listening() const {
     return std::all_of(hubs.begin(), hubs.end(),
@@ -276,13 +280,11 @@ class cluster_hub {
   /// Waits until `i` serves every partition; the time it took from `since`.
   std::optional<std::chrono::milliseconds> wait_all(const hub_instance& i, steady::time_point since,
                                                     std::chrono::milliseconds timeout) const {
-    const auto deadline = since + timeout;
-    while (steady::now() < deadline) {
-      if (i.partitions_served().size() == options.partitions)
-        return std::chrono::duration_cast<std::chrono::milliseconds>(steady::now() - since);
-      std::this_thread::sleep_for(10ms);  // polls the daemon's log, bounded
-    }
-    return std::nullopt;
+    file_watch log_written({i.dir.path()});
+    if (!eventually(log_written, since + timeout,
+                    [&] { return i.partitions_served().size() == options.partitions; }))
+      return std::nullopt;
+    return std::chrono::duration_cast<std::chrono::milliseconds>(steady::now() - since);
   }
 
   cluster_options options;
