@@ -444,6 +444,40 @@ TEST(sqlite_store, grouped_commits_are_durable_only_once_the_group_commits) {
   EXPECT_EQ(s.commit_group().code(), errc::invalid_operation);
 }
 
+TEST(sqlite_store, a_group_stores_the_counters_of_its_last_good_change_set) {
+  // Inside a group the counters row is written once, at commit_group: a change
+  // set that fails must not leave its counters behind, one that succeeds must.
+  temp_dir dir;
+  auto s = sqlite_store::open(dir.file("hub.db"), test_options()).value();
+  auto h = hub::open(hub_config{}, s, seeded_token_source(1)).value();
+  h.add_device("d").value();
+  ASSERT_TRUE(s.begin_group());
+  h.enqueue("d", full_message("a"), t0).value();
+  h.enqueue("d", full_message("b"), t0 + 1s).value();
+  const auto good = h.snapshot();
+  ASSERT_TRUE(good.counters);
+  auto bogus = *good.counters;
+  bogus.last_sequence += 100;
+  bogus.stats.accepted += 100;
+  const journal::change_set bad{journal::message_changed{9999}, bogus};
+  EXPECT_FALSE(s.apply(bad));
+  // a counters-only change set (the clock moved) is kept as the newest
+  auto clock_only = *good.counters;
+  clock_only.last_now = t0 + 2s;
+  ASSERT_TRUE(s.apply(journal::change_set{clock_only}));
+  EXPECT_FALSE(s.apply(bad));
+  ASSERT_TRUE(s.commit_group());
+  auto expected = good;
+  expected.counters = clock_only;
+  EXPECT_EQ(s.load().value(), expected);
+  // and outside a group every change set writes its counters at once
+  bogus = clock_only;
+  bogus.last_now = t0 + 3s;
+  ASSERT_TRUE(s.apply(journal::change_set{bogus}));
+  expected.counters = bogus;
+  EXPECT_EQ(s.load().value(), expected);
+}
+
 TEST(sqlite_store, a_second_hub_on_the_same_file_is_refused) {
   temp_dir dir;
   auto a = sqlite_store::open(dir.file("hub.db"), test_options()).value();

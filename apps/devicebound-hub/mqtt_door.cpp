@@ -351,8 +351,16 @@ void mqtt_door::release(std::span<const outbound> items) {
   outgoing_.clear();
   payloads_.clear();
   // `payload` views the item's body (alive for this call) or one of `payloads_`.
+  // Pushes (messages, feedback) go at QoS 1: the broker keeps them for a
+  // device or back end that is away. Answers go at QoS 0: a client drops every
+  // request still waiting when its connection drops, so an answer the broker
+  // kept for it would be thrown away; at QoS 0 an answer costs two packets
+  // fewer (docs/architecture.md, "Answers at QoS 0").
   const auto publish = [&](std::string topic, std::string_view payload) {
-    outgoing_.emplace_back(std::move(topic), payload);
+    outgoing_.push_back({std::move(topic), payload, 1});
+  };
+  const auto answer = [&](std::string topic) {
+    outgoing_.push_back({std::move(topic), std::string_view(), 0});
   };
   for (const auto& item : items) {
     if (const auto* rp = std::get_if<reply>(&item)) {
@@ -362,7 +370,7 @@ void mqtt_door::release(std::span<const outbound> items) {
       if (const auto* e = std::get_if<error>(&rp->what)) {
         spdlog::debug("-> {} '{}' request {}: {} {}", to_string(a->p), a->id, a->rid, e->numeric(),
                       e->message);
-        publish(proto::reply_writer(a->p, a->id, a->rid, e).str(), {});
+        answer(proto::reply_writer(a->p, a->id, a->rid, e).str());
         continue;
       }
       auto w = proto::reply_writer(a->p, a->id, a->rid);
@@ -383,7 +391,7 @@ void mqtt_door::release(std::span<const outbound> items) {
             }
           },
           rp->what);
-      publish(w.str(), {});
+      answer(w.str());
     } else if (const auto* dp = std::get_if<device_push>(&item)) {
       // A failed publish leaves the message locked: it comes again after the lock expires.
       publish(
@@ -394,12 +402,12 @@ void mqtt_door::release(std::span<const outbound> items) {
               payloads_.emplace_back(codec::encode_feedback_json(fp->batch.records)));
     }
   }
-  for (const auto& [topic, payload] : outgoing_) {
+  for (const auto& [topic, payload, qos] : outgoing_) {
     if (!connected_) {
       spdlog::debug("not connected: dropped publish to {}", topic);
       continue;
     }
-    if (auto r = session_.publish(topic, payload); !r)
+    if (auto r = session_.publish(topic, payload, false, qos); !r)
       spdlog::warn("publish to {} failed: {}", topic, r.error().message);
   }
 }

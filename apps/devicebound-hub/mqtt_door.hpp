@@ -65,8 +65,14 @@ class mqtt_door final : public front_door {
   bool started_ = false;
   time_point next_attempt_ = time_point::max();
   std::optional<error> failure_;
-  /// `release`'s encoded publishes (topic, payload) and the payloads it encoded.
-  std::vector<std::pair<std::string, std::string_view>> outgoing_;
+  /// One of `release`'s encoded publishes.
+  struct publication {
+    std::string topic;
+    std::string_view payload;
+    int qos;
+  };
+  /// `release`'s encoded publishes and the payloads it encoded.
+  std::vector<publication> outgoing_;
   std::deque<std::string> payloads_;
 };
 

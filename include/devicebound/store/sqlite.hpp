@@ -290,9 +290,21 @@ class sqlite_store {
     if (relax)
       if (auto r = exec("PRAGMA synchronous=NORMAL", "relaxing synchronous"); !r)
         return r;
+    // Inside a group the hub-wide counters (the last record of every change
+    // set, one row) are written once, at `commit_group`: the newest value is
+    // all that is kept, so writing it for every operation only costs time.
+    const journal::counters* deferred = nullptr;
+    if (in_group_ && !changes.empty())
+      deferred = std::get_if<journal::counters>(&changes.back());
+    if (deferred && changes.size() == 1) {
+      group_counters_ = *deferred;
+      return {};
+    }
     if (auto r = run(in_group_ ? st_.savepoint : st_.begin, "starting a transaction"); !r)
       return r;
     for (const auto& c : changes) {
+      if (deferred && &c == &changes.back())
+        break;
       const int rc = std::visit([this](const auto& x) { return write(x); }, c);
       if (rc != SQLITE_DONE && rc != SQLITE_OK) {
         auto e = failure(rc, std::string("applying ") + journal::name_of(c));
@@ -307,8 +319,13 @@ class sqlite_store {
         return e;
       }
     }
-    if (in_group_)
-      return run(st_.release, "releasing a savepoint");
+    if (in_group_) {
+      if (auto r = run(st_.release, "releasing a savepoint"); !r)
+        return r;
+      if (deferred)
+        group_counters_ = *deferred;
+      return {};
+    }
     if (const int rc = step_once(st_.commit); rc != SQLITE_OK) {
       auto e = failure(rc, "committing");
       rollback();
@@ -334,12 +351,22 @@ class sqlite_store {
     if (auto r = run(st_.begin, "starting a commit group"); !r)
       return r;
     in_group_ = true;
+    group_counters_.reset();
     return {};
   }
   result<void> commit_group() {
     if (!in_group_)
       return make_error(errc::invalid_operation, "no commit group is open");
     in_group_ = false;
+    if (group_counters_) {
+      const int rc = write(*group_counters_);
+      group_counters_.reset();
+      if (rc != SQLITE_DONE) {
+        auto e = failure(rc, "applying counters");
+        rollback();
+        return e;
+      }
+    }
     if (const int rc = step_once(st_.commit); rc != SQLITE_OK) {
       auto e = failure(rc, "committing a group");
       rollback();
@@ -1269,6 +1296,8 @@ class sqlite_store {
   sqlite_options options_;
   std::uint64_t commits_ = 0;
   bool in_group_ = false;
+  /// The newest counters of the open group, written at `commit_group`.
+  std::optional<journal::counters> group_counters_;
 };
 
 static_assert(hub_store<sqlite_store>);

@@ -163,14 +163,17 @@ class session {
 
   /// Publishes at QoS 1 (retain as given). Paho copies topic and payload and
   /// retransmits unacknowledged publishes on reconnect. Does not wait for PUBACK.
-  result<void> publish(const std::string& topic, std::string_view payload, bool retained = false) {
+  /// `qos` 0 sends it once, with no PUBACK (what the hub's answers use: see
+  /// docs/architecture.md, "Answers at QoS 0").
+  result<void> publish(const std::string& topic, std::string_view payload, bool retained = false,
+                       int qos = 1) {
     std::lock_guard<std::mutex> g(handle_mutex_);
     if (!handle_ || !connected_.load())
       return make_error(errc::not_connected, "not connected to the broker");
     MQTTAsync_message m = MQTTAsync_message_initializer;
     m.payload = const_cast<char*>(payload.data());
     m.payloadlen = static_cast<int>(payload.size());
-    m.qos = 1;
+    m.qos = qos == 0 ? 0 : 1;
     m.retained = retained ? 1 : 0;
     MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
     const int rc = MQTTAsync_sendMessage(handle_, topic.c_str(), &m, &ro);
