@@ -210,10 +210,11 @@ class crash_test : public ::testing::Test {
   support::temp_dir dir_{"devicebound-crash-"};
   std::unique_ptr<support::mosquitto_broker> broker_;
   std::string store_, log_;
-  std::unique_ptr<mqtt::session> status_;
   std::mutex status_m_;
   std::condition_variable status_cv_;
   std::uint64_t online_ = 0;
+  // after what its callback writes, so destroyed before it
+  std::unique_ptr<mqtt::session> status_;
   std::unique_ptr<support::child_process> daemon_;
   int refused_ = 0;
 };

@@ -604,11 +604,13 @@ class control {
 
  private:
   std::string id_;
-  std::unique_ptr<devicebound::mqtt::session> session_;
   std::mutex m_;
   std::condition_variable cv_;
   std::vector<std::string> replies_;
   std::atomic<int> rid_{0};
+  // Last, so destroyed first: its callback (on Paho's thread) writes the members
+  // above until the session is gone.
+  std::unique_ptr<devicebound::mqtt::session> session_;
 };
 
 // --- the shared world ------------------------------------------------------------------------
