@@ -98,6 +98,7 @@ mqtt_door::mqtt_door(mqtt::connection_options broker, reconnect_config reconnect
     : broker_(std::move(broker)),
       dialect_(std::move(dialect)),
       events_(events ? std::move(events) : std::make_unique<plugin_events>()),
+      reconnect_(make_reconnect_policy(reconnect)),
       session_(
           broker_, broker_.client_id,
           [this](std::string_view topic, std::string_view payload) { on_message(topic, payload); },
@@ -105,8 +106,7 @@ mqtt_door::mqtt_door(mqtt::connection_options broker, reconnect_config reconnect
             lost_ = true;
             spdlog::warn("lost the broker connection ({}); queues kept", cause);
             emit({id_, {}}, door_status{false, false});
-          }),
-      reconnect_(make_reconnect_policy(reconnect)) {}
+          }) {}
 
 // The event source's thread calls into this door: stopped before any member goes.
 mqtt_door::~mqtt_door() {

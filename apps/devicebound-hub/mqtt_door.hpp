@@ -58,7 +58,6 @@ class mqtt_door final : public front_door {
   door_id id_ = 0;
   request_sink sink_;
   std::stop_token stop_;
-  mqtt::session session_;
   retry::controller<reconnect_policy> reconnect_;
   std::atomic<bool> lost_{false};  ///< set on Paho's thread, taken by poll
   bool connected_ = false;
@@ -74,6 +73,9 @@ class mqtt_door final : public front_door {
   /// `release`'s encoded publishes and the payloads it encoded.
   std::vector<publication> outgoing_;
   std::deque<std::string> payloads_;
+  // Last, so destroyed first: its callbacks (on Paho's thread) use the members
+  // above until the session is gone.
+  mqtt::session session_;
 };
 
 }  // namespace devicebound::hubd
