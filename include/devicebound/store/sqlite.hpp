@@ -21,6 +21,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -302,9 +303,10 @@ class sqlite_store {
     }
     if (auto r = run(in_group_ ? st_.savepoint : st_.begin, "starting a transaction"); !r)
       return r;
-    for (const auto& c : changes) {
-      if (deferred && &c == &changes.back())
-        break;
+    // the deferred counters (the last record) are left for `commit_group`
+    const std::span<const journal::change> to_write(changes.data(),
+                                                    changes.size() - (deferred ? 1 : 0));
+    for (const auto& c : to_write) {
       const int rc = std::visit([this](const auto& x) { return write(x); }, c);
       if (rc != SQLITE_DONE && rc != SQLITE_OK) {
         auto e = failure(rc, std::string("applying ") + journal::name_of(c));

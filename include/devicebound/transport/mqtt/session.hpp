@@ -164,7 +164,7 @@ class session {
   /// Publishes at QoS 1 (retain as given). Paho copies topic and payload and
   /// retransmits unacknowledged publishes on reconnect. Does not wait for PUBACK.
   /// `qos` 0 sends it once, with no PUBACK (what the hub's answers use: see
-  /// docs/architecture.md, "Answers at QoS 0").
+  /// docs/architecture.md, "Answers at QoS 0"); any other value means QoS 1.
   result<void> publish(const std::string& topic, std::string_view payload, bool retained = false,
                        int qos = 1) {
     std::lock_guard<std::mutex> g(handle_mutex_);
